@@ -1,0 +1,181 @@
+"""FX tracing into a :class:`QGraph`: a GraphModule plus typed node metadata."""
+
+from __future__ import annotations
+
+import copy
+import json
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from graph.meta import META_KEY, NodeMeta, get_meta
+from graph.registry import op_type, target_name
+
+
+class TracingError(RuntimeError):
+    """The model is not symbolically traceable; the message says where and what to mark as leaf."""
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaf_modules: Sequence[type], leaf_functions: Sequence[Callable]) -> None:
+        super().__init__(autowrap_functions=tuple(leaf_functions))
+        self._leaf_types = tuple(leaf_modules)
+        self._where: list[tuple[str, str]] = []
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if self._leaf_types and isinstance(m, self._leaf_types):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Callable, args: Any, kwargs: Any) -> Any:
+        self._where.append((self.path_of_module(m), type(m).__name__))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self._where.pop()
+
+
+def _user_frame(exc: BaseException) -> str:
+    """The innermost traceback frame outside torch and this package: ``file:line: code``."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    for fr in reversed(frames):
+        f = fr.filename.replace("\\", "/")
+        if "/torch/" in f or f.endswith("graph/trace.py"):
+            continue
+        return f"{fr.filename}:{fr.lineno}: {(fr.line or '').strip()}"
+    return "<unknown location>"
+
+
+class QGraph:
+    """A traced model: ``gm`` (torch.fx.GraphModule), its example inputs and per-node metadata.
+
+    ``analyses`` names the analysis passes that have annotated the metadata;
+    passes use it to check their requirements.
+    """
+
+    def __init__(
+        self, gm: fx.GraphModule, example_inputs: tuple[Any, ...], analyses: Iterable[str] = ()
+    ) -> None:
+        self.gm = gm
+        self.example_inputs = tuple(example_inputs)
+        self.analyses: set[str] = set(analyses)
+
+    # ---- access -------------------------------------------------------------
+    @property
+    def nodes(self) -> list[fx.Node]:
+        return list(self.gm.graph.nodes)
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return dict(self.gm.named_modules())
+
+    def meta(self, node: fx.Node | str) -> NodeMeta:
+        if isinstance(node, str):
+            node = self.node(node)
+        return get_meta(node)
+
+    def node(self, name: str) -> fx.Node:
+        for n in self.gm.graph.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"no node named {name!r}; nodes: {', '.join(n.name for n in self.nodes)}")
+
+    def metas(self) -> Iterator[NodeMeta]:
+        for n in self.gm.graph.nodes:
+            yield get_meta(n)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.gm(*args, **kwargs)
+
+    def __str__(self) -> str:
+        from graph.dump import to_table
+
+        return to_table(self)
+
+    # ---- copies and persistence ----------------------------------------------
+    def copy(self) -> QGraph:
+        """Deep copy: module state, graph and metadata are all independent."""
+        return QGraph(copy.deepcopy(self.gm), self.example_inputs, self.analyses)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.pt`` (the GraphModule), ``inputs.pt`` and ``meta.json``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save(self.gm, d / "model.pt")
+        torch.save(self.example_inputs, d / "inputs.pt")
+        from graph.dump import to_json
+
+        (d / "meta.json").write_text(to_json(self))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> QGraph:
+        d = Path(directory)
+        for f in ("model.pt", "inputs.pt", "meta.json"):
+            if not (d / f).is_file():
+                raise FileNotFoundError(f"{d / f} is missing: not a directory written by QGraph.save")
+        gm = torch.load(d / "model.pt", weights_only=False)
+        inputs = torch.load(d / "inputs.pt", weights_only=False)
+        data = json.loads((d / "meta.json").read_text())
+        by_name = {m["name"]: m for m in data["nodes"]}
+        for n in gm.graph.nodes:
+            n.meta[META_KEY] = NodeMeta.from_dict(by_name[n.name])
+        return cls(gm, inputs, data.get("analyses", ()))
+
+    def to_networkx(self) -> Any:
+        from graph.dump import to_networkx
+
+        return to_networkx(self)
+
+
+def init_meta(gm: fx.GraphModule) -> None:
+    """Give every node of ``gm`` a fresh :class:`NodeMeta` (name, op, target, op_type)."""
+    modules = dict(gm.named_modules())
+    for n in gm.graph.nodes:
+        n.meta[META_KEY] = NodeMeta(
+            name=n.name, op=n.op, target=target_name(n, modules), op_type=op_type(n, modules)
+        )
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: Sequence[Any] | torch.Tensor,
+    leaf_modules: Sequence[type] = (),
+    leaf_functions: Sequence[Callable] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> QGraph:
+    """Symbolically trace ``model`` into a :class:`QGraph` without touching the caller's model.
+
+    ``leaf_modules`` (classes) are kept as single ``call_module`` nodes;
+    ``leaf_functions`` are kept as single ``call_function`` nodes. A model that
+    cannot be traced raises :class:`TracingError` naming the module and source
+    line, and what to mark as leaf.
+    """
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    model = copy.deepcopy(model)  # the caller's model is never shared with the graph
+    tracer = _Tracer(leaf_modules, leaf_functions)
+    try:
+        g = tracer.trace(model, concrete_args=concrete_args)
+    except Exception as exc:  # noqa: BLE001 - re-raised with context
+        where = tracer._where[-1] if tracer._where else ("", type(model).__name__)
+        path, cls = where
+        inside = f"module {path!r} ({cls})" if path else f"the top-level forward of {cls}"
+        hint = (
+            f"mark it as a leaf: trace(model, x, leaf_modules=[{cls}])"
+            if path
+            else "move the untraceable code into a submodule or function and pass it as "
+            "leaf_modules=[...] / leaf_functions=[...], or fix inputs with concrete_args={...}"
+        )
+        raise TracingError(
+            f"cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}\n"
+            f"  failed inside {inside} at {_user_frame(exc)}\n  hint: {hint}"
+        ) from exc
+    gm = fx.GraphModule(tracer.root, g, type(model).__name__)
+    init_meta(gm)
+    return QGraph(gm, tuple(example_inputs))

@@ -1,0 +1,14 @@
+"""Analysis passes: annotate metadata, never change the model."""
+
+from passes.analysis.flops import FLOP_RULES, FlopsPass
+from passes.analysis.params import ParamsPass
+from passes.analysis.report import ReportPass
+from passes.analysis.shapes import ShapePass
+from passes.base import Pipeline
+
+__all__ = ["FLOP_RULES", "FlopsPass", "ParamsPass", "ReportPass", "ShapePass", "analyze"]
+
+
+def analyze(graph):  # noqa: ANN001, ANN201 - thin convenience
+    """Run shapes -> flops -> params on ``graph`` (in place) and return it."""
+    return Pipeline([ShapePass(), FlopsPass(), ParamsPass()])(graph).graph

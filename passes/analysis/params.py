@@ -1,0 +1,42 @@
+"""Parameter counts per node, each parameter counted once."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from graph.meta import get_meta
+from graph.trace import QGraph
+from passes.base import Pass, PassResult
+
+
+class ParamsPass(Pass):
+    """Writes ``params`` of every node: the parameters its module (or get_attr) owns.
+
+    A parameter used by several nodes (shared weights) is credited to the first
+    node in graph order only, so the total equals ``sum(p.numel() for p in model.parameters())``.
+    """
+
+    name = "params"
+    provides = ("params",)
+
+    def run(self, graph: QGraph) -> PassResult:
+        seen: set[int] = set()
+        total = 0
+        gm = graph.gm
+        for n in gm.graph.nodes:
+            ps: list[nn.Parameter] = []
+            if n.op == "call_module":
+                ps = list(gm.get_submodule(n.target).parameters())
+            elif n.op == "get_attr":
+                obj = gm
+                for part in n.target.split("."):
+                    obj = getattr(obj, part)
+                ps = [obj] if isinstance(obj, nn.Parameter) else []
+            count = 0
+            for p in ps:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    count += p.numel()
+            get_meta(n).params = count
+            total += count
+        return PassResult(graph, False, {"params": total})
