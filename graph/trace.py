@@ -22,10 +22,11 @@ class TracingError(RuntimeError):
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaf_modules: Sequence[type], leaf_functions: Sequence[Callable]) -> None:
+    def __init__(self, leaf_modules: Sequence[type] = (), leaf_functions: Sequence[Callable] = ()) -> None:
         super().__init__(autowrap_functions=tuple(leaf_functions))
         self._leaf_types = tuple(leaf_modules)
         self._where: list[tuple[str, str]] = []
+        self.failed_in: tuple[str, str] | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self._leaf_types and isinstance(m, self._leaf_types):
@@ -36,6 +37,10 @@ class _Tracer(fx.Tracer):
         self._where.append((self.path_of_module(m), type(m).__name__))
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:  # innermost module where tracing broke
+                self.failed_in = self._where[-1]
+            raise
         finally:
             self._where.pop()
 
@@ -100,7 +105,11 @@ class QGraph:
     # ---- copies and persistence ----------------------------------------------
     def copy(self) -> QGraph:
         """Deep copy: module state, graph and metadata are all independent."""
-        return QGraph(copy.deepcopy(self.gm), self.example_inputs, self.analyses)
+        gm = copy.deepcopy(self.gm)
+        for n in gm.graph.nodes:  # fx copies node.meta shallowly: give each copy its own record
+            if META_KEY in n.meta:
+                n.meta[META_KEY] = copy.deepcopy(n.meta[META_KEY])
+        return QGraph(gm, self.example_inputs, self.analyses)
 
     def save(self, directory: str | Path) -> Path:
         """Write ``model.pt`` (the GraphModule), ``inputs.pt`` and ``meta.json``."""
@@ -152,7 +161,8 @@ def trace(
     """Symbolically trace ``model`` into a :class:`QGraph` without touching the caller's model.
 
     ``leaf_modules`` (classes) are kept as single ``call_module`` nodes;
-    ``leaf_functions`` are kept as single ``call_function`` nodes. A model that
+    ``leaf_functions`` (module-level functions whose name does not start with
+    ``_``, as torch.fx requires) are kept as single ``call_function`` nodes. A model that
     cannot be traced raises :class:`TracingError` naming the module and source
     line, and what to mark as leaf.
     """
@@ -163,8 +173,7 @@ def trace(
     try:
         g = tracer.trace(model, concrete_args=concrete_args)
     except Exception as exc:  # noqa: BLE001 - re-raised with context
-        where = tracer._where[-1] if tracer._where else ("", type(model).__name__)
-        path, cls = where
+        path, cls = tracer.failed_in or ("", type(model).__name__)
         inside = f"module {path!r} ({cls})" if path else f"the top-level forward of {cls}"
         hint = (
             f"mark it as a leaf: trace(model, x, leaf_modules=[{cls}])"
@@ -176,6 +185,8 @@ def trace(
             f"cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}\n"
             f"  failed inside {inside} at {_user_frame(exc)}\n  hint: {hint}"
         ) from exc
+    for n in g.nodes:  # annotations make torch 2.13 GraphModules unpicklable
+        n.type = None
     gm = fx.GraphModule(tracer.root, g, type(model).__name__)
     init_meta(gm)
     return QGraph(gm, tuple(example_inputs))

@@ -154,21 +154,21 @@ def test_untraceable_model_error_and_leaf_fix():
     assert [m.op_type for m in g.metas()] == ["placeholder", "gate", "linear", "output"]
 
 
-def _helper(x: torch.Tensor) -> torch.Tensor:
+def helper_fn(x: torch.Tensor) -> torch.Tensor:
     return x if x.sum() > 0 else -x
 
 
 class UsesHelper(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _helper(x) * 2
+        return helper_fn(x) * 2
 
 
 def test_leaf_function_and_concrete_args():
     x = torch.randn(2, 4)
     with pytest.raises(TracingError, match="leaf_functions"):
         trace(UsesHelper(), x)
-    g = trace(UsesHelper(), x, leaf_functions=[_helper])
-    assert any(n.target is _helper for n in g.nodes)
+    g = trace(UsesHelper(), x, leaf_functions=[helper_fn])
+    assert any(n.target is helper_fn for n in g.nodes)
     torch.testing.assert_close(g(x), UsesHelper()(x))
 
 
