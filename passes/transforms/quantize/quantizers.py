@@ -1,0 +1,102 @@
+"""Number formats. Each quantizer maps float tensors to the values representable in its format.
+
+integer (fixed point, MASE semantics): width w, frac f; q(x) = clamp(round_half_even(x*2^f),
+    -2^(w-1), 2^(w-1)-1) / 2^f — equal value for value to
+    ``torch.fake_quantize_per_tensor_affine(x, 2**-f, 0, -2**(w-1), 2**(w-1)-1)``.
+    The unsigned variant (ReLU outputs) clamps to [0, 2^w - 1].
+minifloat (MASE ``minifloat_denorm``): 1 sign bit, e exponent bits with bias b (default
+    2^(e-1)-1), m = w-1-e mantissa bits, subnormals, no inf/NaN codes; round half to even,
+    saturate at (2 - 2^-m) * 2^(2^e-1-b). e=5, m=10 gives float16's values within its range.
+Gradients are straight-through (identity) so quantized graphs can be fine-tuned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from graph.meta import TensorPrecision
+
+
+class _STE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return g, None
+
+
+def integer_quantize(x: torch.Tensor, width: int, frac: int, signed: bool = True) -> torch.Tensor:
+    """Fixed-point values of ``x`` (no gradient handling; see :class:`IntegerQuantizer`)."""
+    scale = float(2**frac)
+    lo, hi = (-(2 ** (width - 1)), 2 ** (width - 1) - 1) if signed else (0, 2**width - 1)
+    t = x * scale
+    t.round_()  # round half to even
+    t.clamp_(lo, hi)
+    return t.div_(scale)
+
+
+def minifloat_quantize(
+    x: torch.Tensor, width: int, exponent_width: int, exponent_bias: int | None = None
+) -> torch.Tensor:
+    """Minifloat values of ``x`` with subnormals and saturation (no inf/NaN encodings)."""
+    m = width - 1 - exponent_width
+    if m < 0:
+        raise ValueError(f"minifloat width {width} < 1 + exponent_width {exponent_width}")
+    bias = 2 ** (exponent_width - 1) - 1 if exponent_bias is None else exponent_bias
+    max_exp = 2**exponent_width - 1 - bias
+    min_exp = 1 - bias
+    xf = x.float()
+    a = xf.abs()
+    e = torch.floor(torch.log2(a.clamp_min(torch.finfo(torch.float32).tiny)))
+    e = e.clamp(min_exp, max_exp)
+    step = torch.exp2(e - m)
+    q = torch.round(a / step) * step
+    q = q.clamp_max(min((2 - 2.0**-m) * 2.0**max_exp, torch.finfo(torch.float32).max))
+    return (torch.sign(xf) * q).to(x.dtype)
+
+
+class Quantizer:
+    """A configured format: call it on a tensor; ``precision`` describes it for metadata."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], precision: TensorPrecision) -> None:
+        self.fn = fn
+        self.precision = precision
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _STE.apply(x, self.fn)
+        return self.fn(x)
+
+    def __repr__(self) -> str:
+        return f"Quantizer({self.precision})"
+
+    def __reduce__(self) -> Any:  # picklable through its precision
+        return (make_quantizer, (self.precision,))
+
+
+def _int_fn(w: int, f: int, signed: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: integer_quantize(x, w, f, signed)
+
+
+def _mf_fn(w: int, e: int, b: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: minifloat_quantize(x, w, e, b)
+
+
+# format name -> factory(width, frac-or-exponent, extra) ; extend by registering a new entry
+FORMATS: dict[str, Callable[[TensorPrecision], Callable[[torch.Tensor], torch.Tensor]]] = {
+    "integer": lambda p: _int_fn(p.width, p.frac or 0, True),
+    "uinteger": lambda p: _int_fn(p.width, p.frac or 0, False),
+    "minifloat": lambda p: _mf_fn(p.width, p.frac or 0, None),
+}
+
+
+def make_quantizer(p: TensorPrecision) -> Quantizer:
+    """Quantizer for a precision record (``fmt`` must be a registered format)."""
+    if p.fmt not in FORMATS:
+        raise KeyError(f"unknown number format {p.fmt!r}; registered: {', '.join(FORMATS)}")
+    return Quantizer(FORMATS[p.fmt](p), p)
