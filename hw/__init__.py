@@ -1,0 +1,21 @@
+"""Hardware estimates: average bitwidth, memory density, memory bytes, BOPs."""
+
+from hw.estimates import (
+    TensorBits,
+    average_bitwidth,
+    bops,
+    hw_metrics,
+    memory_bytes,
+    memory_density,
+    tensor_bits,
+)
+
+__all__ = [
+    "TensorBits",
+    "average_bitwidth",
+    "bops",
+    "hw_metrics",
+    "memory_bytes",
+    "memory_density",
+    "tensor_bits",
+]

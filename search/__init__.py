@@ -1,0 +1,1 @@
+"""Mixed-precision search: spaces, strategies, runners, study outputs."""

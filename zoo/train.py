@@ -1,0 +1,121 @@
+"""Training, evaluation (scikit-learn metrics, computed afresh each call) and checkpoints."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from tqdm.auto import tqdm
+
+from zoo.data import Dataset, Split, load_dataset
+from zoo.models import build_model
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Logits for ``x`` in eval mode without gradients (training flag restored)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    model.train(was)
+    return out
+
+
+def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """accuracy, loss (cross-entropy), precision/recall/F1 (weighted and macro), confusion matrix.
+
+    Stateless: every call computes from these predictions only.
+    """
+    pred = logits.argmax(1).numpy()
+    yt = y.numpy()
+    labels = list(range(num_classes))
+    out: dict[str, Any] = {
+        "accuracy": float((pred == yt).mean()),
+        "loss": float(F.cross_entropy(logits.float(), y)),
+    }
+    for avg in ("weighted", "macro"):
+        p, r, f, _ = precision_recall_fscore_support(yt, pred, labels=labels, average=avg, zero_division=0)
+        sfx = "" if avg == "weighted" else "_macro"
+        out[f"precision{sfx}"], out[f"recall{sfx}"], out[f"f1{sfx}"] = float(p), float(r), float(f)
+    out["confusion_matrix"] = confusion_matrix(yt, pred, labels=labels).tolist()
+    return out
+
+
+def evaluate(model: nn.Module, split: Split, num_classes: int) -> dict[str, Any]:
+    return classification_metrics(predict(model, split.x), split.y, num_classes)
+
+
+def train(
+    model: nn.Module, ds: Dataset, epochs: int = 40, batch_size: int = 32, lr: float = 1e-2,
+    seed: int = 0, progress: bool = True, weight_decay: float = 1e-4,
+) -> list[dict[str, float]]:
+    """AdamW + one-cycle schedule on ``ds.train``; returns per-epoch train loss and val accuracy."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    n = len(ds.train)
+    steps = epochs * math.ceil(n / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1))
+    history = []
+    bar = tqdm(range(epochs), desc="train", disable=not progress, unit="epoch")
+    for _ in bar:
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        tot = 0.0
+        for i in range(0, n, batch_size):
+            idx = perm[i : i + batch_size]
+            if len(idx) < 2:
+                continue
+            loss = F.cross_entropy(model(ds.train.x[idx]), ds.train.y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += float(loss.detach()) * len(idx)
+        va = evaluate(model, ds.val, ds.num_classes)["accuracy"]
+        history.append({"train_loss": tot / n, "val_accuracy": va})
+        bar.set_postfix(loss=f"{tot / n:.3f}", val_acc=f"{va:.3f}")
+    model.eval()
+    return history
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, info: dict[str, Any]) -> Path:
+    """``info`` must hold model, dataset, seed; metrics are stored beside them."""
+    p = Path(path)
+    if p.suffix != ".pt":
+        p.mkdir(parents=True, exist_ok=True)
+        p = p / "model.pt"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), **info}, p)
+    return p
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, Dataset, dict[str, Any]]:
+    """Rebuild the model named in the checkpoint and reload its dataset split with the same seed."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {p} does not exist (make one with: cli.py train --out DIR)")
+    try:
+        ck = torch.load(p, weights_only=False, map_location="cpu")
+        name, dsname = ck["model"], ck["dataset"]
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{p}: not a checkpoint written by cli.py train ({e})") from e
+    ds = load_dataset(dsname, seed=ck.get("seed", 0))
+    model = build_model(name, ds.num_features, ds.num_classes, image_shape=ds.image_shape)
+    model.load_state_dict(ck["state_dict"])
+    model.eval()
+    return model, ds, ck
+
+
+def set_threads() -> None:
+    """Small models run fastest single-threaded; keep torch from oversubscribing 2 cores."""
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    np.random.seed(0)
