@@ -1,0 +1,341 @@
+#!/usr/bin/env python
+"""qfx: trace, analyse, quantize and search mixed-precision integer quantizations.
+
+Errors print one line and a hint; pass --debug for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("qfx")
+
+
+class UsageError(Exception):
+    """A user-facing error: message plus hint."""
+
+    def __init__(self, msg: str, hint: str = "") -> None:
+        super().__init__(msg)
+        self.hint = hint
+
+
+def _out_dir(args: argparse.Namespace, cfg_path: str | None, kind: str) -> Path:
+    if getattr(args, "out", None):
+        return Path(args.out)
+    stem = Path(cfg_path).stem if cfg_path else kind
+    return Path("outputs") / stem
+
+
+def _model_from_spec(spec: str, dataset: str) -> tuple[Any, Any]:
+    """A zoo name (with a dataset for its sizes), a checkpoint, or ``module:function``."""
+    import torch
+
+    if ":" in spec and not Path(spec).exists():
+        mod, _, fn = spec.partition(":")
+        try:
+            obj = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as e:
+            raise UsageError(f"cannot import {spec!r}: {e}", "use module.path:function_returning_a_model") from e
+        built = obj()
+        if isinstance(built, tuple):
+            return built[0], built[1]
+        inputs = getattr(built, "example_inputs", None)
+        if inputs is None:
+            raise UsageError(f"{spec} returned a model without example inputs",
+                             "return (model, example_inputs) or set model.example_inputs")  # fmt: skip
+        return built, inputs
+    from zoo.data import load_dataset
+    from zoo.models import MODELS, build_model
+
+    if spec not in MODELS:
+        raise UsageError(f"unknown model {spec!r}", f"zoo models: {', '.join(MODELS)}; or module:function")
+    ds = load_dataset(dataset)
+    torch.manual_seed(0)
+    return build_model(spec, ds.num_features, ds.num_classes, image_shape=ds.image_shape), ds.val.x[:8]
+
+
+# ---- commands ---------------------------------------------------------------------
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from graph import trace
+    from passes.analysis import analyze
+    from zoo.train import load_checkpoint
+
+    if args.checkpoint:
+        model, ds, _ = load_checkpoint(args.checkpoint)
+        inputs = ds.val.x[: args.batch]
+    else:
+        if not args.model:
+            raise UsageError("analyze needs --model or --checkpoint", "e.g. cli.py analyze --model jsc-toy")
+        model, inputs = _model_from_spec(args.model, args.dataset)
+    g = analyze(trace(model, inputs))
+    print(g if args.format == "table" else __import__("graph.dump", fromlist=["to_json"]).to_json(g))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from zoo.data import load_dataset
+    from zoo.models import build_model
+    from zoo.train import evaluate, save_checkpoint, train
+
+    ds = load_dataset(args.dataset, seed=args.seed)
+    torch.manual_seed(args.seed)
+    model = build_model(args.model, ds.num_features, ds.num_classes, image_shape=ds.image_shape)
+    t0 = time.perf_counter()
+    hist = train(model, ds, args.epochs, args.batch_size, args.lr, args.seed, not args.no_progress)
+    metrics = evaluate(model, ds.test, ds.num_classes)
+    p = save_checkpoint(args.out, model, {"model": args.model, "dataset": args.dataset, "seed": args.seed,
+                                          "epochs": args.epochs, "metrics": metrics, "history": hist})  # fmt: skip
+    print(f"trained {args.model} on {args.dataset} in {time.perf_counter() - t0:.1f}s: "
+          f"test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}; checkpoint {p}")  # fmt: skip
+    return 0
+
+
+def _print_metrics(title: str, m: dict[str, Any], classes: list[str]) -> None:
+    from tabulate import tabulate
+
+    keys = ["accuracy", "loss", "precision", "recall", "f1", "precision_macro", "recall_macro", "f1_macro"]
+    print(title)
+    print(tabulate([[k, f"{m[k]:.4f}"] for k in keys], headers=["metric", "value"], tablefmt="github"))
+    print("\nconfusion matrix (rows: true, columns: predicted)")
+    print(tabulate([[c, *r] for c, r in zip(classes, m["confusion_matrix"])], headers=["", *classes]))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from zoo.train import evaluate, load_checkpoint
+
+    model, ds, info = load_checkpoint(args.checkpoint)
+    split = ds.split(args.split)
+    m = evaluate(model, split, ds.num_classes)
+    _print_metrics(f"{info['model']} on {info['dataset']} ({args.split}, {len(split)} samples)", m, ds.classes)
+    if args.json:
+        Path(args.json).write_text(json.dumps(m, indent=1))
+    return 0
+
+
+def cmd_transform(args: argparse.Namespace) -> int:
+    from passes.transforms.quantize import QuantizePass, SummaryPass
+    from search.config import load_config
+    from search.session import prepare
+    from zoo.train import evaluate
+
+    cfg = load_config(args.config)
+    if cfg.passes.quantize is None:
+        raise UsageError(f"{args.config}: no [passes.quantize] section", "see configs/jsc_toy_by_name.toml")
+    out = _out_dir(args, args.config, "transform")
+    prep = prepare(cfg, args.checkpoint, out, not args.no_progress)
+    res = QuantizePass(cfg.passes.quantize)(prep.graph)
+    for n in res.info["notes"]:
+        print(f"note: {n}")
+    summ = SummaryPass()(res.graph).info
+    print(summ["text"])
+    split = prep.dataset.split(args.split)
+    fp = evaluate(prep.graph.gm, split, prep.dataset.num_classes)
+    q = evaluate(res.graph.gm, split, prep.dataset.num_classes)
+    from tabulate import tabulate
+
+    print(f"\n{args.split} set, {len(split)} samples")
+    print(tabulate([[k, f"{fp[k]:.4f}", f"{q[k]:.4f}", f"{q[k] - fp[k]:+.4f}"] for k in ("accuracy", "loss", "f1")],
+                   headers=["metric", "fp32", "quantized", "delta"], tablefmt="github"))  # fmt: skip
+    res.graph.save(out / "quantized")
+    (out / "summary.csv").write_text(summ["nodes_csv"])
+    (out / "histogram.csv").write_text(summ["histogram_csv"])
+    (out / "metrics.json").write_text(json.dumps({"fp32": fp, "quantized": q}, indent=1))
+    print(f"\nquantized graph saved to {out / 'quantized'}")
+    return 0
+
+
+def _search_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Path]:
+    from search.config import load_config
+    from search.session import build_search, prepare
+
+    cfg = load_config(args.config, require_search=True)
+    st = cfg.search.strategy.setup  # type: ignore[union-attr]
+    upd = {k: v for k, v in {"n_trials": args.n_trials, "sampler": args.sampler, "seed": args.seed,
+                             "n_jobs": args.n_jobs, "timeout": args.timeout}.items() if v is not None}  # fmt: skip
+    if upd:
+        from search.config import StrategySetup
+
+        cfg.search.strategy.setup = StrategySetup.model_validate({**st.model_dump(), **upd})  # type: ignore[union-attr]
+    out = _out_dir(args, args.config, "search")
+    prep = prepare(cfg, args.checkpoint, out, not args.no_progress)
+    space, ev = build_search(cfg, prep)
+    return cfg, prep, space, ev, out
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from search.study import best_table, best_trials, run_study, summarize, write_outputs
+
+    cfg, prep, space, ev, out = _search_setup(args)
+    st = cfg.search.strategy
+    print(f"{prep.graph.gm.__class__.__name__} from {prep.checkpoint}; {space.describe()}")
+    interrupted = False
+    try:
+        study, objective = run_study(space, ev, st.metrics, st.setup, out, args.storage, args.study_name,
+                                     not args.no_progress)  # fmt: skip
+    except KeyboardInterrupt:
+        interrupted = True
+        import optuna
+
+        from search.study import Objective
+
+        if args.storage is None:
+            print("interrupted: in-memory study; finished trials are in trials.jsonl", file=sys.stderr)
+            return 130
+        study = optuna.load_study(study_name=args.study_name, storage=args.storage)
+        objective = Objective(space, ev, st.metrics, st.setup.sum_scaled_metrics)
+    write_outputs(study, out, objective)
+    best = best_trials(study)
+    print("\nBest trial(s):")
+    print(best_table(best, list(st.metrics)) if best else "(no trial completed)")
+    print(f"\ntrials: {summarize(study)}; outputs in {out}/ (best.json, trials.csv, trials.json, best_model/, *.png)")
+    return 130 if interrupted else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from search.compare import compare_samplers
+
+    cfg, prep, space, ev, out = _search_setup(args)
+    st = cfg.search.strategy
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    from search.config import StrategySetup
+
+    for s in samplers:  # validate names up front
+        StrategySetup(sampler=s)
+    n = args.n_trials or min(space.size, 200)
+    print(f"{space.describe()}; {len(samplers)} sampler(s) x {args.repeats} repeat(s) x {n} trials")
+    res = compare_samplers(space, ev, st.metrics, st.setup, samplers, args.repeats, n, out / "compare",
+                           args.tolerance, progress=not args.no_progress)  # fmt: skip
+    print(f"optimum ({res['optimum_kind']}): {res['optimum']:.4f}; one evaluation: {res['evaluation_ms']:.1f} ms\n")
+    print(res["table"])
+    print(f"\nplot: {out / 'compare' / 'compare.png'}; data: {out / 'compare' / 'compare.json'}")
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------
+def _search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="TOML with a [search] section (see configs/)")
+    p.add_argument("--checkpoint", help="trained checkpoint (cli.py train --out); default: config load_name, "
+                                        "else train a baseline into OUT/baseline")  # fmt: skip
+    p.add_argument("--out", help="output directory (default: outputs/<config name>)")
+    p.add_argument("--n-trials", type=int, help="override search.strategy.setup.n_trials")
+    p.add_argument("--sampler", help="override the sampler (tpe, random, nsgaii, nsgaiii, qmc, gp, cmaes, grid, "
+                                     "bruteforce, exhaustive)")  # fmt: skip
+    p.add_argument("--seed", type=int, help="override the sampler seed")
+    p.add_argument("--n-jobs", type=int, help="parallel trials in this process")
+    p.add_argument("--timeout", type=float, help="stop after this many seconds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="cli.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("analyze", help="print the annotated graph (shapes, MACs, FLOPs, params)",
+                       description="Trace a model and print its per-node metadata as a table or JSON.")  # fmt: skip
+    p.add_argument("--model", help="zoo name (jsc-tiny, jsc-toy, jsc-s, cnn, transformer) or module:function "
+                                   "returning (model, example_inputs)")  # fmt: skip
+    p.add_argument("--dataset", default="digits", help="dataset giving a zoo model its sizes (default digits)")
+    p.add_argument("--checkpoint", help="analyse a trained checkpoint instead")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the example input for checkpoints")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(fn=cmd_analyze)
+
+    p = sub.add_parser("train", help="train a zoo model and save a checkpoint",
+                       description="Train a zoo model (seeded, progress bar); the checkpoint holds model name, "
+                                   "dataset, seed and test metrics.")  # fmt: skip
+    p.add_argument("--model", required=True, help="jsc-tiny, jsc-toy, jsc-s, cnn or transformer")
+    p.add_argument("--dataset", default="digits", help="digits, wine, breast_cancer, iris, or jsc:/path.h5|.csv")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="checkpoint directory or .pt file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy, loss, precision, recall, F1, confusion matrix of a checkpoint",
+                       description="Evaluate a checkpoint on its dataset split.")  # fmt: skip
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("transform", help="apply [passes.quantize] and compare FP32 vs quantized",
+                       description="Quantize with the config's [passes.quantize], print the summary and the "
+                                   "FP32-vs-quantized metrics, save the quantized graph.")  # fmt: skip
+    p.add_argument("--config", required=True)
+    p.add_argument("--checkpoint")
+    p.add_argument("--out", help="output directory (default: outputs/<config name>)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_transform)
+
+    p = sub.add_parser("search", help="mixed-precision search (Optuna)",
+                       description="Run the config's search; print the Best trial(s) table and write best.json, "
+                                   "trials.csv/json, best_model/ and plots. With --storage, the study persists: "
+                                   "re-running resumes it and several workers (--study-name) share it.")  # fmt: skip
+    _search_args(p)
+    p.add_argument("--storage", help="sqlite:///f.db, journal:FILE (or *.log), postgresql://user:pw@host/db")
+    p.add_argument("--study-name", help="name of a persistent study (required with --storage to resume/share)")
+    p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("compare-samplers", help="sample efficiency of samplers on one space",
+                       description="Run each sampler --repeats times with seeds 0..R-1; report best-so-far vs "
+                                   "trial (plot), trials to reach the exhaustive optimum, time per trial.")  # fmt: skip
+    _search_args(p)
+    p.add_argument("--samplers", default="tpe,bruteforce,random", help="comma-separated sampler names")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--tolerance", type=float, default=0.005, help="'near optimum' tolerance in objective units")
+    p.set_defaults(fn=cmd_compare)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if args.cmd == "search" and args.storage and not args.study_name:
+        args.study_name = "qfx"
+    try:
+        from zoo.train import set_threads
+
+        set_threads()
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one clear line unless --debug
+        if args.debug:
+            raise
+        hint = getattr(e, "hint", "") or _hint(e)
+        print(f"error: {e}".splitlines()[0] if not isinstance(e, UsageError) else f"error: {e}", file=sys.stderr)
+        for line in str(e).splitlines()[1:]:
+            print(f"  {line.strip()}", file=sys.stderr)
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
+        return 2
+
+
+def _hint(e: Exception) -> str:
+    from search.config import ConfigError
+
+    if isinstance(e, ConfigError):
+        return "fix the key named above; the schema is in README.md ('Config schema'); rerun with --debug for details"
+    if isinstance(e, FileNotFoundError):
+        return "check the path"
+    return "rerun with --debug for the traceback"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

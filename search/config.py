@@ -1,0 +1,206 @@
+"""Search configuration: MASE Lab 3 TOML schema (extended), validated by pydantic.
+
+Top-level keys follow MASE (``model``, ``dataset``, ``max_epochs`` ...); MASE keys that have
+no meaning here (``task`` must be "cls"; ``log_every_n_steps``, ``load_type``) are accepted
+and ignored so Lab 3 files run unchanged. Everything else is ``extra="forbid"``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from passes.transforms.quantize.config import QuantizeConfig
+
+
+class ConfigError(ValueError):
+    """A config file is invalid; the message names the file, the key and what is allowed."""
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BasicEvaluation(_M):
+    data_loader: Literal["val_dataloader", "test_dataloader", "train_dataloader", "val", "test", "train"] = (
+        "val_dataloader"
+    )
+    num_samples: int | None = Field(512, ge=1)
+
+
+class LatencyRunner(_M):
+    batch_size: int = Field(512, ge=1)
+    warmup: int = Field(2, ge=0)
+    repeats: int = Field(10, ge=1)
+
+
+class QATRunner(_M):
+    """Optional fine-tune of each trial's quantized graph (straight-through gradients)."""
+
+    steps: int = Field(0, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+
+
+class SwRunner(_M):
+    basic_evaluation: BasicEvaluation = BasicEvaluation()
+    latency: LatencyRunner = LatencyRunner()
+    qat: QATRunner = QATRunner()
+
+
+class AvgBitwidthRunner(_M):
+    compare_to: float = Field(32, gt=0)
+    activations: bool = False
+
+
+class HwRunner(_M):
+    average_bitwidth: AvgBitwidthRunner = AvgBitwidthRunner()
+
+
+SAMPLERS = (
+    "tpe", "random", "nsgaii", "nsgaiii", "qmc", "gp", "cmaes", "grid", "bruteforce", "exhaustive",
+)  # fmt: skip
+SAMPLER_ALIASES = {"brute": "bruteforce", "brute_force": "bruteforce", "brute-force": "bruteforce"}
+
+
+class StrategySetup(_M):
+    n_jobs: int = Field(1, ge=1)
+    n_trials: int = Field(20, ge=1)
+    timeout: float | None = Field(None, gt=0)
+    sampler: str = "tpe"
+    sum_scaled_metrics: bool = True
+    direction: Literal["maximize", "minimize"] = "maximize"
+    seed: int = 0
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: str) -> str:
+        v = SAMPLER_ALIASES.get(v.lower(), v.lower())
+        if v not in SAMPLERS:
+            raise ValueError(f"unknown sampler {v!r}; choose one of {', '.join(SAMPLERS)}")
+        return v
+
+
+class MetricSpec(_M):
+    scale: float = 1.0
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class Strategy(_M):
+    name: Literal["optuna"] = "optuna"
+    eval_mode: bool = True
+    sw_runner: SwRunner = SwRunner()
+    hw_runner: HwRunner = HwRunner()
+    setup: StrategySetup = StrategySetup()
+    metrics: dict[str, MetricSpec] = Field(min_length=1)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, v: dict[str, MetricSpec]) -> dict[str, MetricSpec]:
+        from search.runner import METRICS
+
+        bad = [k for k in v if k not in METRICS]
+        if bad:
+            raise ValueError(f"unknown metric(s) {bad}; available: {', '.join(METRICS)}")
+        return v
+
+
+class SpaceSetup(_M):
+    by: Literal["name", "type"] = "type"
+
+
+class SearchSpaceConfig(_M):
+    name: Literal["graph/quantize/mixed_precision_ptq"] = "graph/quantize/mixed_precision_ptq"
+    setup: SpaceSetup = SpaceSetup()
+    seed: dict[str, dict[str, dict[str, list[Any]]]] = Field(min_length=1)
+
+    @field_validator("seed")
+    @classmethod
+    def _shape(cls, v: dict[str, dict[str, dict[str, list[Any]]]]) -> dict:
+        for key, entry in v.items():
+            if set(entry) != {"config"}:
+                raise ValueError(f"seed.{key} must hold exactly one table 'config', got {sorted(entry)}")
+            for f, choices in entry["config"].items():
+                if not choices:
+                    raise ValueError(f"seed.{key}.config.{f} is an empty choice list")
+            if "name" not in entry["config"]:
+                raise ValueError(f"seed.{key}.config needs a 'name' choice list (e.g. [\"integer\"] or [\"NA\"])")
+        return v
+
+
+class SearchSection(_M):
+    search_space: SearchSpaceConfig
+    strategy: Strategy
+
+
+class PassesSection(_M):
+    quantize: QuantizeConfig | None = None
+
+
+class RunConfig(_M):
+    model: str = "jsc-tiny"
+    dataset: str = "digits"
+    task: Literal["cls"] = "cls"
+    max_epochs: int = Field(40, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    accelerator: Literal["cpu", "cuda", "gpu", "auto"] = "cpu"
+    project: str | None = None
+    seed: int = 0
+    load_name: str | None = None
+    # accepted for MASE compatibility, unused
+    log_every_n_steps: int | None = None
+    load_type: str | None = None
+    project_dir: str | None = None
+    passes: PassesSection = PassesSection()
+    search: SearchSection | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        from zoo.models import MODELS
+
+        if v not in MODELS:
+            raise ValueError(f"unknown model {v!r}; available: {', '.join(MODELS)}")
+        return v
+
+    @property
+    def device(self) -> str:
+        import torch
+
+        if self.accelerator in ("cuda", "gpu") or (self.accelerator == "auto" and torch.cuda.is_available()):
+            return "cuda"
+        return "cpu"
+
+
+def _loc(err: dict[str, Any]) -> str:
+    parts = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+    return ".".join(parts) or "<top level>"
+
+
+def load_config(path: str | Path, require_search: bool = False) -> RunConfig:
+    """Read and validate a TOML run config; raise :class:`ConfigError` naming file and key."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            msgs.append(f"key '{_loc(err)}': {msg}")
+        raise ConfigError(f"{p}: " + "; ".join(msgs)) from None
+    if require_search and cfg.search is None:
+        raise ConfigError(f"{p}: no [search] section (needs [search.search_space] and [search.strategy])")
+    return cfg

@@ -1,0 +1,142 @@
+"""Per-trial evaluation: rebuild from the pristine graph, (optionally fine-tune), measure.
+
+Every trial starts from the same analysed, never-modified graph (no re-tracing), and every
+metric is computed afresh from this trial's predictions only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from graph.trace import QGraph
+from hw.estimates import hw_metrics
+from passes.transforms.quantize.quantize_pass import QuantizePass
+from search.config import AvgBitwidthRunner, LatencyRunner, QATRunner
+from search.measure import measure_latency
+from zoo.data import Split
+from zoo.train import classification_metrics, predict
+
+Kind = Literal["software", "hardware"]
+# metric -> (kind, natural direction, description)
+METRICS: dict[str, tuple[Kind, str, str]] = {
+    "accuracy": ("software", "maximize", "top-1 accuracy on the evaluation samples"),
+    "loss": ("software", "minimize", "mean cross-entropy"),
+    "precision": ("software", "maximize", "precision, support-weighted over classes"),
+    "recall": ("software", "maximize", "recall, support-weighted"),
+    "f1": ("software", "maximize", "F1, support-weighted"),
+    "precision_macro": ("software", "maximize", "precision, unweighted class mean"),
+    "recall_macro": ("software", "maximize", "recall, unweighted class mean"),
+    "f1_macro": ("software", "maximize", "F1, unweighted class mean"),
+    "latency": ("software", "minimize", "median forward time of one batch (ms)"),
+    "latency_per_sample": ("software", "minimize", "median forward time per sample (ms)"),
+    "flops": ("software", "minimize", "FLOPs of one forward pass over one sample"),
+    "macs": ("software", "minimize", "MACs of one forward pass over one sample"),
+    "average_bitwidth": ("hardware", "minimize", "element-weighted mean width (see hw/)"),
+    "memory_density": ("hardware", "maximize", "compare_to / average_bitwidth"),
+    "memory_bytes": ("hardware", "minimize", "bit-packed bytes of the counted tensors"),
+    "model_size": ("hardware", "minimize", "bit-packed bytes of the parameters at their precision"),
+    "bops": ("hardware", "minimize", "bit operations per sample of MAC ops"),
+}
+
+
+@dataclass
+class TrialResult:
+    software: dict[str, float]
+    hardware: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)
+    graph: QGraph | None = None
+
+    def metric(self, name: str) -> float:
+        if name in self.software:
+            return self.software[name]
+        if name in self.hardware:
+            return self.hardware[name]
+        raise KeyError(f"metric {name!r} was not measured in this trial")
+
+
+class Evaluator:
+    """Builds and scores one quantized graph per config from a pristine analysed graph."""
+
+    def __init__(
+        self,
+        pristine: QGraph,
+        eval_split: Split,
+        num_classes: int,
+        metrics: list[str],
+        hw: AvgBitwidthRunner | None = None,
+        latency: LatencyRunner | None = None,
+        qat: QATRunner | None = None,
+        train_split: Split | None = None,
+        device: str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        bad = [m for m in metrics if m not in METRICS]
+        if bad:
+            raise KeyError(f"unknown metric(s) {bad}; available: {', '.join(METRICS)}")
+        missing = {"shapes", "flops", "params"} - pristine.analyses
+        if missing:
+            raise ValueError(f"the pristine graph lacks analyses {sorted(missing)}; run analyze(graph) first")
+        self.pristine = pristine
+        self.split = eval_split
+        self.num_classes = num_classes
+        self.metrics = list(metrics)
+        self.hw = hw or AvgBitwidthRunner()
+        self.latency = latency or LatencyRunner()
+        self.qat = qat or QATRunner()
+        self.train_split = train_split
+        self.device = device
+        self.seed = seed
+        if self.qat.steps and train_split is None:
+            raise ValueError("QAT fine-tuning needs a training split")
+        batch = pristine.meta(next(n for n in pristine.nodes if n.op == "placeholder")).out_shape[0]
+        tot = {"flops": 0, "macs": 0}
+        for m in pristine.metas():
+            tot["flops"] += m.flops or 0
+            tot["macs"] += m.macs or 0
+        self._per_sample = {k: v / batch for k, v in tot.items()}
+        self.x = eval_split.x.to(device)
+        self.y = eval_split.y
+
+    def _finetune(self, q: QGraph) -> None:
+        ts = self.train_split
+        assert ts is not None
+        g = torch.Generator().manual_seed(self.seed)
+        opt = torch.optim.Adam(q.gm.parameters(), lr=self.qat.lr)
+        q.gm.train()
+        for _ in range(self.qat.steps):
+            idx = torch.randint(0, len(ts), (self.qat.batch_size,), generator=g)
+            loss = F.cross_entropy(q.gm(ts.x[idx].to(self.device)), ts.y[idx].to(self.device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        q.gm.eval()
+
+    def evaluate(self, config: Any, keep_graph: bool = False) -> TrialResult:
+        """Quantize the pristine graph with ``config`` and measure every requested metric."""
+        t0 = time.perf_counter()
+        q = QuantizePass(config, copy_weights=bool(self.qat.steps))(self.pristine).graph
+        q.gm.eval()
+        t1 = time.perf_counter()
+        if self.qat.steps:
+            self._finetune(q)
+        t2 = time.perf_counter()
+        logits = predict(q.gm, self.x).cpu()
+        sw = classification_metrics(logits, self.y, self.num_classes)
+        sw.pop("confusion_matrix")
+        sw.update(self._per_sample)
+        if "latency" in self.metrics or "latency_per_sample" in self.metrics:
+            xb = self.x[: self.latency.batch_size]
+            lat = measure_latency(lambda: q.gm(xb), self.latency.warmup, self.latency.repeats, self.device)
+            sw["latency"] = lat["median_ms"]
+            sw["latency_per_sample"] = lat["median_ms"] / len(xb)
+            sw["latency_iqr"] = lat["iqr_ms"]
+        t3 = time.perf_counter()
+        hw = hw_metrics(q, self.hw.compare_to, self.hw.activations)
+        t4 = time.perf_counter()
+        timings = {"rebuild": t1 - t0, "qat": t2 - t1, "evaluate": t3 - t2, "hw": t4 - t3}
+        return TrialResult(sw, hw, timings, q if keep_graph else None)

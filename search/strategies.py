@@ -1,0 +1,59 @@
+"""Optuna samplers by name (all seeded) and an exhaustive strategy.
+
+``exhaustive`` visits point ``trial.number`` of the space in lexicographic order, so it
+never repeats a point — even with several workers sharing one storage, because trial
+numbers are unique per study — and the study stops once every point has been tried.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial
+
+from search.space import SearchSpace
+
+
+class ExhaustiveSampler(BaseSampler):
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return {}
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self.space.point(trial.number)[param_name]
+
+
+def make_sampler(name: str, space: SearchSpace, seed: int, n_objectives: int) -> BaseSampler:
+    """Seeded sampler by name; ``cmaes`` is single-objective only."""
+    free = space.free_dims
+    if name == "exhaustive":
+        return ExhaustiveSampler(space)
+    if name == "cmaes" and n_objectives > 1:
+        raise ValueError("sampler 'cmaes' is single-objective; use nsgaii, nsgaiii, tpe, random or gp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        factories = {
+            "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True),
+            "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+            "nsgaii": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+            "nsgaiii": lambda: optuna.samplers.NSGAIIISampler(seed=seed),
+            "qmc": lambda: optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False),
+            "gp": lambda: optuna.samplers.GPSampler(seed=seed),
+            "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+            "grid": lambda: optuna.samplers.GridSampler({d: list(range(n)) for d, n in free.items()}, seed=seed),
+            "bruteforce": lambda: optuna.samplers.BruteForceSampler(seed=seed),
+        }
+        if name not in factories:
+            raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join([*factories, 'exhaustive'])}")
+        return factories[name]()

@@ -1,0 +1,238 @@
+"""Run an Optuna study over a SearchSpace and write its outputs.
+
+Outputs in ``out_dir``: ``best.json``, ``trials.csv``, ``trials.json``, ``trials.jsonl``
+(appended after every finished trial, so a crash loses nothing), ``best_model/`` (the
+best quantized graph), ``history.png``, ``pareto.png``, ``metric_vs_config.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from tabulate import tabulate
+from tqdm.auto import tqdm
+
+from search.config import MetricSpec, StrategySetup
+from search.runner import METRICS, Evaluator
+from search.space import SearchSpace
+from search.strategies import make_sampler
+
+log = logging.getLogger(__name__)
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+
+
+def make_storage(url: str | None) -> Any:
+    """None -> in memory; ``*.log``/``*.jsonl``/``journal:PATH`` -> journal file; else an RDB URL."""
+    if url is None:
+        return None
+    if url.startswith("journal:") or url.endswith((".log", ".journal", ".jsonl")):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
+                                      if url.startswith("sqlite") else {})  # fmt: skip
+
+
+@dataclass
+class Objective:
+    """Scores one trial: single value (sum of scaled metrics) or one value per metric."""
+
+    space: SearchSpace
+    evaluator: Evaluator
+    metrics: dict[str, MetricSpec]
+    single: bool
+    exhaustive: bool = False
+    jsonl: Path | None = None
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize"] if self.single else [m.direction for m in self.metrics.values()]
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        if self.exhaustive and trial.number >= self.space.size:
+            trial.study.stop()
+            raise optuna.TrialPruned(f"all {self.space.size} points of the space have been tried")
+        t0 = time.perf_counter()
+        point = {d: trial.suggest_int(d, 0, n - 1) for d, n in self.space.free_dims.items()}
+        t_sample = time.perf_counter() - t0
+        config = self.space.to_config(point)
+        res = self.evaluator.evaluate(config)
+        scaled = {k: spec.scale * res.metric(k) for k, spec in self.metrics.items()}
+        sw = {k: v for k, v in res.software.items()}
+        trial.set_user_attr("software_metrics", sw)
+        trial.set_user_attr("hardware_metrics", res.hardware)
+        trial.set_user_attr("scaled_metrics", scaled)
+        trial.set_user_attr("sampled_config", config)
+        trial.set_user_attr("timings", {"sample": t_sample, **res.timings})
+        return sum(scaled.values()) if self.single else list(scaled.values())
+
+
+def _trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "value": t.values,
+        "params": t.params,
+        "software_metrics": t.user_attrs.get("software_metrics", {}),
+        "hardware_metrics": t.user_attrs.get("hardware_metrics", {}),
+        "scaled_metrics": t.user_attrs.get("scaled_metrics", {}),
+        "sampled_config": t.user_attrs.get("sampled_config", {}),
+        "timings": t.user_attrs.get("timings", {}),
+        "duration_s": t.duration.total_seconds() if t.duration else None,
+    }
+
+
+class _Progress:
+    """tqdm bar with trial count and best value so far; appends each finished trial to JSONL."""
+
+    def __init__(self, total: int, jsonl: Path | None, single: bool, enabled: bool) -> None:
+        self.bar = tqdm(total=total, desc="search", unit="trial", disable=not enabled)
+        self.jsonl = jsonl
+        self.single = single
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.jsonl is not None:
+            with open(self.jsonl, "a") as fh:
+                fh.write(json.dumps(_trial_record(trial), default=str) + "\n")
+        self.bar.update(1)
+        done = [t for t in study.get_trials(False, states=(TrialState.COMPLETE,))]
+        if done and self.single:
+            self.bar.set_postfix(best=f"{study.best_value:.4g}", trial=study.best_trial.number)
+        elif done:
+            self.bar.set_postfix(pareto=len(study.best_trials))
+
+
+def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    if not study.get_trials(False, states=(TrialState.COMPLETE,)):
+        return []
+    if len(study.directions) == 1:
+        return [study.best_trial]
+    return sorted(study.best_trials, key=lambda t: t.number)
+
+
+def _r(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def best_table(trials: list[optuna.trial.FrozenTrial], metric_names: list[str]) -> str:
+    """MASE's "Best trial(s)" table: number, software/hardware/scaled metrics, config."""
+    rows = []
+    for t in trials:
+        sw = {k: v for k, v in t.user_attrs["software_metrics"].items() if k in metric_names or k in ("loss", "accuracy")}
+        hw = {k: v for k, v in t.user_attrs["hardware_metrics"].items()
+              if k in metric_names or k in ("average_bitwidth", "memory_density")}  # fmt: skip
+        cfg = {k: v["config"] for k, v in t.user_attrs["sampled_config"].items() if isinstance(v, dict)}
+        cfg = {k: ",".join(f"{f.removesuffix('_width')}={x}" for f, x in c.items() if f != "name" and x != "NA")
+               or c.get("name") for k, c in cfg.items() if k != "default" and c.get("name") not in (None, "NA")}  # fmt: skip
+        rows.append([t.number, _r(sw), _r(hw), _r(t.user_attrs["scaled_metrics"]), cfg])
+    return tabulate(rows, headers=["number", "software_metrics", "hardware_metrics", "scaled_metrics", "config"],
+                    tablefmt="orgtbl", showindex=True)  # fmt: skip
+
+
+def write_outputs(study: optuna.Study, out: Path, objective: Objective) -> dict[str, Any]:
+    """best.json, trials.csv/json, best_model/, plots; returns best.json's content."""
+    out.mkdir(parents=True, exist_ok=True)
+    trials = study.get_trials(False)
+    records = [_trial_record(t) for t in trials]
+    (out / "trials.json").write_text(json.dumps(records, indent=1, default=str))
+    metric_keys = sorted({k for r in records for k in {**r["software_metrics"], **r["hardware_metrics"]}})
+    with open(out / "trials.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["number", "state", "value", *metric_keys, *objective.space.free_dims, "duration_s"])
+        for r, t in zip(records, trials):
+            m = {**r["software_metrics"], **r["hardware_metrics"]}
+            vals = objective.space.values(t.params) if t.params else {}
+            w.writerow([r["number"], r["state"], json.dumps(r["value"]), *(m.get(k, "") for k in metric_keys),
+                        *(vals.get(d, "") for d in objective.space.free_dims), r["duration_s"]])  # fmt: skip
+    best = best_trials(study)
+    best_json = {
+        str(i): {k: _trial_record(t)[k] for k in ("number", "value", "software_metrics", "hardware_metrics",
+                                                 "scaled_metrics", "sampled_config")}
+        for i, t in enumerate(best)
+    }  # fmt: skip
+    (out / "best.json").write_text(json.dumps(best_json, indent=1, default=str))
+    if best:
+        from passes.transforms.quantize import QuantizePass
+
+        full = QuantizePass(best[0].user_attrs["sampled_config"])(objective.evaluator.pristine).graph
+        full.save(out / "best_model")
+    try:
+        from search.plots import plot_study
+
+        plot_study(study, objective, out)
+    except Exception as e:  # noqa: BLE001 - plots must not lose the results
+        log.warning("plots failed: %s", e)
+    return best_json
+
+
+def run_study(
+    space: SearchSpace,
+    evaluator: Evaluator,
+    metrics: dict[str, MetricSpec],
+    setup: StrategySetup,
+    out: Path | None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    progress: bool = True,
+) -> tuple[optuna.Study, Objective]:
+    """Create or resume a study and run it until ``setup.n_trials`` trials have finished in total.
+
+    Trials that raise are recorded as FAIL and the study continues; Ctrl-C stops after
+    recording the trials finished so far.
+    """
+    single = setup.sum_scaled_metrics
+    objective = Objective(space, evaluator, metrics, single, setup.sampler == "exhaustive")
+    directions = [setup.direction] if single else objective.directions
+    sampler = make_sampler(setup.sampler, space, setup.seed, len(directions))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(
+            storage=make_storage(storage), sampler=sampler, study_name=study_name,
+            directions=directions, load_if_exists=study_name is not None,
+        )  # fmt: skip
+    if not single:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(metrics))
+    finished = len(study.get_trials(False, states=FINISHED))
+    n_trials = setup.n_trials
+    if setup.sampler == "exhaustive":
+        n_trials = min(n_trials, space.size)
+    remaining = max(n_trials - finished, 0)
+    if finished:
+        log.info("resuming study %r: %d trial(s) already finished, %d to go", study.study_name, finished, remaining)
+    jsonl = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        jsonl = out / "trials.jsonl"
+    callbacks: list[Any] = [
+        optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
+        _Progress(remaining, jsonl, single, progress),
+    ]
+    if setup.sampler in ("grid", "bruteforce"):
+        callbacks.append(lambda s, t: s.stop() if len(s.get_trials(False, states=FINISHED)) >= space.size else None)
+    if remaining:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, n_trials=remaining, timeout=setup.timeout, n_jobs=setup.n_jobs,
+                           callbacks=callbacks, catch=(Exception,), gc_after_trial=False)  # fmt: skip
+    callbacks[1].bar.close()
+    return study, objective
+
+
+def summarize(study: optuna.Study) -> dict[str, Any]:
+    states = [t.state for t in study.get_trials(False)]
+    return {s.name.lower(): states.count(s) for s in TrialState if states.count(s)}
+
+
+__all__ = ["METRICS", "Objective", "best_table", "best_trials", "make_storage", "run_study", "write_outputs"]
