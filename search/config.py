@@ -172,8 +172,12 @@ class RunConfig(_M):
     def device(self) -> str:
         import torch
 
-        if self.accelerator in ("cuda", "gpu") or (self.accelerator == "auto" and torch.cuda.is_available()):
+        if self.accelerator in ("cuda", "gpu", "auto") and torch.cuda.is_available():
             return "cuda"
+        if self.accelerator in ("cuda", "gpu"):
+            import logging
+
+            logging.getLogger(__name__).warning("accelerator = %r but no CUDA GPU: running on the CPU", self.accelerator)
         return "cpu"
 
 

@@ -27,7 +27,8 @@ from search.space import SearchSpace
 from search.strategies import make_sampler
 
 log = logging.getLogger(__name__)
-FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL)  # what n_trials counts (PRUNED = stopped by a cap)
+HEARTBEAT_S = 2
 
 
 def make_storage(url: str | None) -> Any:
@@ -38,8 +39,13 @@ def make_storage(url: str | None) -> Any:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
-                                      if url.startswith("sqlite") else {})  # fmt: skip
+    # heartbeats let a resumed study mark trials of a killed worker as failed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S,
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
+        )  # fmt: skip
 
 
 @dataclass
@@ -51,7 +57,7 @@ class Objective:
     metrics: dict[str, MetricSpec]
     single: bool
     exhaustive: bool = False
-    jsonl: Path | None = None
+    n_trials: int | None = None
 
     @property
     def directions(self) -> list[str]:
@@ -61,6 +67,13 @@ class Objective:
         if self.exhaustive and trial.number >= self.space.size:
             trial.study.stop()
             raise optuna.TrialPruned(f"all {self.space.size} points of the space have been tried")
+        if self.n_trials is not None:
+            # exact total across workers: completed trials plus those started before this one
+            ahead = trial.study.get_trials(False, states=(*FINISHED, TrialState.RUNNING))
+            taken = sum(t.state != TrialState.RUNNING or t.number < trial.number for t in ahead)
+            if taken >= self.n_trials:
+                trial.study.stop()
+                raise optuna.TrialPruned(f"the study already has {self.n_trials} trials")
         t0 = time.perf_counter()
         point = {d: trial.suggest_int(d, 0, n - 1) for d, n in self.space.free_dims.items()}
         t_sample = time.perf_counter() - t0
@@ -190,7 +203,7 @@ def run_study(
     recording the trials finished so far.
     """
     single = setup.sum_scaled_metrics
-    objective = Objective(space, evaluator, metrics, single, setup.sampler == "exhaustive")
+    objective = Objective(space, evaluator, metrics, single, setup.sampler == "exhaustive", setup.n_trials)
     directions = [setup.direction] if single else objective.directions
     sampler = make_sampler(setup.sampler, space, setup.seed, len(directions))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -204,10 +217,15 @@ def run_study(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(metrics))
-    finished = len(study.get_trials(False, states=FINISHED))
+    if storage is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
     n_trials = setup.n_trials
     if setup.sampler == "exhaustive":
         n_trials = min(n_trials, space.size)
+    objective.n_trials = n_trials
+    finished = len(study.get_trials(False, states=FINISHED))
     remaining = max(n_trials - finished, 0)
     if finished:
         log.info("resuming study %r: %d trial(s) already finished, %d to go", study.study_name, finished, remaining)
@@ -220,7 +238,9 @@ def run_study(
         _Progress(remaining, jsonl, single, progress),
     ]
     if setup.sampler in ("grid", "bruteforce"):
-        callbacks.append(lambda s, t: s.stop() if len(s.get_trials(False, states=FINISHED)) >= space.size else None)
+        callbacks.append(
+            lambda s, t: s.stop() if len(s.get_trials(False, states=(TrialState.COMPLETE,))) >= space.size else None
+        )
     if remaining:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

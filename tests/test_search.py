@@ -1,0 +1,279 @@
+"""Search: spaces, samplers, per-trial isolation, storage/resume, workers, outputs, config errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from search_helpers import ROOT, make_checkpoint, search_toml
+
+import cli
+from search.config import ConfigError, load_config
+from search.session import build_search, prepare
+from search.space import SearchSpace, SpaceError
+from search.study import run_study
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ck"))
+
+
+def _setup(tmp_path, text, ckpt):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    cfg = load_config(p, require_search=True)
+    prep = prepare(cfg, str(ckpt), tmp_path, progress=False)
+    space, ev = build_search(cfg, prep)
+    return cfg, prep, space, ev
+
+
+def _run(cfg, space, ev, out=None, **kw):
+    st = cfg.search.strategy
+    return run_study(space, ev, st.metrics, st.setup, out, progress=False, **kw)[0]
+
+
+def test_space_round_trip_and_by_type_really_quantizes(tmp_path, ckpt):
+    cfg, prep, space, ev = _setup(tmp_path, search_toml(), ckpt)
+    assert space.size == 18 and set(space.free_dims) == {
+        "linear/data_in_width", "linear/weight_width", "linear/bias_width"}  # fmt: skip
+    seen = set()
+    for i in range(space.size):
+        pt = space.point(i)
+        cfg_i = space.to_config(pt)
+        assert space.to_point(cfg_i) == pt
+        seen.add(json.dumps(cfg_i, sort_keys=True))
+    assert len(seen) == 18
+    from passes.transforms.quantize import QuantizePass
+
+    r = QuantizePass(space.to_config(space.point(0)))(prep.graph)
+    assert set(r.info["quantized"]) == {"seq_blocks_2"}  # MASE's by-type search quantizes nothing
+    res = [ev.evaluate(space.to_config(space.point(i))) for i in (0, 17)]
+    assert res[0].hardware["average_bitwidth"] < res[1].hardware["average_bitwidth"]
+
+
+def test_bruteforce_18_distinct_and_exhaustive_best(tmp_path, ckpt):
+    cfg, _, space, ev = _setup(tmp_path, search_toml("bruteforce", 30), ckpt)
+    st = _run(cfg, space, ev)
+    done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 18 and len({tuple(sorted(t.params.items())) for t in done}) == 18
+    cfg2, _, space2, ev2 = _setup(tmp_path, search_toml("exhaustive", 100), ckpt)
+    ex = _run(cfg2, space2, ev2)
+    assert len(ex.trials) == 18 and [t.params for t in ex.trials] == [space.point(i) for i in range(18)]
+    assert st.best_value == ex.best_value
+
+
+def test_tpe_and_bruteforce_reproducible(tmp_path, ckpt):
+    for sampler in ("tpe", "bruteforce"):
+        cfg, _, space, ev = _setup(tmp_path, search_toml(sampler, 10), ckpt)
+        a, b = _run(cfg, space, ev), _run(cfg, space, ev)
+        assert [t.params for t in a.trials] == [t.params for t in b.trials]
+        assert [t.values for t in a.trials] == [t.values for t in b.trials]
+
+
+def test_same_config_same_metrics_regardless_of_order(tmp_path, ckpt):
+    _, _, space, ev = _setup(tmp_path, search_toml(), ckpt)
+    c0, c5 = space.to_config(space.point(0)), space.to_config(space.point(5))
+    first = ev.evaluate(c0)
+    ev.evaluate(c5)
+    ev.evaluate(space.to_config(space.point(11)))
+    again = ev.evaluate(c0)
+    assert first.software == again.software and first.hardware == again.hardware
+    pristine = [m.to_dict() for m in ev.pristine.metas()]
+    assert not any(m["quantized"] for m in pristine)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "nsgaii", "nsgaiii", "qmc", "gp", "cmaes", "grid"])
+def test_every_sampler_runs_seeded(tmp_path, ckpt, sampler):
+    cfg, _, space, ev = _setup(tmp_path, search_toml(sampler, 6), ckpt)
+    a = _run(cfg, space, ev)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in a.trials) == 6
+    b = _run(cfg, space, ev)
+    assert [t.params for t in a.trials] == [t.params for t in b.trials]
+
+
+def test_multi_objective_outputs(tmp_path, ckpt):
+    text = search_toml("nsgaii", 12, single=False, metrics=(
+        'accuracy.scale = 1.0\naccuracy.direction = "maximize"\n'
+        'average_bitwidth.scale = 1.0\naverage_bitwidth.direction = "minimize"\n'
+        'latency.scale = 1.0\nlatency.direction = "minimize"'))  # fmt: skip
+    out = tmp_path / "out"
+    rc = cli.main(["search", "--config", str(_w(tmp_path, text)), "--checkpoint", str(ckpt), "--out", str(out),
+                   "--no-progress"])  # fmt: skip
+    assert rc == 0
+    best = json.loads((out / "best.json").read_text())
+    assert best and all(len(b["value"]) == 3 for b in best.values())
+    for b in best.values():
+        assert {"number", "value", "software_metrics", "hardware_metrics", "scaled_metrics", "sampled_config"} <= set(b)
+        assert b["software_metrics"]["latency"] > 0
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    assert len(rows) == 12 and {"accuracy", "average_bitwidth", "memory_density", "bops", "model_size"} <= set(rows[0])
+    for png in ("history.png", "pareto.png", "metric_vs_config.png"):
+        assert (out / png).stat().st_size > 1000
+    assert (out / "best_model" / "model.pt").is_file()
+    assert len((out / "trials.jsonl").read_text().splitlines()) == 12
+
+
+def _w(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _states(db: Path) -> list[tuple[int, str]]:
+    with sqlite3.connect(db) as c:
+        return c.execute("select number, state from trials order by number").fetchall()
+
+
+def test_killed_search_resumes_from_sqlite(tmp_path, ckpt):
+    space = """
+[search.search_space.seed.linear.config]
+name = ["integer"]
+data_in_width = [2, 3, 4, 5, 6, 7, 8, 9]
+weight_width = [2, 3, 4, 5, 6, 7, 8, 9]
+"""
+    extra = "[search.strategy.sw_runner.latency]\nrepeats = 150\nbatch_size = 256\n"
+    text = search_toml("exhaustive", 40, space=space, metrics="accuracy.scale = 1.0\nlatency.scale = -0.001")
+    cfgp = _w(tmp_path, text.replace("[search.strategy.setup]", extra + "[search.strategy.setup]"))
+    db = tmp_path / "s.db"
+    args = ["search", "--config", str(cfgp), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+            "--storage", f"sqlite:///{db}", "--study-name", "k", "--no-progress"]  # fmt: skip
+    p = _cli(*args)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.3)
+        if db.exists():
+            try:
+                if sum(s == "COMPLETE" for _, s in _states(db)) >= 3:
+                    break
+            except sqlite3.OperationalError:
+                pass
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    before = {n for n, s in _states(db) if s == "COMPLETE"}
+    assert 3 <= len(before) < 40
+    time.sleep(7)  # let the killed worker's heartbeat go stale
+    p2 = _cli(*args)
+    out, err = p2.communicate(timeout=300)
+    assert p2.returncode == 0, err
+    st = optuna.load_study(study_name="k", storage=f"sqlite:///{db}")
+    done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 40 - sum(t.state == optuna.trial.TrialState.FAIL for t in st.trials)
+    assert before <= {t.number for t in done}  # finished trials kept, not redone
+    assert len({tuple(sorted(t.params.items())) for t in done}) == len(done)
+
+
+@pytest.mark.parametrize("sampler,storage", [("grid", "sqlite"), ("bruteforce", "journal"), ("exhaustive", "sqlite")])
+def test_two_workers_share_storage_without_duplicates(tmp_path, ckpt, sampler, storage):
+    n = 12
+    cfgp = _w(tmp_path, search_toml(sampler, n))
+    url = f"sqlite:///{tmp_path / 'w.db'}" if storage == "sqlite" else f"journal:{tmp_path / 'w.log'}"
+    if storage == "sqlite":  # create the schema once so the two workers do not race on it
+        optuna.create_study(storage=url, study_name="w", directions=["maximize"])
+    ps = [_cli("search", "--config", str(cfgp), "--checkpoint", str(ckpt), "--out", str(tmp_path / f"o{i}"),
+               "--storage", url, "--study-name", "w", "--no-progress") for i in range(2)]  # fmt: skip
+    for p in ps:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    from search.study import make_storage
+
+    st = optuna.load_study(study_name="w", storage=make_storage(url))
+    done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == n
+    assert len({tuple(sorted(t.params.items())) for t in done}) == n
+
+
+def test_failing_trial_recorded_and_study_continues(tmp_path, ckpt, monkeypatch):
+    cfg, _, space, ev = _setup(tmp_path, search_toml("random", 6), ckpt)
+    real = ev.evaluate
+    calls = {"n": 0}
+
+    def flaky(config, keep_graph=False):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom")
+        return real(config, keep_graph)
+
+    monkeypatch.setattr(ev, "evaluate", flaky)
+    st = _run(cfg, space, ev)
+    states = [t.state.name for t in st.trials]
+    assert states.count("FAIL") == 1 and states.count("COMPLETE") == 5
+
+
+BAD = [
+    ('[search.strategy.setup]', '[search.strategy.setup]\nn_trails = 3', "search.strategy.setup.n_trails': unknown key"),
+    ('n_trials = 18', 'n_trials = "many"', "search.strategy.setup.n_trials"),
+    ('weight_width = [2, 4, 8]', 'weight_width = []', "seed.linear.config.weight_width is an empty choice list"),
+    ('sampler = "bruteforce"', 'sampler = "annealing"', "unknown sampler 'annealing'"),
+    ('accuracy.scale = 1.0', 'acuracy.scale = 1.0', "unknown metric(s) ['acuracy']"),
+    ('model = "jsc-tiny"', 'model = "resnet"', "unknown model 'resnet'"),
+]
+
+
+@pytest.mark.parametrize("old,new,msg", BAD)
+def test_bad_toml_exits_nonzero_naming_key(tmp_path, capsys, old, new, msg):
+    text = search_toml()
+    assert old in text
+    p = _w(tmp_path, text.replace(old, new, 1))
+    rc = cli.main(["search", "--config", str(p), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and msg in err and str(p) in err and "Traceback" not in err
+
+
+def test_space_errors_name_the_seed(tmp_path, ckpt):
+    bad_field = search_toml().replace("weight_width = [2, 4, 8]", "wieght_width = [2, 4, 8]")
+    with pytest.raises(SpaceError, match="seed.linear.config.wieght_width: unknown field"):
+        _setup(tmp_path, bad_field, ckpt)
+    bad_node = search_toml(by="name").replace("seed.linear.config", "seed.fc9.config")
+    with pytest.raises(SpaceError, match="seed 'fc9': no quantizable node.*seq_blocks_2"):
+        _setup(tmp_path, bad_node, ckpt)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_seed_004_toml_runs_unchanged(tmp_path, ckpt):
+    """The TOML from seeds/004 (MASE Lab 3 schema) with only model/dataset names changed."""
+    text = (ROOT / "configs" / "mase_lab3_jsc.toml").read_text()
+    cfg = load_config(ROOT / "configs" / "mase_lab3_jsc.toml", require_search=True)
+    assert cfg.search.strategy.setup.sampler == "bruteforce" and "load_name" in text
+    prep = prepare(cfg.model_copy(update={"load_name": None}), str(ckpt), tmp_path, progress=False)
+    space, ev = build_search(cfg, prep)
+    assert any("op type" in n for n in space.notes)  # 'linear' seed with by = "name" is ignored, as in MASE
+    st = run_study(space, ev, cfg.search.strategy.metrics, cfg.search.strategy.setup, None, progress=False)[0]
+    assert len(st.trials) == 18 and len(st.directions) == 2
+
+
+def test_qat_runner_changes_weights_only_in_trial(tmp_path, ckpt):
+    text = search_toml("random", 2).replace(
+        "[search.strategy.setup]", "[search.strategy.sw_runner.qat]\nsteps = 5\n[search.strategy.setup]")
+    _, prep, space, ev = _setup(tmp_path, text, ckpt)
+    w = prep.graph.gm.get_submodule("seq_blocks.2").weight.clone()
+    r = ev.evaluate(space.to_config(space.point(0)))
+    assert r.timings["qat"] > 0
+    assert prep.graph.gm.get_submodule("seq_blocks.2").weight.equal(w)
+
+
+def test_compare_samplers(tmp_path, ckpt, capsys):
+    p = _w(tmp_path, search_toml("tpe", 18))
+    rc = cli.main(["compare-samplers", "--config", str(p), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+                   "--samplers", "tpe,bruteforce,random", "--repeats", "2", "--n-trials", "18", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    res = json.loads((tmp_path / "o" / "compare" / "compare.json").read_text())
+    assert res["optimum_kind"] == "exhaustive" and res["space_size"] == 18
+    assert all(x is not None for x in res["samplers"]["bruteforce"]["trials_to_optimum"])  # sees all 18
+    assert (tmp_path / "o" / "compare" / "compare.png").stat().st_size > 1000
+    assert "trials to optimum" in capsys.readouterr().out
