@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import json
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -13,6 +15,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from graph.copying import copy_value
 from graph.meta import META_KEY, NodeMeta, get_meta
 from graph.registry import op_type, target_name
 
@@ -105,7 +108,7 @@ class QGraph:
     # ---- copies and persistence ----------------------------------------------
     def copy(self) -> QGraph:
         """Deep copy: module state, graph and metadata are all independent."""
-        gm = copy.deepcopy(self.gm)
+        gm = rebuild(self.gm, copy_state=True)
         for n in gm.graph.nodes:  # fx copies node.meta shallowly: give each copy its own record
             if META_KEY in n.meta:
                 n.meta[META_KEY] = copy.deepcopy(n.meta[META_KEY])
@@ -142,6 +145,47 @@ class QGraph:
         return to_networkx(self)
 
 
+def referenced(gm: nn.Module, graph: fx.Graph) -> dict[str, Any]:
+    """``{target: module or tensor}`` for every call_module / get_attr target of ``graph``."""
+    root: dict[str, Any] = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            root[n.target] = gm.get_submodule(n.target)
+        elif n.op == "get_attr":
+            obj: Any = gm
+            for part in n.target.split("."):
+                obj = getattr(obj, part)
+            root[n.target] = obj
+    return root
+
+
+def copy_graph(graph: fx.Graph) -> tuple[fx.Graph, dict[fx.Node, fx.Node]]:
+    """A new Graph with the same nodes (and codegen); returns it and the old->new node map."""
+    new_g = fx.Graph()
+    new_g._codegen = copy.copy(graph._codegen)
+    val_map: dict[fx.Node, fx.Node] = {}
+    out = new_g.graph_copy(graph, val_map)
+    val_map[next(iter(reversed(graph.nodes)))] = new_g.output(out)
+    return new_g, val_map
+
+
+def rebuild(
+    gm: nn.Module, graph: fx.Graph | None = None, copy_state: bool = True, root: dict[str, Any] | None = None
+) -> fx.GraphModule:
+    """A GraphModule over a copy of ``graph`` (default ``gm.graph``) with private (or shared) state."""
+    graph = graph if graph is not None else gm.graph  # type: ignore[assignment]
+    root = referenced(gm, graph) if root is None else root
+    if copy_state:
+        memo: dict[int, Any] = {}
+        root = {k: copy_value(v, memo) for k, v in root.items()}
+    new_g, val_map = copy_graph(graph)
+    for old, new in val_map.items():
+        new.meta = dict(old.meta)
+    out = fx.GraphModule(root, new_g, gm.__class__.__name__)
+    out.train(gm.training)
+    return out
+
+
 def init_meta(gm: fx.GraphModule) -> None:
     """Give every node of ``gm`` a fresh :class:`NodeMeta` (name, op, target, op_type)."""
     modules = dict(gm.named_modules())
@@ -149,6 +193,19 @@ def init_meta(gm: fx.GraphModule) -> None:
         n.meta[META_KEY] = NodeMeta(
             name=n.name, op=n.op, target=target_name(n, modules), op_type=op_type(n, modules)
         )
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector: building 10^4 FX nodes otherwise triggers repeated
+    full collections whose cost grows with the heap (superlinear tracing time)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def trace(
@@ -168,7 +225,17 @@ def trace(
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    model = copy.deepcopy(model)  # the caller's model is never shared with the graph
+    with no_gc():
+        return _trace(model, example_inputs, leaf_modules, leaf_functions, concrete_args)
+
+
+def _trace(
+    model: nn.Module,
+    example_inputs: Sequence[Any],
+    leaf_modules: Sequence[type],
+    leaf_functions: Sequence[Callable],
+    concrete_args: dict[str, Any] | None,
+) -> QGraph:
     tracer = _Tracer(leaf_modules, leaf_functions)
     try:
         g = tracer.trace(model, concrete_args=concrete_args)
@@ -187,6 +254,10 @@ def trace(
         ) from exc
     for n in g.nodes:  # annotations make torch 2.13 GraphModules unpicklable
         n.type = None
-    gm = fx.GraphModule(tracer.root, g, type(model).__name__)
+    # the graph gets private copies of the modules it uses: the caller's model is never shared
+    memo: dict[int, Any] = {}
+    root = {k: copy_value(v, memo) for k, v in referenced(tracer.root, g).items()}
+    gm = fx.GraphModule(root, g, type(model).__name__)
+    gm.train(model.training)
     init_meta(gm)
     return QGraph(gm, tuple(example_inputs))

@@ -19,11 +19,8 @@ import torch.nn.functional as F
 def _mlp(sizes: list[int]) -> nn.Sequential:
     """MASE JSC layout: BN, ReLU, then (Linear, BN, ReLU) per layer."""
     layers: list[nn.Module] = [nn.BatchNorm1d(sizes[0]), nn.ReLU()]
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2 or len(sizes) > 2:
-            layers.append(nn.BatchNorm1d(b))
-        layers.append(nn.ReLU())
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.ReLU()]
     return nn.Sequential(*layers)
 
 

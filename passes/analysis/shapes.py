@@ -8,7 +8,7 @@ import torch
 import torch.fx as fx
 
 from graph.meta import get_meta
-from graph.trace import QGraph
+from graph.trace import QGraph, no_gc
 from passes.base import Pass, PassResult
 
 
@@ -52,7 +52,7 @@ class ShapePass(Pass):
         modes = {m: m.training for m in graph.gm.modules()}
         graph.gm.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), no_gc():
                 _Recorder(graph.gm).run(*graph.example_inputs)
         finally:
             for m, t in modes.items():
