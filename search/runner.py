@@ -19,7 +19,7 @@ from passes.transforms.quantize.quantize_pass import QuantizePass
 from search.config import AvgBitwidthRunner, LatencyRunner, QATRunner
 from search.measure import measure_latency
 from zoo.data import Split
-from zoo.train import classification_metrics, predict
+from zoo.train import PRF, classification_metrics, predict
 
 Kind = Literal["software", "hardware"]
 # metric -> (kind, natural direction, description)
@@ -99,6 +99,7 @@ class Evaluator:
             tot["flops"] += m.flops or 0
             tot["macs"] += m.macs or 0
         self._per_sample = {k: v / batch for k, v in tot.items()}
+        self._prf = any(m in PRF for m in metrics)  # scikit-learn P/R/F1 only when asked for
         self.x = eval_split.x.to(device)
         self.y = eval_split.y
 
@@ -126,8 +127,8 @@ class Evaluator:
             self._finetune(q)
         t2 = time.perf_counter()
         logits = predict(q.gm, self.x).cpu()
-        sw = classification_metrics(logits, self.y, self.num_classes)
-        sw.pop("confusion_matrix")
+        sw = classification_metrics(logits, self.y, self.num_classes, full=self._prf)
+        sw.pop("confusion_matrix", None)
         sw.update(self._per_sample)
         if "latency" in self.metrics or "latency_per_sample" in self.metrics:
             xb = self.x[: self.latency.batch_size]

@@ -27,8 +27,14 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.
     return out
 
 
-def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Any]:
-    """accuracy, loss (cross-entropy), precision/recall/F1 (weighted and macro), confusion matrix.
+PRF = ("precision", "recall", "f1", "precision_macro", "recall_macro", "f1_macro")
+
+
+def classification_metrics(
+    logits: torch.Tensor, y: torch.Tensor, num_classes: int, full: bool = True
+) -> dict[str, Any]:
+    """accuracy, loss (cross-entropy) and, when ``full``, precision/recall/F1 (weighted and
+    macro, scikit-learn) and the confusion matrix.
 
     Stateless: every call computes from these predictions only.
     """
@@ -39,6 +45,8 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: i
         "accuracy": float((pred == yt).mean()),
         "loss": float(F.cross_entropy(logits.float(), y)),
     }
+    if not full:
+        return out
     for avg in ("weighted", "macro"):
         p, r, f, _ = precision_recall_fscore_support(yt, pred, labels=labels, average=avg, zero_division=0)
         sfx = "" if avg == "weighted" else "_macro"

@@ -1,0 +1,91 @@
+"""Per-trial wall time of the search split into sample / rebuild / evaluate / hw.
+
+jsc-tiny with 512 validation samples and jsc-s (digits), TPE sampler, in-memory storage;
+then rebuild (QuantizePass on the pristine graph) time against node count on MLPs of growing
+depth. MASE users see ~1 s per trial for jsc-tiny on CPU; goals: < 20 ms per trial median
+for jsc-tiny, rebuild < 2 ms, rebuild linear in node count.
+Run: python bench/search_throughput.py [--quick]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tabulate import tabulate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from graph import trace  # noqa: E402
+from passes.analysis import analyze  # noqa: E402
+from passes.transforms.quantize import QuantizePass  # noqa: E402
+from search.config import MetricSpec, StrategySetup  # noqa: E402
+from search.runner import Evaluator  # noqa: E402
+from search.space import SearchSpace  # noqa: E402
+from search.study import run_study  # noqa: E402
+from zoo.data import load_dataset  # noqa: E402
+from zoo.models import build_model  # noqa: E402
+from zoo.train import train  # noqa: E402
+
+SEEDS = {"linear": {"name": ["integer"], "data_in_width": [4, 8, 16], "weight_width": [2, 4, 8, 16],
+                    "bias_width": [2, 4, 8, 16]}, "relu": {"name": ["NA", "integer"], "data_in_width": [4, 8]}}  # fmt: skip
+
+
+def per_trial(model_name: str, n_trials: int) -> list[str]:
+    ds = load_dataset("digits")
+    torch.manual_seed(0)
+    m = build_model(model_name, ds.num_features, ds.num_classes)
+    train(m, ds, epochs=3, progress=False)
+    g = analyze(trace(m, ds.val.x[:8]))
+    space = SearchSpace(g, "type", SEEDS)
+    # digits' validation split has 288 rows: time on 512 training rows instead (timing only)
+    ev = Evaluator(g, ds.train.head(512), ds.num_classes, ["accuracy", "average_bitwidth"])
+    metrics = {"accuracy": MetricSpec(scale=1.0), "average_bitwidth": MetricSpec(scale=-0.01)}
+    setup = StrategySetup(n_trials=n_trials, sampler="tpe")
+    t0 = time.perf_counter()
+    study, _ = run_study(space, ev, metrics, setup, None, progress=False)
+    wall = (time.perf_counter() - t0) / len(study.trials)
+    tm = [t.user_attrs["timings"] for t in study.trials]
+    med = {k: 1e3 * statistics.median(t[k] for t in tm) for k in ("sample", "rebuild", "evaluate", "hw")}
+    trial_ms = [1e3 * t.duration.total_seconds() for t in study.trials]
+    return [model_name, len(g.nodes), len(ev.y), n_trials, f"{statistics.median(trial_ms):.2f}",
+            f"{1e3 * wall:.2f}", *(f"{med[k]:.2f}" for k in med)]  # fmt: skip
+
+
+def rebuild_scaling(depths: list[int]) -> list[list[str]]:
+    rows = []
+    for d in depths:
+        layers: list[nn.Module] = []
+        for _ in range(d):
+            layers += [nn.Linear(32, 32), nn.ReLU()]
+        g = analyze(trace(nn.Sequential(*layers), torch.randn(4, 32)))
+        cfg = {"by": "type", "linear": {"name": "integer", "weight_width": 4}, "relu": {"name": "integer"}}
+        ts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            QuantizePass(cfg, copy_weights=False)(g)
+            ts.append(time.perf_counter() - t0)
+        t = min(ts)
+        rows.append([d, len(g.nodes), f"{1e3 * t:.2f}", f"{1e6 * t / len(g.nodes):.1f}"])
+    return rows
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    torch.set_num_threads(1)
+    n = 30 if quick else 100
+    rows = [per_trial("jsc-tiny", n), per_trial("jsc-s", n)]
+    print("per trial (median ms; 'wall/trial' includes Optuna's own bookkeeping)")
+    print(tabulate(rows, headers=["model", "nodes", "eval samples", "trials", "trial ms", "wall/trial ms",
+                                  "sample", "rebuild", "evaluate", "hw"], tablefmt="github"))  # fmt: skip
+    print("\nrebuild (QuantizePass, shared weights) vs node count")
+    depths = [10, 100, 500] if quick else [10, 100, 500, 2000]
+    print(tabulate(rebuild_scaling(depths), headers=["linear layers", "nodes", "rebuild ms", "us/node"],
+                   tablefmt="github"))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
