@@ -214,7 +214,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"{space.describe()}; {len(samplers)} sampler(s) x {args.repeats} repeat(s) x {n} trials")
     res = compare_samplers(space, ev, st.metrics, st.setup, samplers, args.repeats, n, out / "compare",
                            args.tolerance, progress=not args.no_progress)  # fmt: skip
-    print(f"optimum ({res['optimum_kind']}): {res['optimum']:.4f}; one evaluation: {res['evaluation_ms']:.1f} ms\n")
+    print(f"objective (maximised): {res['objective']}; optimum ({res['optimum_kind']}): {res['optimum']:.4f}; "
+          f"one evaluation: {res['evaluation_ms']:.1f} ms\n")  # fmt: skip
     print(res["table"])
     print(f"\nplot: {out / 'compare' / 'compare.png'}; data: {out / 'compare' / 'compare.json'}")
     return 0

@@ -49,9 +49,16 @@ def compare_samplers(
     samplers: list[str], repeats: int, n_trials: int, out: Path, tolerance: float = 0.005,
     exhaustive_limit: int = 4096, progress: bool = True,
 ) -> dict[str, Any]:
-    """Run each sampler ``repeats`` times (seeds 0..repeats-1); write compare.json/.png and a table."""
+    """Run each sampler ``repeats`` times (seeds 0..repeats-1); write compare.json/.png and a table.
+
+    A multi-objective config is compared on the single objective sum(+-scale * metric), minus for
+    metrics to minimise, maximised.
+    """
     if not setup.sum_scaled_metrics:
-        raise ValueError("compare-samplers needs a single objective (sum_scaled_metrics = true)")
+        # one comparable number per trial: scaled metrics summed, minimised ones with a minus sign
+        metrics = {k: MetricSpec(scale=m.scale if m.direction == "maximize" else -m.scale, direction=m.direction)
+                   for k, m in metrics.items()}  # fmt: skip
+        setup = setup.model_copy(update={"sum_scaled_metrics": True, "direction": "maximize"})
     if "latency" in metrics or "latency_per_sample" in metrics:
         raise ValueError("compare-samplers memoises evaluations; drop latency metrics (they are not deterministic)")
     maximize = setup.direction == "maximize"
@@ -100,7 +107,7 @@ def compare_samplers(
                      f"{1e3 * np.mean(walls[s]):.1f}", f"{1e3 * (np.mean(walls[s]) + per_eval):.1f}"])  # fmt: skip
     table = tabulate(rows, headers=["sampler", "final best", "trials to optimum", f"trials to within {tolerance}",
                                     "ms/trial (memoised)", "ms/trial (est. unmemoised)"], tablefmt="github")  # fmt: skip
-    result = {"space_size": space.size, "optimum": optimum, "optimum_kind": optimum_kind, "n_trials": n_trials,
+    result = {"objective": " + ".join(f"{m.scale:g}*{k}" for k, m in metrics.items()), "space_size": space.size, "optimum": optimum, "optimum_kind": optimum_kind, "n_trials": n_trials,
               "repeats": repeats, "tolerance": tolerance, "evaluation_ms": 1e3 * per_eval, "samplers": summary,
               "table": table}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)

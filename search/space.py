@@ -13,13 +13,17 @@ from typing import Any
 
 from graph.trace import QGraph
 from passes.transforms.quantize.config import IntegerQ, MinifloatQ, QuantizeConfig
-from passes.transforms.quantize.quantize_pass import QUANTIZABLE_TYPES, quantizable_nodes
+from passes.transforms.quantize.quantize_pass import QUANTIZABLE_TYPES, TYPE_ROLES, quantizable_nodes
 
 FORMAT_MODELS = {"integer": IntegerQ, "minifloat": MinifloatQ}
 
 
 class SpaceError(ValueError):
     """A seed names an unknown node/type/field or offers no choices."""
+
+
+def _role(field: str) -> str | None:
+    return next((r for r in ("data_in", "weight", "bias") if field.startswith(r + "_")), None)
 
 
 def _is_na(v: Any) -> bool:
@@ -60,7 +64,12 @@ class SearchSpace:
                         f"seed {k!r}: no quantizable node of that name; quantizable nodes: {', '.join(qn)}"
                     )
             units = {n: seeds[n] if n in seeds else seeds.get("default", {"name": ["NA"]}) for n in qn}
-        self.units: dict[str, dict[str, list[Any]]] = units
+        # drop fields for tensor roles the op does not have (a ReLU has no weight to quantize)
+        unit_type = (lambda u: u) if by == "type" else qn.__getitem__
+        self.units: dict[str, dict[str, list[Any]]] = {
+            u: {f: ch for f, ch in fields.items() if _role(f) in (None, *TYPE_ROLES[unit_type(u)])}
+            for u, fields in units.items()
+        }
         self.dims: dict[str, list[Any]] = {
             f"{u}/{f}": list(ch) for u, fields in units.items() for f, ch in fields.items()
         }

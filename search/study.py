@@ -144,8 +144,9 @@ def best_table(trials: list[optuna.trial.FrozenTrial], metric_names: list[str]) 
         hw = {k: v for k, v in t.user_attrs["hardware_metrics"].items()
               if k in metric_names or k in ("average_bitwidth", "memory_density")}  # fmt: skip
         cfg = {k: v["config"] for k, v in t.user_attrs["sampled_config"].items() if isinstance(v, dict)}
-        cfg = {k: ",".join(f"{f.removesuffix('_width')}={x}" for f, x in c.items() if f != "name" and x != "NA")
-               or c.get("name") for k, c in cfg.items() if k != "default" and c.get("name") not in (None, "NA")}  # fmt: skip
+        cfg = {k: ("" if c["name"] == "integer" else f"{c['name']}:") + ",".join(
+            f"{f.removesuffix('_width')}={x}" for f, x in c.items() if f != "name" and x != "NA")
+            for k, c in cfg.items() if k != "default" and c.get("name") not in (None, "NA")}  # fmt: skip
         rows.append([t.number, _r(sw), _r(hw), _r(t.user_attrs["scaled_metrics"]), cfg])
     return tabulate(rows, headers=["number", "software_metrics", "hardware_metrics", "scaled_metrics", "config"],
                     tablefmt="orgtbl", showindex=True)  # fmt: skip

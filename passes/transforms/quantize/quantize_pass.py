@@ -59,7 +59,12 @@ QUANT_RULES.register(operator.mul, torch.mul, "mul")(_fn_rule("QMul"))
 QUANT_RULES.register(operator.matmul, torch.matmul, "matmul")(_fn_rule("QMatmul"))
 QUANT_RULES.register(torch.bmm, "bmm")(_fn_rule("QBmm"))
 
-QUANTIZABLE_TYPES = {"linear", "conv1d", "conv2d", "relu", "add", "sub", "mul", "matmul", "bmm"}
+# op type -> tensor roles its quantized form has
+TYPE_ROLES: dict[str, tuple[str, ...]] = {
+    **{t: _P for t in ("linear", "conv1d", "conv2d")},
+    **{t: ("data_in",) for t in ("relu", "add", "sub", "mul", "matmul", "bmm")},
+}
+QUANTIZABLE_TYPES = set(TYPE_ROLES)
 
 
 def _rule_key(n: fx.Node, modules: dict[str, nn.Module]) -> Any:

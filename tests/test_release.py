@@ -1,0 +1,143 @@
+"""Release checks: every README command runs, every config validates and dry-runs, help texts, CI."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from search_helpers import ROOT
+
+import cli
+from search.config import load_config
+from search.session import build_search, prepare
+from search.study import run_study
+
+README = (ROOT / "README.md").read_text()
+
+
+def blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, re.S)
+
+
+def commands() -> list[str]:
+    out = []
+    for b in blocks("sh"):
+        for cmd in b.replace("\\\n", " ").splitlines():
+            if cmd.strip() and not cmd.startswith("#"):
+                out.append(cmd.split("  #")[0].strip())
+    return out
+
+
+SETUP, TEST = commands()[0], commands()[1]
+
+
+def small(cmd: str) -> str:
+    """The same command on small settings."""
+    cmd = re.sub(r"--epochs \d+", "--epochs 3", cmd)
+    cmd = re.sub(r"--n-trials \d+", "--n-trials 3", cmd)
+    cmd = re.sub(r"--repeats \d+", "--repeats 1", cmd)
+    if " search " in cmd and "--n-trials" not in cmd:
+        cmd += " --n-trials 3"
+    if "compare-samplers" in cmd:
+        cmd += " --n-trials 6"
+    return cmd + " --no-progress" if any(k in cmd for k in (" search ", "compare-samplers", " train ")) else cmd
+
+
+def test_readme_has_two_commands_and_ci_runs_the_test_command():
+    assert "pip install torch==2.13.0" in SETUP and "cli.py search --config configs/jsc_tiny_by_type.toml" in SETUP
+    assert "pytest" in TEST
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert TEST in ci and "pip install -q torch==2.13.0" in ci and "-e '.[dev]'" in ci
+
+
+def test_readme_cli_commands_run(tmp_path):
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    (tmp_path / "cli.py").symlink_to(ROOT / "cli.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ran = 0
+    for cmd in commands()[2:]:
+        if not cmd.startswith("python cli.py"):
+            continue
+        if "postgresql://" in cmd:
+            continue  # run against a real server in test_postgres_workers
+        c = small(cmd).replace("python cli.py", f"{shlex.quote(sys.executable)} cli.py", 1)
+        r = subprocess.run(["bash", "-c", c], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"{c}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+        ran += 1
+    assert ran >= 9
+    assert (tmp_path / "runs" / "toy-search" / "best.json").is_file()
+    assert (tmp_path / "runs" / "toy.db").is_file() and (tmp_path / "runs" / "toy.log").is_file()
+
+
+def test_readme_python_example_runs(capsys):
+    (code,) = blocks("python")
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "QLinear" in out and "total:" in out
+
+
+CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
+
+
+def test_required_configs_exist():
+    names = {p.stem for p in CONFIGS}
+    assert {"jsc_tiny_by_type", "jsc_toy_by_name", "digits_mlp_mixed", "cnn_by_type", "mase_lab3_jsc"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_validates_and_dry_runs(tmp_path, path):
+    cfg = load_config(path, require_search=True)
+    cfg = cfg.model_copy(update={"max_epochs": 1, "load_name": None})
+    prep = prepare(cfg, None, tmp_path, progress=False)
+    space, ev = build_search(cfg, prep)
+    assert space.size >= 2 and space.free_dims
+    setup = cfg.search.strategy.setup.model_copy(update={"n_trials": 2})
+    st, _ = run_study(space, ev, cfg.search.strategy.metrics, setup, tmp_path / "o", progress=False)
+    assert sum(t.state.name == "COMPLETE" for t in st.trials) == 2
+    if cfg.passes.quantize is not None:
+        from passes.transforms.quantize import QuantizePass
+
+        assert QuantizePass(cfg.passes.quantize)(prep.graph).modified
+
+
+@pytest.mark.parametrize("cmd", ["", "analyze", "train", "eval", "transform", "search", "compare-samplers"])
+def test_help_is_complete(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([cmd, "--help"] if cmd else ["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out and len(out) > 300
+    if cmd in ("search", "compare-samplers"):
+        assert "--config" in out and "--checkpoint" in out and "--out" in out
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["eval", "--checkpoint", "/nonexistent"], "does not exist"),
+    (["analyze", "--model", "resnet"], "unknown model 'resnet'"),
+    (["train", "--model", "jsc-tiny", "--dataset", "jsc:/no/such.h5", "--out", "x"], "no such file"),
+    (["analyze", "--model", "nosuchmod:fn"], "cannot import"),
+])  # fmt: skip
+def test_errors_one_line_and_hint(argv, msg, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "hint:" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 3
+
+
+def example_model():
+    """Used by the analyze module:function test."""
+    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()), torch.randn(2, 4)
+
+
+def test_analyze_module_function_json(capsys):
+    assert cli.main(["analyze", "--model", "test_release:example_model", "--format", "json"]) == 0
+    import json
+
+    data = json.loads(capsys.readouterr().out)
+    assert data["totals"]["params"] == 15 and data["totals"]["macs"] == 2 * 4 * 3
