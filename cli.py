@@ -48,8 +48,10 @@ def _model_from_spec(spec: str, dataset: str) -> tuple[Any, Any]:
             return built[0], built[1]
         inputs = getattr(built, "example_inputs", None)
         if inputs is None:
-            raise UsageError(f"{spec} returned a model without example inputs",
-                             "return (model, example_inputs) or set model.example_inputs")  # fmt: skip
+            raise UsageError(
+                f"{spec} returned a model without example inputs",
+                "return (model, example_inputs) or set model.example_inputs",
+            )
         return built, inputs
     from zoo.data import load_dataset
     from zoo.models import MODELS, build_model
@@ -92,10 +94,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     hist = train(model, ds, args.epochs, args.batch_size, args.lr, args.seed, not args.no_progress)
     metrics = evaluate(model, ds.test, ds.num_classes)
-    p = save_checkpoint(args.out, model, {"model": args.model, "dataset": args.dataset, "seed": args.seed,
-                                          "epochs": args.epochs, "metrics": metrics, "history": hist})  # fmt: skip
-    print(f"trained {args.model} on {args.dataset} in {time.perf_counter() - t0:.1f}s: "
-          f"test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}; checkpoint {p}")  # fmt: skip
+    p = save_checkpoint(
+        args.out,
+        model,
+        {
+            "model": args.model,
+            "dataset": args.dataset,
+            "seed": args.seed,
+            "epochs": args.epochs,
+            "metrics": metrics,
+            "history": hist,
+        },
+    )
+    print(
+        f"trained {args.model} on {args.dataset} in {time.perf_counter() - t0:.1f}s: "
+        f"test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}; checkpoint {p}"
+    )
     return 0
 
 
@@ -106,7 +120,7 @@ def _print_metrics(title: str, m: dict[str, Any], classes: list[str]) -> None:
     print(title)
     print(tabulate([[k, f"{m[k]:.4f}"] for k in keys], headers=["metric", "value"], tablefmt="github"))
     print("\nconfusion matrix (rows: true, columns: predicted)")
-    print(tabulate([[c, *r] for c, r in zip(classes, m["confusion_matrix"])], headers=["", *classes]))
+    print(tabulate([[c, *r] for c, r in zip(classes, m["confusion_matrix"], strict=True)], headers=["", *classes]))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -143,8 +157,13 @@ def cmd_transform(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     print(f"\n{args.split} set, {len(split)} samples")
-    print(tabulate([[k, f"{fp[k]:.4f}", f"{q[k]:.4f}", f"{q[k] - fp[k]:+.4f}"] for k in ("accuracy", "loss", "f1")],
-                   headers=["metric", "fp32", "quantized", "delta"], tablefmt="github"))  # fmt: skip
+    print(
+        tabulate(
+            [[k, f"{fp[k]:.4f}", f"{q[k]:.4f}", f"{q[k] - fp[k]:+.4f}"] for k in ("accuracy", "loss", "f1")],
+            headers=["metric", "fp32", "quantized", "delta"],
+            tablefmt="github",
+        )
+    )
     res.graph.save(out / "quantized")
     (out / "summary.csv").write_text(summ["nodes_csv"])
     (out / "histogram.csv").write_text(summ["histogram_csv"])
@@ -159,8 +178,17 @@ def _search_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Path]:
 
     cfg = load_config(args.config, require_search=True)
     st = cfg.search.strategy.setup  # type: ignore[union-attr]
-    upd = {k: v for k, v in {"n_trials": args.n_trials, "sampler": args.sampler, "seed": args.seed,
-                             "n_jobs": args.n_jobs, "timeout": args.timeout}.items() if v is not None}  # fmt: skip
+    upd = {
+        k: v
+        for k, v in {
+            "n_trials": args.n_trials,
+            "sampler": args.sampler,
+            "seed": args.seed,
+            "n_jobs": args.n_jobs,
+            "timeout": args.timeout,
+        }.items()
+        if v is not None
+    }
     if upd:
         from search.config import StrategySetup
 
@@ -179,8 +207,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"{prep.graph.gm.__class__.__name__} from {prep.checkpoint}; {space.describe()}")
     interrupted = False
     try:
-        study, objective = run_study(space, ev, st.metrics, st.setup, out, args.storage, args.study_name,
-                                     not args.no_progress)  # fmt: skip
+        study, objective = run_study(
+            space, ev, st.metrics, st.setup, out, args.storage, args.study_name, not args.no_progress
+        )
     except KeyboardInterrupt:
         interrupted = True
         import optuna
@@ -212,10 +241,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
         StrategySetup(sampler=s)
     n = args.n_trials or min(space.size, 200)
     print(f"{space.describe()}; {len(samplers)} sampler(s) x {args.repeats} repeat(s) x {n} trials")
-    res = compare_samplers(space, ev, st.metrics, st.setup, samplers, args.repeats, n, out / "compare",
-                           args.tolerance, progress=not args.no_progress)  # fmt: skip
-    print(f"objective (maximised): {res['objective']}; optimum ({res['optimum_kind']}): {res['optimum']:.4f}; "
-          f"one evaluation: {res['evaluation_ms']:.1f} ms\n")  # fmt: skip
+    res = compare_samplers(
+        space,
+        ev,
+        st.metrics,
+        st.setup,
+        samplers,
+        args.repeats,
+        n,
+        out / "compare",
+        args.tolerance,
+        progress=not args.no_progress,
+    )
+    print(
+        f"objective (maximised): {res['objective']}; optimum ({res['optimum_kind']}): {res['optimum']:.4f}; "
+        f"one evaluation: {res['evaluation_ms']:.1f} ms\n"
+    )
     print(res["table"])
     print(f"\nplot: {out / 'compare' / 'compare.png'}; data: {out / 'compare' / 'compare.json'}")
     return 0
@@ -224,12 +265,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 # ---- parser -------------------------------------------------------------------------
 def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="TOML with a [search] section (see configs/)")
-    p.add_argument("--checkpoint", help="trained checkpoint (cli.py train --out); default: config load_name, "
-                                        "else train a baseline into OUT/baseline")  # fmt: skip
+    p.add_argument(
+        "--checkpoint",
+        help="trained checkpoint (cli.py train --out); default: config load_name, "
+        "else train a baseline into OUT/baseline",
+    )
     p.add_argument("--out", help="output directory (default: outputs/<config name>)")
     p.add_argument("--n-trials", type=int, help="override search.strategy.setup.n_trials")
-    p.add_argument("--sampler", help="override the sampler (tpe, random, nsgaii, nsgaiii, qmc, gp, cmaes, grid, "
-                                     "bruteforce, exhaustive)")  # fmt: skip
+    p.add_argument(
+        "--sampler",
+        help="override the sampler (tpe, random, nsgaii, nsgaiii, qmc, gp, cmaes, grid, bruteforce, exhaustive)",
+    )
     p.add_argument("--seed", type=int, help="override the sampler seed")
     p.add_argument("--n-jobs", type=int, help="parallel trials in this process")
     p.add_argument("--timeout", type=float, help="stop after this many seconds")
@@ -237,25 +283,35 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="cli.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap = argparse.ArgumentParser(
+        prog="cli.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("analyze", help="print the annotated graph (shapes, MACs, FLOPs, params)",
-                       description="Trace a model and print its per-node metadata as a table or JSON.")  # fmt: skip
-    p.add_argument("--model", help="zoo name (jsc-tiny, jsc-toy, jsc-s, cnn, transformer) or module:function "
-                                   "returning (model, example_inputs)")  # fmt: skip
+    p = sub.add_parser(
+        "analyze",
+        help="print the annotated graph (shapes, MACs, FLOPs, params)",
+        description="Trace a model and print its per-node metadata as a table or JSON.",
+    )
+    p.add_argument(
+        "--model",
+        help="zoo name (jsc-tiny, jsc-toy, jsc-s, cnn, transformer) or module:function "
+        "returning (model, example_inputs)",
+    )
     p.add_argument("--dataset", default="digits", help="dataset giving a zoo model its sizes (default digits)")
     p.add_argument("--checkpoint", help="analyse a trained checkpoint instead")
     p.add_argument("--batch", type=int, default=1, help="batch size of the example input for checkpoints")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(fn=cmd_analyze)
 
-    p = sub.add_parser("train", help="train a zoo model and save a checkpoint",
-                       description="Train a zoo model (seeded, progress bar); the checkpoint holds model name, "
-                                   "dataset, seed and test metrics.")  # fmt: skip
+    p = sub.add_parser(
+        "train",
+        help="train a zoo model and save a checkpoint",
+        description="Train a zoo model (seeded, progress bar); the checkpoint holds model name, "
+        "dataset, seed and test metrics.",
+    )
     p.add_argument("--model", required=True, help="jsc-tiny, jsc-toy, jsc-s, cnn or transformer")
     p.add_argument("--dataset", default="digits", help="digits, wine, breast_cancer, iris, or jsc:/path.h5|.csv")
     p.add_argument("--epochs", type=int, default=40)
@@ -266,16 +322,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("eval", help="accuracy, loss, precision, recall, F1, confusion matrix of a checkpoint",
-                       description="Evaluate a checkpoint on its dataset split.")  # fmt: skip
+    p = sub.add_parser(
+        "eval",
+        help="accuracy, loss, precision, recall, F1, confusion matrix of a checkpoint",
+        description="Evaluate a checkpoint on its dataset split.",
+    )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("transform", help="apply [passes.quantize] and compare FP32 vs quantized",
-                       description="Quantize with the config's [passes.quantize], print the summary and the "
-                                   "FP32-vs-quantized metrics, save the quantized graph.")  # fmt: skip
+    p = sub.add_parser(
+        "transform",
+        help="apply [passes.quantize] and compare FP32 vs quantized",
+        description="Quantize with the config's [passes.quantize], print the summary and the "
+        "FP32-vs-quantized metrics, save the quantized graph.",
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoint")
     p.add_argument("--out", help="output directory (default: outputs/<config name>)")
@@ -283,18 +345,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_transform)
 
-    p = sub.add_parser("search", help="mixed-precision search (Optuna)",
-                       description="Run the config's search; print the Best trial(s) table and write best.json, "
-                                   "trials.csv/json, best_model/ and plots. With --storage, the study persists: "
-                                   "re-running resumes it and several workers (--study-name) share it.")  # fmt: skip
+    p = sub.add_parser(
+        "search",
+        help="mixed-precision search (Optuna)",
+        description="Run the config's search; print the Best trial(s) table and write best.json, "
+        "trials.csv/json, best_model/ and plots. With --storage, the study persists: "
+        "re-running resumes it and several workers (--study-name) share it.",
+    )
     _search_args(p)
     p.add_argument("--storage", help="sqlite:///f.db, journal:FILE (or *.log), postgresql://user:pw@host/db")
     p.add_argument("--study-name", help="name of a persistent study (required with --storage to resume/share)")
     p.set_defaults(fn=cmd_search)
 
-    p = sub.add_parser("compare-samplers", help="sample efficiency of samplers on one space",
-                       description="Run each sampler --repeats times with seeds 0..R-1; report best-so-far vs "
-                                   "trial (plot), trials to reach the exhaustive optimum, time per trial.")  # fmt: skip
+    p = sub.add_parser(
+        "compare-samplers",
+        help="sample efficiency of samplers on one space",
+        description="Run each sampler --repeats times with seeds 0..R-1; report best-so-far vs "
+        "trial (plot), trials to reach the exhaustive optimum, time per trial.",
+    )
     _search_args(p)
     p.add_argument("--samplers", default="tpe,bruteforce,random", help="comma-separated sampler names")
     p.add_argument("--repeats", type=int, default=5)

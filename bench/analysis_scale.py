@@ -39,8 +39,13 @@ class Block(nn.Module):
 
 
 def cnn(blocks: int = 25, c: int = 16) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, c, 3, padding=1), *[Block(c) for _ in range(blocks)],
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10))  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(3, c, 3, padding=1),
+        *[Block(c) for _ in range(blocks)],
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(c, 10),
+    )
 
 
 def best_of(fn, n: int = 3) -> float:
@@ -60,21 +65,34 @@ def main() -> None:
     rows = []
     for name, model, x in cases:
         model.eval()
-        holder = {}
+        holder: dict = {}
 
-        def ours() -> None:
+        def ours(model=model, x=x, holder=holder) -> None:
             holder["g"] = analyze(trace(model, x))
 
-        def ref() -> None:
+        def ref(model=model, x=x) -> None:
             with FlopCounterMode(display=False), torch.no_grad():
                 model(x)
 
         t_ours, t_ref = best_of(ours), best_of(ref)
         nodes = len(holder["g"].nodes)
-        rows.append([name, nodes, f"{1e3 * t_ours:.1f}", f"{1e6 * t_ours / nodes:.1f}", f"{1e3 * t_ref:.1f}",
-                     f"{t_ours / t_ref:.2f}"])  # fmt: skip
-    print(tabulate(rows, headers=["model", "nodes", "trace+analysis ms", "us/node", "FlopCounterMode fwd ms",
-                                  "ratio ours/ref"], tablefmt="github"))  # fmt: skip
+        rows.append(
+            [
+                name,
+                nodes,
+                f"{1e3 * t_ours:.1f}",
+                f"{1e6 * t_ours / nodes:.1f}",
+                f"{1e3 * t_ref:.1f}",
+                f"{t_ours / t_ref:.2f}",
+            ]
+        )
+    print(
+        tabulate(
+            rows,
+            headers=["model", "nodes", "trace+analysis ms", "us/node", "FlopCounterMode fwd ms", "ratio ours/ref"],
+            tablefmt="github",
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ W, FR = 8, 4
 
 
 def fq_module() -> FakeQuantize:
-    obs = FixedQParamsObserver.with_args(scale=2.0**-FR, zero_point=0, dtype=torch.qint8,
-                                         quant_min=-(2 ** (W - 1)), quant_max=2 ** (W - 1) - 1)  # fmt: skip
+    obs = FixedQParamsObserver.with_args(
+        scale=2.0**-FR, zero_point=0, dtype=torch.qint8, quant_min=-(2 ** (W - 1)), quant_max=2 ** (W - 1) - 1
+    )
     m = FakeQuantize(observer=obs, quant_min=-(2 ** (W - 1)), quant_max=2 ** (W - 1) - 1, dtype=torch.qint8)
     m.disable_observer()
     m.scale.fill_(2.0**-FR)
@@ -61,7 +62,7 @@ def ao_model(model: nn.Module) -> nn.Module:
     import copy
 
     model = copy.deepcopy(model)
-    for name, child in list(model.named_modules()):
+    for child in list(model.modules()):
         for cname, c in list(child.named_children()):
             if isinstance(c, (nn.Linear, nn.Conv2d)):
                 setattr(child, cname, AOWrap(c))
@@ -71,8 +72,15 @@ def ao_model(model: nn.Module) -> nn.Module:
 class BigMLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 1024), nn.ReLU(),
-                                 nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, 10))  # fmt: skip
+        self.net = nn.Sequential(
+            nn.Linear(64, 512),
+            nn.ReLU(),
+            nn.Linear(512, 1024),
+            nn.ReLU(),
+            nn.Linear(1024, 512),
+            nn.ReLU(),
+            nn.Linear(512, 10),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -81,10 +89,20 @@ class BigMLP(nn.Module):
 class BigCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.f = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(),
-                               nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 256, 3, padding=1),
-                               nn.ReLU(), nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                               nn.Flatten(), nn.Linear(256, 10))  # fmt: skip
+        self.f = nn.Sequential(
+            nn.Unflatten(1, (1, 8, 8)),
+            nn.Conv2d(1, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 128, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(128, 256, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(256, 10),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.f(x)
@@ -111,11 +129,26 @@ def main() -> None:
     quick = "--quick" in sys.argv
     repeats = 10 if quick else 40
     torch.manual_seed(0)
-    cfg = {"by": "type", **{t: {"name": "integer", "data_in_width": W, "data_in_frac_width": FR, "weight_width": W,
-                                "weight_frac_width": FR, "bias_width": W, "bias_frac_width": FR}
-                            for t in ("linear", "conv2d")}}  # fmt: skip
-    cases = [("jsc-toy", build_model("jsc-toy", 16, 5), torch.randn(512, 16)),
-             ("mlp-1M", BigMLP(), torch.randn(512, 64)), ("cnn-1M", BigCNN(), torch.randn(512, 64))]  # fmt: skip
+    cfg = {
+        "by": "type",
+        **{
+            t: {
+                "name": "integer",
+                "data_in_width": W,
+                "data_in_frac_width": FR,
+                "weight_width": W,
+                "weight_frac_width": FR,
+                "bias_width": W,
+                "bias_frac_width": FR,
+            }
+            for t in ("linear", "conv2d")
+        },
+    }
+    cases = [
+        ("jsc-toy", build_model("jsc-toy", 16, 5), torch.randn(512, 16)),
+        ("mlp-1M", BigMLP(), torch.randn(512, 64)),
+        ("cnn-1M", BigCNN(), torch.randn(512, 64)),
+    ]
     rows = []
     for name, model, x in cases:
         model.eval()
@@ -134,11 +167,39 @@ def main() -> None:
         t_ao = timeit(ao, x, repeats)
         assert torch.equal(q(x), qf(x)), "the two kernels must agree"
         torch.testing.assert_close(q(x), ao(x), rtol=0, atol=0)
-        rows.append([name, f"{params:,}", f"{t_fp:.2f}", f"{t_ours:.2f}", f"{t_fused:.2f}", f"{t_ao:.2f}",
-                     f"{t_ours / t_fp:.2f}", f"{t_fused / t_fp:.2f}", f"{t_ao / t_fp:.2f}", f"{t_ours / t_ao:.2f}"])  # fmt: skip
+        rows.append(
+            [
+                name,
+                f"{params:,}",
+                f"{t_fp:.2f}",
+                f"{t_ours:.2f}",
+                f"{t_fused:.2f}",
+                f"{t_ao:.2f}",
+                f"{t_ours / t_fp:.2f}",
+                f"{t_fused / t_fp:.2f}",
+                f"{t_ao / t_fp:.2f}",
+                f"{t_ours / t_ao:.2f}",
+            ]
+        )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 512, median of {repeats}")
-    print(tabulate(rows, headers=["model", "params", "fp32 ms", "ours ms", "ours-fused ms", "torch.ao ms",
-                                  "ours/fp32", "fused/fp32", "ao/fp32", "ours/ao"], tablefmt="github"))  # fmt: skip
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "model",
+                "params",
+                "fp32 ms",
+                "ours ms",
+                "ours-fused ms",
+                "torch.ao ms",
+                "ours/fp32",
+                "fused/fp32",
+                "ao/fp32",
+                "ours/ao",
+            ],
+            tablefmt="github",
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,15 @@ from zoo.data import load_dataset  # noqa: E402
 from zoo.models import build_model  # noqa: E402
 from zoo.train import train  # noqa: E402
 
-SEEDS = {"linear": {"name": ["integer"], "data_in_width": [4, 8, 16], "weight_width": [2, 4, 8, 16],
-                    "bias_width": [2, 4, 8, 16]}, "relu": {"name": ["NA", "integer"], "data_in_width": [4, 8]}}  # fmt: skip
+SEEDS = {
+    "linear": {
+        "name": ["integer"],
+        "data_in_width": [4, 8, 16],
+        "weight_width": [2, 4, 8, 16],
+        "bias_width": [2, 4, 8, 16],
+    },
+    "relu": {"name": ["NA", "integer"], "data_in_width": [4, 8]},
+}
 
 
 def per_trial(model_name: str, n_trials: int) -> list[str]:
@@ -51,8 +58,15 @@ def per_trial(model_name: str, n_trials: int) -> list[str]:
     tm = [t.user_attrs["timings"] for t in study.trials]
     med = {k: 1e3 * statistics.median(t[k] for t in tm) for k in ("sample", "rebuild", "evaluate", "hw")}
     trial_ms = [1e3 * t.duration.total_seconds() for t in study.trials]
-    return [model_name, len(g.nodes), len(ev.y), n_trials, f"{statistics.median(trial_ms):.2f}",
-            f"{1e3 * wall:.2f}", *(f"{med[k]:.2f}" for k in med)]  # fmt: skip
+    return [
+        model_name,
+        len(g.nodes),
+        len(ev.y),
+        n_trials,
+        f"{statistics.median(trial_ms):.2f}",
+        f"{1e3 * wall:.2f}",
+        *(f"{med[k]:.2f}" for k in med),
+    ]
 
 
 def rebuild_scaling(depths: list[int]) -> list[list[str]]:
@@ -79,12 +93,31 @@ def main() -> None:
     n = 30 if quick else 100
     rows = [per_trial("jsc-tiny", n), per_trial("jsc-s", n)]
     print("per trial (median ms; 'wall/trial' includes Optuna's own bookkeeping)")
-    print(tabulate(rows, headers=["model", "nodes", "eval samples", "trials", "trial ms", "wall/trial ms",
-                                  "sample", "rebuild", "evaluate", "hw"], tablefmt="github"))  # fmt: skip
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "model",
+                "nodes",
+                "eval samples",
+                "trials",
+                "trial ms",
+                "wall/trial ms",
+                "sample",
+                "rebuild",
+                "evaluate",
+                "hw",
+            ],
+            tablefmt="github",
+        )
+    )
     print("\nrebuild (QuantizePass, shared weights) vs node count")
     depths = [10, 100, 500] if quick else [10, 100, 500, 2000]
-    print(tabulate(rebuild_scaling(depths), headers=["linear layers", "nodes", "rebuild ms", "us/node"],
-                   tablefmt="github"))  # fmt: skip
+    print(
+        tabulate(
+            rebuild_scaling(depths), headers=["linear layers", "nodes", "rebuild ms", "us/node"], tablefmt="github"
+        )
+    )
 
 
 if __name__ == "__main__":

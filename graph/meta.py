@@ -83,6 +83,4 @@ def get_meta(node: fx.Node) -> NodeMeta:
     try:
         return node.meta[META_KEY]
     except KeyError:
-        raise KeyError(
-            f"node {node.name!r} has no {META_KEY!r} metadata; build graphs with graph.trace()"
-        ) from None
+        raise KeyError(f"node {node.name!r} has no {META_KEY!r} metadata; build graphs with graph.trace()") from None

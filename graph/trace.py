@@ -66,9 +66,7 @@ class QGraph:
     passes use it to check their requirements.
     """
 
-    def __init__(
-        self, gm: fx.GraphModule, example_inputs: tuple[Any, ...], analyses: Iterable[str] = ()
-    ) -> None:
+    def __init__(self, gm: fx.GraphModule, example_inputs: tuple[Any, ...], analyses: Iterable[str] = ()) -> None:
         self.gm = gm
         self.example_inputs = tuple(example_inputs)
         self.analyses: set[str] = set(analyses)
@@ -190,9 +188,7 @@ def init_meta(gm: fx.GraphModule) -> None:
     """Give every node of ``gm`` a fresh :class:`NodeMeta` (name, op, target, op_type)."""
     modules = dict(gm.named_modules())
     for n in gm.graph.nodes:
-        n.meta[META_KEY] = NodeMeta(
-            name=n.name, op=n.op, target=target_name(n, modules), op_type=op_type(n, modules)
-        )
+        n.meta[META_KEY] = NodeMeta(name=n.name, op=n.op, target=target_name(n, modules), op_type=op_type(n, modules))
 
 
 @contextlib.contextmanager

@@ -45,9 +45,17 @@ def _score(res: TrialResult, metrics: dict[str, MetricSpec]) -> float:
 
 
 def compare_samplers(
-    space: SearchSpace, ev: Evaluator, metrics: dict[str, MetricSpec], setup: StrategySetup,
-    samplers: list[str], repeats: int, n_trials: int, out: Path, tolerance: float = 0.005,
-    exhaustive_limit: int = 4096, progress: bool = True,
+    space: SearchSpace,
+    ev: Evaluator,
+    metrics: dict[str, MetricSpec],
+    setup: StrategySetup,
+    samplers: list[str],
+    repeats: int,
+    n_trials: int,
+    out: Path,
+    tolerance: float = 0.005,
+    exhaustive_limit: int = 4096,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run each sampler ``repeats`` times (seeds 0..repeats-1); write compare.json/.png and a table.
 
@@ -56,8 +64,10 @@ def compare_samplers(
     """
     if not setup.sum_scaled_metrics:
         # one comparable number per trial: scaled metrics summed, minimised ones with a minus sign
-        metrics = {k: MetricSpec(scale=m.scale if m.direction == "maximize" else -m.scale, direction=m.direction)
-                   for k, m in metrics.items()}  # fmt: skip
+        metrics = {
+            k: MetricSpec(scale=m.scale if m.direction == "maximize" else -m.scale, direction=m.direction)
+            for k, m in metrics.items()
+        }
         setup = setup.model_copy(update={"sum_scaled_metrics": True, "direction": "maximize"})
     if "latency" in metrics or "latency_per_sample" in metrics:
         raise ValueError("compare-samplers memoises evaluations; drop latency metrics (they are not deterministic)")
@@ -101,15 +111,47 @@ def compare_samplers(
             return f"{np.mean(ok):.1f} ± {np.std(ok):.1f} ({len(ok)}/{len(xs)})" if ok else f"never (0/{len(xs)})"
 
         finals = [c[-1] for c in curves[s] if c]
-        summary[s] = {"trials_to_optimum": hit, "trials_to_within_tol": near, "final_best": finals,
-                      "sampler_overhead_ms_per_trial": 1e3 * float(np.mean(walls[s])), "curves": curves[s]}  # fmt: skip
-        rows.append([s, f"{np.mean(finals):.4f} ± {np.std(finals):.4f}", stat(hit), stat(near),
-                     f"{1e3 * np.mean(walls[s]):.1f}", f"{1e3 * (np.mean(walls[s]) + per_eval):.1f}"])  # fmt: skip
-    table = tabulate(rows, headers=["sampler", "final best", "trials to optimum", f"trials to within {tolerance}",
-                                    "ms/trial (memoised)", "ms/trial (est. unmemoised)"], tablefmt="github")  # fmt: skip
-    result = {"objective": " + ".join(f"{m.scale:g}*{k}" for k, m in metrics.items()), "space_size": space.size, "optimum": optimum, "optimum_kind": optimum_kind, "n_trials": n_trials,
-              "repeats": repeats, "tolerance": tolerance, "evaluation_ms": 1e3 * per_eval, "samplers": summary,
-              "table": table}  # fmt: skip
+        summary[s] = {
+            "trials_to_optimum": hit,
+            "trials_to_within_tol": near,
+            "final_best": finals,
+            "sampler_overhead_ms_per_trial": 1e3 * float(np.mean(walls[s])),
+            "curves": curves[s],
+        }
+        rows.append(
+            [
+                s,
+                f"{np.mean(finals):.4f} ± {np.std(finals):.4f}",
+                stat(hit),
+                stat(near),
+                f"{1e3 * np.mean(walls[s]):.1f}",
+                f"{1e3 * (np.mean(walls[s]) + per_eval):.1f}",
+            ]
+        )
+    table = tabulate(
+        rows,
+        headers=[
+            "sampler",
+            "final best",
+            "trials to optimum",
+            f"trials to within {tolerance}",
+            "ms/trial (memoised)",
+            "ms/trial (est. unmemoised)",
+        ],
+        tablefmt="github",
+    )
+    result = {
+        "objective": " + ".join(f"{m.scale:g}*{k}" for k, m in metrics.items()),
+        "space_size": space.size,
+        "optimum": optimum,
+        "optimum_kind": optimum_kind,
+        "n_trials": n_trials,
+        "repeats": repeats,
+        "tolerance": tolerance,
+        "evaluation_ms": 1e3 * per_eval,
+        "samplers": summary,
+        "table": table,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(result, indent=1))
     _plot(curves, optimum, optimum_kind, out / "compare.png")

@@ -61,8 +61,17 @@ class HwRunner(_M):
 
 
 SAMPLERS = (
-    "tpe", "random", "nsgaii", "nsgaiii", "qmc", "gp", "cmaes", "grid", "bruteforce", "exhaustive",
-)  # fmt: skip
+    "tpe",
+    "random",
+    "nsgaii",
+    "nsgaiii",
+    "qmc",
+    "gp",
+    "cmaes",
+    "grid",
+    "bruteforce",
+    "exhaustive",
+)
 SAMPLER_ALIASES = {"brute": "bruteforce", "brute_force": "bruteforce", "brute-force": "bruteforce"}
 
 
@@ -127,7 +136,7 @@ class SearchSpaceConfig(_M):
                 if not choices:
                     raise ValueError(f"seed.{key}.config.{f} is an empty choice list")
             if "name" not in entry["config"]:
-                raise ValueError(f"seed.{key}.config needs a 'name' choice list (e.g. [\"integer\"] or [\"NA\"])")
+                raise ValueError(f'seed.{key}.config needs a \'name\' choice list (e.g. ["integer"] or ["NA"])')
         return v
 
 
@@ -177,7 +186,9 @@ class RunConfig(_M):
         if self.accelerator in ("cuda", "gpu"):
             import logging
 
-            logging.getLogger(__name__).warning("accelerator = %r but no CUDA GPU: running on the CPU", self.accelerator)
+            logging.getLogger(__name__).warning(
+                "accelerator = %r but no CUDA GPU: running on the CPU", self.accelerator
+            )
         return "cpu"
 
 

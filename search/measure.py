@@ -14,9 +14,7 @@ from typing import Any
 import torch
 
 
-def measure_latency(
-    fn: Callable[[], Any], warmup: int = 3, repeats: int = 20, device: str = "cpu"
-) -> dict[str, float]:
+def measure_latency(fn: Callable[[], Any], warmup: int = 3, repeats: int = 20, device: str = "cpu") -> dict[str, float]:
     """Median, interquartile range and min of ``fn()`` wall time in milliseconds."""
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
@@ -40,8 +38,12 @@ def measure_latency(
                 fn()
                 times.append((time.perf_counter() - t0) * 1e3)
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return {"median_ms": statistics.median(times), "iqr_ms": q[2] - q[0], "min_ms": min(times),
-            "repeats": float(repeats)}  # fmt: skip
+    return {
+        "median_ms": statistics.median(times),
+        "iqr_ms": q[2] - q[0],
+        "min_ms": min(times),
+        "repeats": float(repeats),
+    }
 
 
 def gpu_energy(fn: Callable[[], Any], repeats: int = 50, device_index: int = 0) -> dict[str, Any]:
@@ -68,8 +70,13 @@ def gpu_energy(fn: Callable[[], Any], repeats: int = 50, device_index: int = 0) 
         dt = time.perf_counter() - t0
         e1 = pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
         joules = (e1 - e0) / 1e3
-        return {"available": True, "energy_j": joules, "energy_per_call_j": joules / repeats,
-                "power_w": joules / dt if dt > 0 else float("nan"), "seconds": dt}  # fmt: skip
+        return {
+            "available": True,
+            "energy_j": joules,
+            "energy_per_call_j": joules / repeats,
+            "power_w": joules / dt if dt > 0 else float("nan"),
+            "seconds": dt,
+        }
     except Exception as e:  # noqa: BLE001 - NVML errors vary by driver
         return {"available": False, "reason": f"NVML error: {e}"}
     finally:

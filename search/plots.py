@@ -77,7 +77,7 @@ def plot_study(study: optuna.Study, objective: Objective, out: Path) -> list[Pat
         cols = min(n, 3)
         rows = -(-n // cols)
         fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
-        for ax, d in zip(axes.flat, free):
+        for ax, d in zip(axes.flat, free, strict=False):
             choices = [str(c) for c in objective.space.dims[d]]
             groups = [[t.values[0] for t in trials if t.params.get(d) == i] for i in range(len(choices))]
             for i, g in enumerate(groups):

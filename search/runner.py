@@ -17,7 +17,7 @@ from graph.trace import QGraph
 from hw.estimates import hw_metrics
 from passes.transforms.quantize.quantize_pass import QuantizePass
 from search.config import AvgBitwidthRunner, LatencyRunner, QATRunner
-from search.measure import measure_latency
+from search.measure import gpu_energy, measure_latency
 from zoo.data import Split
 from zoo.train import PRF, classification_metrics, predict
 
@@ -34,6 +34,7 @@ METRICS: dict[str, tuple[Kind, str, str]] = {
     "f1_macro": ("software", "maximize", "F1, unweighted class mean"),
     "latency": ("software", "minimize", "median forward time of one batch (ms)"),
     "latency_per_sample": ("software", "minimize", "median forward time per sample (ms)"),
+    "energy_per_sample": ("software", "minimize", "GPU energy per sample (J) from NVML; CUDA runs only"),
     "flops": ("software", "minimize", "FLOPs of one forward pass over one sample"),
     "macs": ("software", "minimize", "MACs of one forward pass over one sample"),
     "average_bitwidth": ("hardware", "minimize", "element-weighted mean width (see hw/)"),
@@ -91,6 +92,11 @@ class Evaluator:
         self.train_split = train_split
         self.device = device
         self.seed = seed
+        if "energy_per_sample" in metrics and not device.startswith("cuda"):
+            raise ValueError(
+                "metric 'energy_per_sample' needs a CUDA GPU with NVML (accelerator = \"cuda\"); "
+                f"this run is on {device}"
+            )
         if self.qat.steps and train_split is None:
             raise ValueError("QAT fine-tuning needs a training split")
         batch = pristine.meta(next(n for n in pristine.nodes if n.op == "placeholder")).out_shape[0]
@@ -136,6 +142,13 @@ class Evaluator:
             sw["latency"] = lat["median_ms"]
             sw["latency_per_sample"] = lat["median_ms"] / len(xb)
             sw["latency_iqr"] = lat["iqr_ms"]
+        if "energy_per_sample" in self.metrics:
+            xb = self.x[: self.latency.batch_size]
+            e = gpu_energy(lambda: q.gm(xb), repeats=max(self.latency.repeats, 20))
+            if not e["available"]:
+                raise RuntimeError(f"energy not measured: {e['reason']}")
+            sw["energy_per_sample"] = e["energy_per_call_j"] / len(xb)
+            sw["power_w"] = e["power_w"]
         t3 = time.perf_counter()
         hw = hw_metrics(q, self.hw.compare_to, self.hw.activations)
         t4 = time.perf_counter()

@@ -37,8 +37,12 @@ def prepare(cfg: RunConfig, checkpoint: str | None, out: Path, progress: bool = 
         reuse = False
         if base.is_file():
             info = torch.load(base, weights_only=False)
-            reuse = info.get("model") == cfg.model and info.get("dataset") == cfg.dataset and info.get(
-                "seed") == cfg.seed and info.get("epochs") == cfg.max_epochs  # fmt: skip
+            reuse = (
+                info.get("model") == cfg.model
+                and info.get("dataset") == cfg.dataset
+                and info.get("seed") == cfg.seed
+                and info.get("epochs") == cfg.max_epochs
+            )
         if not reuse:
             ds = load_dataset(cfg.dataset, seed=cfg.seed)
             torch.manual_seed(cfg.seed)
@@ -46,8 +50,17 @@ def prepare(cfg: RunConfig, checkpoint: str | None, out: Path, progress: bool = 
             log.info("no checkpoint given: training %s on %s for %d epochs", cfg.model, cfg.dataset, cfg.max_epochs)
             train(model, ds, cfg.max_epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, progress, cfg.weight_decay)
             metrics = evaluate(model, ds.test, ds.num_classes)
-            save_checkpoint(base, model, {"model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed,
-                                          "epochs": cfg.max_epochs, "metrics": metrics})  # fmt: skip
+            save_checkpoint(
+                base,
+                model,
+                {
+                    "model": cfg.model,
+                    "dataset": cfg.dataset,
+                    "seed": cfg.seed,
+                    "epochs": cfg.max_epochs,
+                    "metrics": metrics,
+                },
+            )
         ck = str(base)
     model, ds, info = load_checkpoint(ck)
     if info["model"] != cfg.model:
@@ -65,7 +78,15 @@ def build_search(cfg: RunConfig, prep: Prepared) -> tuple[SearchSpace, Evaluator
     be = st.sw_runner.basic_evaluation
     split = prep.dataset.split(be.data_loader).head(be.num_samples)
     ev = Evaluator(
-        prep.graph, split, prep.dataset.num_classes, list(st.metrics), st.hw_runner.average_bitwidth,
-        st.sw_runner.latency, st.sw_runner.qat, prep.dataset.train, cfg.device, cfg.seed,
-    )  # fmt: skip
+        prep.graph,
+        split,
+        prep.dataset.num_classes,
+        list(st.metrics),
+        st.hw_runner.average_bitwidth,
+        st.sw_runner.latency,
+        st.sw_runner.qat,
+        prep.dataset.train,
+        cfg.device,
+        cfg.seed,
+    )
     return space, ev

@@ -43,9 +43,11 @@ def make_storage(url: str | None) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S,
+            url,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=3 * HEARTBEAT_S,
             engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
-        )  # fmt: skip
+        )
 
 
 @dataclass
@@ -140,16 +142,28 @@ def best_table(trials: list[optuna.trial.FrozenTrial], metric_names: list[str]) 
     """MASE's "Best trial(s)" table: number, software/hardware/scaled metrics, config."""
     rows = []
     for t in trials:
-        sw = {k: v for k, v in t.user_attrs["software_metrics"].items() if k in metric_names or k in ("loss", "accuracy")}
-        hw = {k: v for k, v in t.user_attrs["hardware_metrics"].items()
-              if k in metric_names or k in ("average_bitwidth", "memory_density")}  # fmt: skip
+        sw = {
+            k: v for k, v in t.user_attrs["software_metrics"].items() if k in metric_names or k in ("loss", "accuracy")
+        }
+        hw = {
+            k: v
+            for k, v in t.user_attrs["hardware_metrics"].items()
+            if k in metric_names or k in ("average_bitwidth", "memory_density")
+        }
         cfg = {k: v["config"] for k, v in t.user_attrs["sampled_config"].items() if isinstance(v, dict)}
-        cfg = {k: ("" if c["name"] == "integer" else f"{c['name']}:") + ",".join(
-            f"{f.removesuffix('_width')}={x}" for f, x in c.items() if f != "name" and x != "NA")
-            for k, c in cfg.items() if k != "default" and c.get("name") not in (None, "NA")}  # fmt: skip
+        cfg = {
+            k: ("" if c["name"] == "integer" else f"{c['name']}:")
+            + ",".join(f"{f.removesuffix('_width')}={x}" for f, x in c.items() if f != "name" and x != "NA")
+            for k, c in cfg.items()
+            if k != "default" and c.get("name") not in (None, "NA")
+        }
         rows.append([t.number, _r(sw), _r(hw), _r(t.user_attrs["scaled_metrics"]), cfg])
-    return tabulate(rows, headers=["number", "software_metrics", "hardware_metrics", "scaled_metrics", "config"],
-                    tablefmt="orgtbl", showindex=True)  # fmt: skip
+    return tabulate(
+        rows,
+        headers=["number", "software_metrics", "hardware_metrics", "scaled_metrics", "config"],
+        tablefmt="orgtbl",
+        showindex=True,
+    )
 
 
 def write_outputs(study: optuna.Study, out: Path, objective: Objective) -> dict[str, Any]:
@@ -162,17 +176,27 @@ def write_outputs(study: optuna.Study, out: Path, objective: Objective) -> dict[
     with open(out / "trials.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["number", "state", "value", *metric_keys, *objective.space.free_dims, "duration_s"])
-        for r, t in zip(records, trials):
+        for r, t in zip(records, trials, strict=True):
             m = {**r["software_metrics"], **r["hardware_metrics"]}
             vals = objective.space.values(t.params) if t.params else {}
-            w.writerow([r["number"], r["state"], json.dumps(r["value"]), *(m.get(k, "") for k in metric_keys),
-                        *(vals.get(d, "") for d in objective.space.free_dims), r["duration_s"]])  # fmt: skip
+            w.writerow(
+                [
+                    r["number"],
+                    r["state"],
+                    json.dumps(r["value"]),
+                    *(m.get(k, "") for k in metric_keys),
+                    *(vals.get(d, "") for d in objective.space.free_dims),
+                    r["duration_s"],
+                ]
+            )
     best = best_trials(study)
     best_json = {
-        str(i): {k: _trial_record(t)[k] for k in ("number", "value", "software_metrics", "hardware_metrics",
-                                                 "scaled_metrics", "sampled_config")}
+        str(i): {
+            k: _trial_record(t)[k]
+            for k in ("number", "value", "software_metrics", "hardware_metrics", "scaled_metrics", "sampled_config")
+        }
         for i, t in enumerate(best)
-    }  # fmt: skip
+    }
     (out / "best.json").write_text(json.dumps(best_json, indent=1, default=str))
     if best:
         from passes.transforms.quantize import QuantizePass
@@ -211,9 +235,12 @@ def run_study(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(
-            storage=make_storage(storage), sampler=sampler, study_name=study_name,
-            directions=directions, load_if_exists=study_name is not None,
-        )  # fmt: skip
+            storage=make_storage(storage),
+            sampler=sampler,
+            study_name=study_name,
+            directions=directions,
+            load_if_exists=study_name is not None,
+        )
     if not single:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -245,8 +272,15 @@ def run_study(
     if remaining:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(objective, n_trials=remaining, timeout=setup.timeout, n_jobs=setup.n_jobs,
-                           callbacks=callbacks, catch=(Exception,), gc_after_trial=False)  # fmt: skip
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=setup.timeout,
+                n_jobs=setup.n_jobs,
+                callbacks=callbacks,
+                catch=(Exception,),
+                gc_after_trial=False,
+            )
     callbacks[1].bar.close()
     return study, objective
 

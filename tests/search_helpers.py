@@ -36,9 +36,15 @@ def make_checkpoint(directory: Path, model: str = "jsc-tiny", epochs: int = 8) -
 
 
 def search_toml(
-    sampler: str = "bruteforce", n_trials: int = 18, single: bool = True, by: str = "type",
+    sampler: str = "bruteforce",
+    n_trials: int = 18,
+    single: bool = True,
+    by: str = "type",
     metrics: str = 'accuracy.scale = 1.0\naverage_bitwidth.scale = -0.01\naverage_bitwidth.direction = "minimize"',
-    space: str = SPACE_18, extra_setup: str = "", num_samples: int = 256, model: str = "jsc-tiny",
+    space: str = SPACE_18,
+    extra_setup: str = "",
+    num_samples: int = 256,
+    model: str = "jsc-tiny",
 ) -> str:
     return f"""
 model = "{model}"

@@ -19,8 +19,9 @@ from test_release import SETUP
 
 
 def test_fresh_install_and_main_command(tmp_path):
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()  # fmt: skip
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     repo = tmp_path / "repo"
     for f in files:
         if (ROOT / f).is_file():
@@ -35,8 +36,7 @@ def test_fresh_install_and_main_command(tmp_path):
     best = json.loads((out / "best.json").read_text())
     assert best
     for b in best.values():
-        assert set(b) == {"number", "value", "software_metrics", "hardware_metrics", "scaled_metrics",
-                          "sampled_config"}  # fmt: skip
+        assert set(b) == {"number", "value", "software_metrics", "hardware_metrics", "scaled_metrics", "sampled_config"}
         assert {"accuracy", "loss"} <= set(b["software_metrics"])
         assert {"average_bitwidth", "memory_density"} <= set(b["hardware_metrics"])
         assert b["sampled_config"]["linear"]["config"]["name"] == "integer"
@@ -73,11 +73,17 @@ def postgres():
     os.chmod(sock, 0o777)
     subprocess.run([*run_as, initdb, "-D", str(data), "-U", "qfx", "--auth=trust"], check=True, capture_output=True)
     opts = f"-p {port} -k {sock} -c listen_addresses=''"
-    subprocess.run([*run_as, pg_ctl, "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*run_as, pg_ctl, "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run([shutil.which("createdb") or "createdb", "-h", str(sock), "-p", str(port), "-U", "qfx", "qfx"],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [shutil.which("createdb") or "createdb", "-h", str(sock), "-p", str(port), "-U", "qfx", "qfx"],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql://qfx@/qfx?host={sock}&port={port}"
     finally:
         subprocess.run([*run_as, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
@@ -90,10 +96,31 @@ def test_postgres_workers_share_one_study(tmp_path, postgres, sampler):
     cfg = tmp_path / "c.toml"
     cfg.write_text(search_toml(sampler, 14))
     optuna.create_study(storage=postgres, study_name=f"pg-{sampler}", directions=["maximize"])
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "search", "--config", str(cfg), "--checkpoint",
-                               str(ck), "--storage", postgres, "--study-name", f"pg-{sampler}", "--out",
-                               str(tmp_path / f"w{i}"), "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(3)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "cli.py"),
+                "search",
+                "--config",
+                str(cfg),
+                "--checkpoint",
+                str(ck),
+                "--storage",
+                postgres,
+                "--study-name",
+                f"pg-{sampler}",
+                "--out",
+                str(tmp_path / f"w{i}"),
+                "--no-progress",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err

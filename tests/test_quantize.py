@@ -127,9 +127,20 @@ def test_32_16_matches_fp32(name):
 def test_qlinear_exact_against_manual():
     model, (x,) = ZOO["jsc-tiny"]
     g = trace(model, x)
-    cfg = {"by": "name", "seq_blocks_2": {"config": {
-        "name": "integer", "data_in_width": 6, "data_in_frac_width": 3, "weight_width": 4,
-        "weight_frac_width": 2, "bias_width": 5, "bias_frac_width": 1}}}  # fmt: skip
+    cfg = {
+        "by": "name",
+        "seq_blocks_2": {
+            "config": {
+                "name": "integer",
+                "data_in_width": 6,
+                "data_in_frac_width": 3,
+                "weight_width": 4,
+                "weight_frac_width": 2,
+                "bias_width": 5,
+                "bias_frac_width": 1,
+            }
+        },
+    }
     q = QuantizePass(cfg)(g).graph
     lin = q.gm.get_submodule("seq_blocks.2")
     h = torch.relu(model.seq_blocks[0].eval()(x))

@@ -7,7 +7,6 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -117,12 +116,15 @@ def test_help_is_complete(cmd, capsys):
         assert "--config" in out and "--checkpoint" in out and "--out" in out
 
 
-@pytest.mark.parametrize("argv,msg", [
-    (["eval", "--checkpoint", "/nonexistent"], "does not exist"),
-    (["analyze", "--model", "resnet"], "unknown model 'resnet'"),
-    (["train", "--model", "jsc-tiny", "--dataset", "jsc:/no/such.h5", "--out", "x"], "no such file"),
-    (["analyze", "--model", "nosuchmod:fn"], "cannot import"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["eval", "--checkpoint", "/nonexistent"], "does not exist"),
+        (["analyze", "--model", "resnet"], "unknown model 'resnet'"),
+        (["train", "--model", "jsc-tiny", "--dataset", "jsc:/no/such.h5", "--out", "x"], "no such file"),
+        (["analyze", "--model", "nosuchmod:fn"], "cannot import"),
+    ],
+)
 def test_errors_one_line_and_hint(argv, msg, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err

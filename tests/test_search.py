@@ -19,7 +19,7 @@ from search_helpers import ROOT, make_checkpoint, search_toml
 import cli
 from search.config import ConfigError, load_config
 from search.session import build_search, prepare
-from search.space import SearchSpace, SpaceError
+from search.space import SpaceError
 from search.study import run_study
 
 
@@ -45,7 +45,10 @@ def _run(cfg, space, ev, out=None, **kw):
 def test_space_round_trip_and_by_type_really_quantizes(tmp_path, ckpt):
     cfg, prep, space, ev = _setup(tmp_path, search_toml(), ckpt)
     assert space.size == 18 and set(space.free_dims) == {
-        "linear/data_in_width", "linear/weight_width", "linear/bias_width"}  # fmt: skip
+        "linear/data_in_width",
+        "linear/weight_width",
+        "linear/bias_width",
+    }
     seen = set()
     for i in range(space.size):
         pt = space.point(i)
@@ -102,13 +105,20 @@ def test_every_sampler_runs_seeded(tmp_path, ckpt, sampler):
 
 
 def test_multi_objective_outputs(tmp_path, ckpt):
-    text = search_toml("nsgaii", 12, single=False, metrics=(
-        'accuracy.scale = 1.0\naccuracy.direction = "maximize"\n'
-        'average_bitwidth.scale = 1.0\naverage_bitwidth.direction = "minimize"\n'
-        'latency.scale = 1.0\nlatency.direction = "minimize"'))  # fmt: skip
+    text = search_toml(
+        "nsgaii",
+        12,
+        single=False,
+        metrics=(
+            'accuracy.scale = 1.0\naccuracy.direction = "maximize"\n'
+            'average_bitwidth.scale = 1.0\naverage_bitwidth.direction = "minimize"\n'
+            'latency.scale = 1.0\nlatency.direction = "minimize"'
+        ),
+    )
     out = tmp_path / "out"
-    rc = cli.main(["search", "--config", str(_w(tmp_path, text)), "--checkpoint", str(ckpt), "--out", str(out),
-                   "--no-progress"])  # fmt: skip
+    rc = cli.main(
+        ["search", "--config", str(_w(tmp_path, text)), "--checkpoint", str(ckpt), "--out", str(out), "--no-progress"]
+    )
     assert rc == 0
     best = json.loads((out / "best.json").read_text())
     assert best and all(len(b["value"]) == 3 for b in best.values())
@@ -130,8 +140,13 @@ def _w(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _states(db: Path) -> list[tuple[int, str]]:
@@ -150,8 +165,20 @@ weight_width = [2, 3, 4, 5, 6, 7, 8, 9]
     text = search_toml("exhaustive", 40, space=space, metrics="accuracy.scale = 1.0\nlatency.scale = -0.001")
     cfgp = _w(tmp_path, text.replace("[search.strategy.setup]", extra + "[search.strategy.setup]"))
     db = tmp_path / "s.db"
-    args = ["search", "--config", str(cfgp), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
-            "--storage", f"sqlite:///{db}", "--study-name", "k", "--no-progress"]  # fmt: skip
+    args = [
+        "search",
+        "--config",
+        str(cfgp),
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(tmp_path / "o"),
+        "--storage",
+        f"sqlite:///{db}",
+        "--study-name",
+        "k",
+        "--no-progress",
+    ]
     p = _cli(*args)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -184,8 +211,23 @@ def test_two_workers_share_storage_without_duplicates(tmp_path, ckpt, sampler, s
     url = f"sqlite:///{tmp_path / 'w.db'}" if storage == "sqlite" else f"journal:{tmp_path / 'w.log'}"
     if storage == "sqlite":  # create the schema once so the two workers do not race on it
         optuna.create_study(storage=url, study_name="w", directions=["maximize"])
-    ps = [_cli("search", "--config", str(cfgp), "--checkpoint", str(ckpt), "--out", str(tmp_path / f"o{i}"),
-               "--storage", url, "--study-name", "w", "--no-progress") for i in range(2)]  # fmt: skip
+    ps = [
+        _cli(
+            "search",
+            "--config",
+            str(cfgp),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(tmp_path / f"o{i}"),
+            "--storage",
+            url,
+            "--study-name",
+            "w",
+            "--no-progress",
+        )
+        for i in range(2)
+    ]
     for p in ps:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
@@ -215,11 +257,15 @@ def test_failing_trial_recorded_and_study_continues(tmp_path, ckpt, monkeypatch)
 
 
 BAD = [
-    ('[search.strategy.setup]', '[search.strategy.setup]\nn_trails = 3', "search.strategy.setup.n_trails': unknown key"),
-    ('n_trials = 18', 'n_trials = "many"', "search.strategy.setup.n_trials"),
-    ('weight_width = [2, 4, 8]', 'weight_width = []', "seed.linear.config.weight_width is an empty choice list"),
+    (
+        "[search.strategy.setup]",
+        "[search.strategy.setup]\nn_trails = 3",
+        "search.strategy.setup.n_trails': unknown key",
+    ),
+    ("n_trials = 18", 'n_trials = "many"', "search.strategy.setup.n_trials"),
+    ("weight_width = [2, 4, 8]", "weight_width = []", "seed.linear.config.weight_width is an empty choice list"),
     ('sampler = "bruteforce"', 'sampler = "annealing"', "unknown sampler 'annealing'"),
-    ('accuracy.scale = 1.0', 'acuracy.scale = 1.0', "unknown metric(s) ['acuracy']"),
+    ("accuracy.scale = 1.0", "acuracy.scale = 1.0", "unknown metric(s) ['acuracy']"),
     ('model = "jsc-tiny"', 'model = "resnet"', "unknown model 'resnet'"),
 ]
 
@@ -259,7 +305,8 @@ def test_seed_004_toml_runs_unchanged(tmp_path, ckpt):
 
 def test_qat_runner_changes_weights_only_in_trial(tmp_path, ckpt):
     text = search_toml("random", 2).replace(
-        "[search.strategy.setup]", "[search.strategy.sw_runner.qat]\nsteps = 5\n[search.strategy.setup]")
+        "[search.strategy.setup]", "[search.strategy.sw_runner.qat]\nsteps = 5\n[search.strategy.setup]"
+    )
     _, prep, space, ev = _setup(tmp_path, text, ckpt)
     w = prep.graph.gm.get_submodule("seq_blocks.2").weight.clone()
     r = ev.evaluate(space.to_config(space.point(0)))
@@ -269,8 +316,24 @@ def test_qat_runner_changes_weights_only_in_trial(tmp_path, ckpt):
 
 def test_compare_samplers(tmp_path, ckpt, capsys):
     p = _w(tmp_path, search_toml("tpe", 18))
-    rc = cli.main(["compare-samplers", "--config", str(p), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
-                   "--samplers", "tpe,bruteforce,random", "--repeats", "2", "--n-trials", "18", "--no-progress"])  # fmt: skip
+    rc = cli.main(
+        [
+            "compare-samplers",
+            "--config",
+            str(p),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "o"),
+            "--samplers",
+            "tpe,bruteforce,random",
+            "--repeats",
+            "2",
+            "--n-trials",
+            "18",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     res = json.loads((tmp_path / "o" / "compare" / "compare.json").read_text())
     assert res["optimum_kind"] == "exhaustive" and res["space_size"] == 18

@@ -16,10 +16,23 @@ import torch
 from sklearn.model_selection import train_test_split
 
 JSC_FEATURES = [
-    "j_zlogz", "j_c1_b0_mmdt", "j_c1_b1_mmdt", "j_c1_b2_mmdt", "j_c2_b1_mmdt", "j_c2_b2_mmdt",
-    "j_d2_b1_mmdt", "j_d2_b2_mmdt", "j_d2_a1_b1_mmdt", "j_d2_a1_b2_mmdt", "j_m2_b1_mmdt",
-    "j_m2_b2_mmdt", "j_n2_b1_mmdt", "j_n2_b2_mmdt", "j_mass_mmdt", "j_multiplicity",
-]  # fmt: skip
+    "j_zlogz",
+    "j_c1_b0_mmdt",
+    "j_c1_b1_mmdt",
+    "j_c1_b2_mmdt",
+    "j_c2_b1_mmdt",
+    "j_c2_b2_mmdt",
+    "j_d2_b1_mmdt",
+    "j_d2_b2_mmdt",
+    "j_d2_a1_b1_mmdt",
+    "j_d2_a1_b2_mmdt",
+    "j_m2_b1_mmdt",
+    "j_m2_b2_mmdt",
+    "j_n2_b1_mmdt",
+    "j_n2_b2_mmdt",
+    "j_mass_mmdt",
+    "j_multiplicity",
+]
 JSC_CLASSES = ["j_g", "j_q", "j_w", "j_z", "j_t"]
 JSC_H5_KEY = "t_allpar_new"
 BUNDLED = ("digits", "wine", "breast_cancer", "iris")
@@ -61,8 +74,15 @@ class Dataset:
         return len(self.classes)
 
     def split(self, name: str) -> Split:
-        aliases = {"train": "train", "val": "val", "validation": "val", "val_dataloader": "val",
-                   "test": "test", "test_dataloader": "test", "train_dataloader": "train"}  # fmt: skip
+        aliases = {
+            "train": "train",
+            "val": "val",
+            "validation": "val",
+            "val_dataloader": "val",
+            "test": "test",
+            "test_dataloader": "test",
+            "train_dataloader": "train",
+        }
         if name not in aliases:
             raise KeyError(f"unknown split {name!r}; use one of {', '.join(aliases)}")
         return getattr(self, aliases[name])
@@ -124,9 +144,7 @@ def _jsc_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y.astype(np.int64)
 
 
-def load_dataset(
-    name: str, seed: int = 0, test_size: float = 0.2, val_size: float = 0.2
-) -> Dataset:
+def load_dataset(name: str, seed: int = 0, test_size: float = 0.2, val_size: float = 0.2) -> Dataset:
     """``name``: a bundled set (digits, wine, breast_cancer, iris) or ``jsc:PATH`` / a .h5/.csv path."""
     shape = None
     if name in BUNDLED:
@@ -156,5 +174,4 @@ def load_dataset(
     def mk(i: np.ndarray) -> Split:
         return Split(torch.from_numpy((x[i] - mean) / std).float(), torch.from_numpy(y[i]))
 
-    return Dataset(name, feats, classes, mk(tr), mk(va), mk(te), shape,
-                   {"mean": mean.tolist(), "std": std.tolist()})  # fmt: skip
+    return Dataset(name, feats, classes, mk(tr), mk(va), mk(te), shape, {"mean": mean.tolist(), "std": std.tolist()})

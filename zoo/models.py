@@ -52,16 +52,18 @@ class SmallCNN(nn.Module):
     """Conv-BN-ReLU, grouped conv with a residual add, max pool, conv, global average pool, linear."""
 
     def __init__(
-        self, in_features: int, num_classes: int, image_shape: tuple[int, int, int] | None = None,
-        width: int = 16, **_: Any,
+        self,
+        in_features: int,
+        num_classes: int,
+        image_shape: tuple[int, int, int] | None = None,
+        width: int = 16,
+        **_: Any,
     ) -> None:
         super().__init__()
         if image_shape is None:
             side = math.isqrt(in_features)
             if side * side != in_features:
-                raise ValueError(
-                    f"cnn needs an image dataset or a square feature count; got {in_features} features"
-                )
+                raise ValueError(f"cnn needs an image dataset or a square feature count; got {in_features} features")
             image_shape = (1, side, side)
         c = image_shape[0]
         self.unflatten = nn.Unflatten(1, image_shape)

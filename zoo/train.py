@@ -60,8 +60,14 @@ def evaluate(model: nn.Module, split: Split, num_classes: int) -> dict[str, Any]
 
 
 def train(
-    model: nn.Module, ds: Dataset, epochs: int = 40, batch_size: int = 32, lr: float = 1e-2,
-    seed: int = 0, progress: bool = True, weight_decay: float = 1e-4,
+    model: nn.Module,
+    ds: Dataset,
+    epochs: int = 40,
+    batch_size: int = 32,
+    lr: float = 1e-2,
+    seed: int = 0,
+    progress: bool = True,
+    weight_decay: float = 1e-4,
 ) -> list[dict[str, float]]:
     """AdamW + one-cycle schedule on ``ds.train``; returns per-epoch train loss and val accuracy."""
     torch.manual_seed(seed)

@@ -95,12 +95,24 @@ def _per_element(k: int) -> Rule:
 
 FLOP_RULES.register(nn.LayerNorm, F.layer_norm)(_per_element(5))
 FLOP_RULES.register(
-    nn.ReLU, F.relu, torch.relu, "relu",
-    operator.add, torch.add, "add", operator.iadd,
-    operator.sub, torch.sub, "sub",
-    operator.mul, torch.mul, "mul",
-    operator.truediv, torch.div, "div",
-)(_per_element(1))  # fmt: skip
+    nn.ReLU,
+    F.relu,
+    torch.relu,
+    "relu",
+    operator.add,
+    torch.add,
+    "add",
+    operator.iadd,
+    operator.sub,
+    torch.sub,
+    "sub",
+    operator.mul,
+    torch.mul,
+    "mul",
+    operator.truediv,
+    torch.div,
+    "div",
+)(_per_element(1))
 FLOP_RULES.register(nn.GELU, F.gelu)(_per_element(8))
 FLOP_RULES.register(nn.Softmax, F.softmax, torch.softmax, "softmax")(_per_element(3))
 
@@ -123,11 +135,29 @@ def _reduce(c: FlopCtx) -> tuple[int, int]:
 
 
 FLOP_RULES.register(
-    "placeholder", "output", "get_attr",
-    nn.Embedding, F.embedding, nn.Flatten, torch.flatten, "flatten", nn.Unflatten,
-    nn.Dropout, F.dropout, nn.Identity, "view", "reshape", torch.reshape, "transpose",
-    torch.transpose, "permute", "contiguous", "size", operator.getitem, getattr,
-)(lambda c: (0, 0))  # fmt: skip
+    "placeholder",
+    "output",
+    "get_attr",
+    nn.Embedding,
+    F.embedding,
+    nn.Flatten,
+    torch.flatten,
+    "flatten",
+    nn.Unflatten,
+    nn.Dropout,
+    F.dropout,
+    nn.Identity,
+    "view",
+    "reshape",
+    torch.reshape,
+    "transpose",
+    torch.transpose,
+    "permute",
+    "contiguous",
+    "size",
+    operator.getitem,
+    getattr,
+)(lambda c: (0, 0))
 
 
 class FlopsPass(Pass):

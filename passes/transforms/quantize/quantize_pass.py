@@ -44,9 +44,11 @@ QUANT_RULES.register(nn.Conv2d)(QuantRule("module", "QConv2d", _P, quantized_mod
 
 def _fn_rule(qtype: str, unsigned_out: bool = False) -> QuantRule:
     return QuantRule(
-        "function", qtype, ("data_in",),
+        "function",
+        qtype,
+        ("data_in",),
         lambda fn, roles, _copy: QFunction(fn, {"data_in": roles["data_in"]}, unsigned_out),
-    )  # fmt: skip
+    )
 
 
 QUANT_RULES.register(F.relu, torch.relu, "relu")(_fn_rule("QReLU", unsigned_out=True))
@@ -105,9 +107,7 @@ def resolve(graph: QGraph, cfg: QuantizeConfig) -> tuple[dict[str, Any], list[st
     notes: list[str] = []
     bad = [k for k in cfg.by_name if k not in all_names]
     if bad:
-        raise PassError(
-            f"quantize config names unknown node(s) {bad}; quantizable nodes: {', '.join(qn) or 'none'}"
-        )
+        raise PassError(f"quantize config names unknown node(s) {bad}; quantizable nodes: {', '.join(qn) or 'none'}")
     nq = [k for k in cfg.by_name if k not in qn and not isinstance(cfg.by_name[k], NoQuant)]
     if nq:
         raise PassError(

@@ -41,10 +41,15 @@ class SummaryPass(Pass):
                 continue
             m = get_meta(n)
             p = m.precision
-            rows.append([
-                m.name, n.op, m.op_type, m.quantized or "-",
-                *(str(p[r]) if r in p else "-" for r in ("data_in", "weight", "bias")),
-            ])  # fmt: skip
+            rows.append(
+                [
+                    m.name,
+                    n.op,
+                    m.op_type,
+                    m.quantized or "-",
+                    *(str(p[r]) if r in p else "-" for r in ("data_in", "weight", "bias")),
+                ]
+            )
             total[m.op_type] += 1
             changed[m.op_type] += bool(m.quantized)
         hist = [[t, total[t], changed[t], total[t] - changed[t]] for t in sorted(total)]
