@@ -282,9 +282,21 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+EPILOG = """examples:
+  python cli.py analyze --model jsc-toy --dataset digits
+  python cli.py train --model jsc-s --dataset digits --out runs/jsc-s
+  python cli.py eval --checkpoint runs/jsc-s
+  python cli.py transform --config configs/jsc_toy_by_name.toml --out runs/toy-q
+  python cli.py search --config configs/jsc_tiny_by_type.toml
+  python cli.py search --config configs/jsc_toy_by_name.toml --storage sqlite:///runs/s.db --study-name toy
+  python cli.py compare-samplers --config configs/jsc_tiny_by_type.toml --samplers tpe,bruteforce --repeats 5
+
+Each command has its own --help. Config schema: README.md."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="cli.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="cli.py", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -314,12 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="jsc-tiny, jsc-toy, jsc-s, cnn or transformer")
     p.add_argument("--dataset", default="digits", help="digits, wine, breast_cancer, iris, or jsc:/path.h5|.csv")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
+    p.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default 32)")
+    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and the data split")
     p.add_argument("--out", required=True, help="checkpoint directory or .pt file")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser(
@@ -327,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="accuracy, loss, precision, recall, F1, confusion matrix of a checkpoint",
         description="Evaluate a checkpoint on its dataset split.",
     )
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by cli.py train (directory or .pt)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="dataset split (default test)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.set_defaults(fn=cmd_eval)
 
@@ -338,11 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantize with the config's [passes.quantize], print the summary and the "
         "FP32-vs-quantized metrics, save the quantized graph.",
     )
-    p.add_argument("--config", required=True)
-    p.add_argument("--checkpoint")
+    p.add_argument("--config", required=True, help="TOML with a [passes.quantize] section")
+    p.add_argument("--checkpoint", help="trained checkpoint; default: config load_name, else train a baseline")
     p.add_argument("--out", help="output directory (default: outputs/<config name>)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to compare on")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_transform)
 
     p = sub.add_parser(

@@ -143,18 +143,31 @@ class QGraph:
         return to_networkx(self)
 
 
+def target_value(gm: nn.Module, n: fx.Node) -> Any:
+    """The module (call_module) or attribute (get_attr) a node refers to; None for other nodes."""
+    if n.op == "call_module":
+        return gm.get_submodule(n.target)
+    if n.op == "get_attr":
+        obj: Any = gm
+        for part in n.target.split("."):
+            obj = getattr(obj, part)
+        return obj
+    return None
+
+
+def node_parameters(gm: nn.Module, n: fx.Node) -> list[tuple[str, nn.Parameter]]:
+    """``(name, parameter)`` pairs a node owns: its module's parameters, or a get_attr parameter."""
+    v = target_value(gm, n)
+    if isinstance(v, nn.Module):
+        return list(v.named_parameters())
+    if isinstance(v, nn.Parameter):
+        return [("param", v)]
+    return []
+
+
 def referenced(gm: nn.Module, graph: fx.Graph) -> dict[str, Any]:
     """``{target: module or tensor}`` for every call_module / get_attr target of ``graph``."""
-    root: dict[str, Any] = {}
-    for n in graph.nodes:
-        if n.op == "call_module":
-            root[n.target] = gm.get_submodule(n.target)
-        elif n.op == "get_attr":
-            obj: Any = gm
-            for part in n.target.split("."):
-                obj = getattr(obj, part)
-            root[n.target] = obj
-    return root
+    return {n.target: target_value(gm, n) for n in graph.nodes if n.op in ("call_module", "get_attr")}
 
 
 def copy_graph(graph: fx.Graph) -> tuple[fx.Graph, dict[fx.Node, fx.Node]]:

@@ -18,10 +18,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import torch.nn as nn
-
 from graph.meta import get_meta
-from graph.trace import QGraph
+from graph.trace import QGraph, node_parameters
 
 FLOAT_BITS = 32
 MAC_TYPES = {"linear", "conv1d", "conv2d", "conv_transpose2d", "matmul", "bmm"}
@@ -70,14 +68,7 @@ def tensor_bits(g: QGraph, activations: bool = False) -> list[TensorBits]:
     gm = g.gm
     for n in gm.graph.nodes:
         m = get_meta(n)
-        params: list[tuple[str, nn.Parameter]] = []
-        if n.op == "call_module":
-            params = list(gm.get_submodule(n.target).named_parameters())
-        elif n.op == "get_attr":
-            obj = gm
-            for part in n.target.split("."):
-                obj = getattr(obj, part)
-            params = [("param", obj)] if isinstance(obj, nn.Parameter) else []
+        params = node_parameters(gm, n)
         for pname, p in params:
             if id(p) in seen:
                 continue

@@ -123,7 +123,7 @@ def test_digits_jsc_s_accuracy_and_8bit(tmp_path):
     assert fp["accuracy"] >= 0.95
     assert evaluate(m, ds.test, ds.num_classes) == fp  # no state between evaluations
     # 8-bit fixed point: activations Q3.4 (range +-8), weights Q2.5 (range +-4 covers |w| < 3), biases Q3.4
-    assert max(float(p.abs().max()) for n, p in m.named_parameters() if n.endswith("weight")) < 4
+    assert max(float(p.detach().abs().max()) for n, p in m.named_parameters() if n.endswith("weight")) < 4
     cfg = {
         "by": "type",
         "linear": {

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import torch.nn as nn
-
 from graph.meta import get_meta
-from graph.trace import QGraph
+from graph.trace import QGraph, node_parameters
 from passes.base import Pass, PassResult
 
 
@@ -24,14 +22,7 @@ class ParamsPass(Pass):
         total = 0
         gm = graph.gm
         for n in gm.graph.nodes:
-            ps: list[nn.Parameter] = []
-            if n.op == "call_module":
-                ps = list(gm.get_submodule(n.target).parameters())
-            elif n.op == "get_attr":
-                obj = gm
-                for part in n.target.split("."):
-                    obj = getattr(obj, part)
-                ps = [obj] if isinstance(obj, nn.Parameter) else []
+            ps = [p for _, p in node_parameters(gm, n)]
             count = 0
             for p in ps:
                 if id(p) not in seen:

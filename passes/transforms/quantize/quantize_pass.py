@@ -15,9 +15,10 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from graph.copying import copy_value
 from graph.meta import META_KEY, TensorPrecision, get_meta
 from graph.registry import OpRegistry
-from graph.trace import QGraph
+from graph.trace import QGraph, copy_graph, referenced
 from passes.base import Pass, PassError, PassResult
 from passes.transforms.quantize.config import IntegerQ, MinifloatQ, NoQuant, QuantizeConfig
 from passes.transforms.quantize.modules import QConv1d, QConv2d, QFunction, QLinear, quantized_module
@@ -139,19 +140,6 @@ def resolve(graph: QGraph, cfg: QuantizeConfig) -> tuple[dict[str, Any], list[st
     return plan, notes
 
 
-def _referenced(gm: fx.GraphModule) -> dict[str, Any]:
-    root: dict[str, Any] = {}
-    for n in gm.graph.nodes:
-        if n.op == "call_module":
-            root[n.target] = gm.get_submodule(n.target)
-        elif n.op == "get_attr":
-            obj: Any = gm
-            for part in n.target.split("."):
-                obj = getattr(obj, part)
-            root[n.target] = obj
-    return root
-
-
 class QuantizePass(Pass):
     """Reads: op types (from trace). Writes: a NEW graph with quantized modules and node precision.
 
@@ -173,14 +161,11 @@ class QuantizePass(Pass):
         for n in notes:
             log.info("quantize: %s", n)
         old = graph.gm
-        new_g = fx.Graph()
-        new_g._codegen = copy.copy(old.graph._codegen)
-        val_map: dict[fx.Node, fx.Node] = {}
-        out = new_g.graph_copy(old.graph, val_map)
-        val_map[next(iter(reversed(old.graph.nodes)))] = new_g.output(out)
-        root = _referenced(old)
+        new_g, val_map = copy_graph(old.graph)
+        root = referenced(old, old.graph)
         if self.copy_weights:
-            root = copy.deepcopy(root)
+            memo: dict[int, Any] = {}
+            root = {k: copy_value(v, memo) for k, v in root.items()}
         modules = dict(old.named_modules())
         done: dict[str, str] = {}
         for on in old.graph.nodes:
