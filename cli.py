@@ -205,28 +205,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg, prep, space, ev, out = _search_setup(args)
     st = cfg.search.strategy
     print(f"{prep.graph.gm.__class__.__name__} from {prep.checkpoint}; {space.describe()}")
-    interrupted = False
-    try:
-        study, objective = run_study(
-            space, ev, st.metrics, st.setup, out, args.storage, args.study_name, not args.no_progress
-        )
-    except KeyboardInterrupt:
-        interrupted = True
-        import optuna
-
-        from search.study import Objective
-
-        if args.storage is None:
-            print("interrupted: in-memory study; finished trials are in trials.jsonl", file=sys.stderr)
-            return 130
-        study = optuna.load_study(study_name=args.study_name, storage=args.storage)
-        objective = Objective(space, ev, st.metrics, st.setup.sum_scaled_metrics)
+    study, objective = run_study(
+        space, ev, st.metrics, st.setup, out, args.storage, args.study_name, not args.no_progress
+    )
+    if objective.interrupted:
+        print("interrupted: writing the outputs of the finished trials", file=sys.stderr)
     write_outputs(study, out, objective)
     best = best_trials(study)
     print("\nBest trial(s):")
     print(best_table(best, list(st.metrics)) if best else "(no trial completed)")
     print(f"\ntrials: {summarize(study)}; outputs in {out}/ (best.json, trials.csv, trials.json, best_model/, *.png)")
-    return 130 if interrupted else 0
+    return 130 if objective.interrupted else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

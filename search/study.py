@@ -60,6 +60,7 @@ class Objective:
     single: bool
     exhaustive: bool = False
     n_trials: int | None = None
+    interrupted: bool = False
 
     @property
     def directions(self) -> list[str]:
@@ -82,8 +83,7 @@ class Objective:
         config = self.space.to_config(point)
         res = self.evaluator.evaluate(config)
         scaled = {k: spec.scale * res.metric(k) for k, spec in self.metrics.items()}
-        sw = {k: v for k, v in res.software.items()}
-        trial.set_user_attr("software_metrics", sw)
+        trial.set_user_attr("software_metrics", res.software)
         trial.set_user_attr("hardware_metrics", res.hardware)
         trial.set_user_attr("scaled_metrics", scaled)
         trial.set_user_attr("sampled_config", config)
@@ -224,8 +224,8 @@ def run_study(
 ) -> tuple[optuna.Study, Objective]:
     """Create or resume a study and run it until ``setup.n_trials`` trials have finished in total.
 
-    Trials that raise are recorded as FAIL and the study continues; Ctrl-C stops after
-    recording the trials finished so far.
+    Trials that raise are recorded as FAIL and the study continues; Ctrl-C stops the study,
+    keeps the trials finished so far and sets ``objective.interrupted``.
     """
     single = setup.sum_scaled_metrics
     objective = Objective(space, evaluator, metrics, single, setup.sampler == "exhaustive", setup.n_trials)
@@ -269,18 +269,22 @@ def run_study(
         callbacks.append(
             lambda s, t: s.stop() if len(s.get_trials(False, states=(TrialState.COMPLETE,))) >= space.size else None
         )
+    objective.interrupted = False
     if remaining:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                timeout=setup.timeout,
-                n_jobs=setup.n_jobs,
-                callbacks=callbacks,
-                catch=(Exception,),
-                gc_after_trial=False,
-            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.optimize(
+                    objective,
+                    n_trials=remaining,
+                    timeout=setup.timeout,
+                    n_jobs=setup.n_jobs,
+                    callbacks=callbacks,
+                    catch=(Exception,),
+                    gc_after_trial=False,
+                )
+        except KeyboardInterrupt:  # Optuna marks the running trial failed; finished ones are stored
+            objective.interrupted = True
     callbacks[1].bar.close()
     return study, objective
 

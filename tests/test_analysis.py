@@ -177,3 +177,25 @@ def test_trace_does_not_share_caller_model():
     g = trace(model, inputs)
     g.gm.get_submodule("seq_blocks.2").weight.data.zero_()
     assert model.seq_blocks[2].weight.abs().sum() > 0
+
+
+class Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, double: bool = False) -> torch.Tensor:
+        y = self.fc(x)
+        if double:
+            y = y * 2
+        return y
+
+
+def test_concrete_args_fix_python_control_flow():
+    x = torch.randn(2, 4)
+    with pytest.raises(TracingError):
+        trace(Scaled(), (x,))
+    m = Scaled()
+    g = analyze(trace(m, (x, True), concrete_args={"double": True}))
+    assert {"linear", "mul"} <= {mt.op_type for mt in g.metas()}
+    torch.testing.assert_close(g(x, True), m(x, True))

@@ -283,3 +283,15 @@ def test_shared_weights_mode_does_not_copy():
     assert q.gm.get_submodule("seq_blocks.2").weight is g.gm.get_submodule("seq_blocks.2").weight
     q2 = QuantizePass({"by": "type", "linear": _cfg(8)})(g).graph
     assert q2.gm.get_submodule("seq_blocks.2").weight is not g.gm.get_submodule("seq_blocks.2").weight
+
+
+def test_bypass_and_mase_regex_form():
+    model, inputs = ZOO["jsc-toy"]
+    g = trace(model, inputs)
+    r = QuantizePass({"by": "type", "linear": _cfg(8, bypass=True)})(g)
+    assert not r.modified and any("quantizes nothing" in n for n in r.info["notes"])
+    cfg = {"by": "regex_name", "default": {"config": {"name": "NA"}}, r"seq_blocks_[25]": _cfg(6)}
+    r = QuantizePass(cfg)(g)
+    assert set(r.info["quantized"]) == {"seq_blocks_2", "seq_blocks_5"}
+    r = QuantizePass({"by": "regex_name", "fc.*": _cfg(6)})(g)
+    assert any("matches no quantizable node" in n for n in r.info["notes"])

@@ -340,3 +340,34 @@ def test_compare_samplers(tmp_path, ckpt, capsys):
     assert all(x is not None for x in res["samplers"]["bruteforce"]["trials_to_optimum"])  # sees all 18
     assert (tmp_path / "o" / "compare" / "compare.png").stat().st_size > 1000
     assert "trials to optimum" in capsys.readouterr().out
+
+
+def test_ctrl_c_keeps_finished_trials_and_writes_outputs(tmp_path, ckpt):
+    extra = "[search.strategy.sw_runner.latency]\nrepeats = 100\nbatch_size = 256\n"
+    text = search_toml("random", 500, metrics="accuracy.scale = 1.0\nlatency.scale = -0.001")
+    cfgp = _w(tmp_path, text.replace("[search.strategy.setup]", extra + "[search.strategy.setup]"))
+    out = tmp_path / "o"
+    p = _cli("search", "--config", str(cfgp), "--checkpoint", str(ckpt), "--out", str(out), "--no-progress")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.3)
+        jl = out / "trials.jsonl"
+        if jl.exists() and len(jl.read_text().splitlines()) >= 3:
+            break
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130, stderr
+    assert "Best trial(s):" in stdout and "interrupted" in stderr
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    assert len(done) >= 3 and (out / "best.json").is_file()
+
+
+def test_parallel_jobs_in_one_process(tmp_path, ckpt):
+    cfg, _, space, ev = _setup(tmp_path, search_toml("exhaustive", 18), ckpt)
+    serial = {tuple(sorted(t.params.items())): t.value for t in _run(cfg, space, ev).trials}
+    cfg.search.strategy.setup = cfg.search.strategy.setup.model_copy(update={"n_jobs": 2})
+    par = _run(cfg, space, ev)
+    done = [t for t in par.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 18
+    assert {tuple(sorted(t.params.items())): t.value for t in done} == serial
