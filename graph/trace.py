@@ -106,10 +106,11 @@ class QGraph:
     # ---- copies and persistence ----------------------------------------------
     def copy(self) -> QGraph:
         """Deep copy: module state, graph and metadata are all independent."""
-        gm = rebuild(self.gm, copy_state=True)
-        for n in gm.graph.nodes:  # fx copies node.meta shallowly: give each copy its own record
-            if META_KEY in n.meta:
-                n.meta[META_KEY] = copy.deepcopy(n.meta[META_KEY])
+        new_g, val_map = copy_graph(self.gm.graph)
+        for old, new in val_map.items():  # each copy gets its own metadata record
+            new.meta = {**old.meta, META_KEY: copy.deepcopy(get_meta(old))}
+        gm = fx.GraphModule(private_root(self.gm, self.gm.graph), new_g, self.gm.__class__.__name__)
+        gm.train(self.gm.training)
         return QGraph(gm, self.example_inputs, self.analyses)
 
     def save(self, directory: str | Path) -> Path:
@@ -180,21 +181,10 @@ def copy_graph(graph: fx.Graph) -> tuple[fx.Graph, dict[fx.Node, fx.Node]]:
     return new_g, val_map
 
 
-def rebuild(
-    gm: nn.Module, graph: fx.Graph | None = None, copy_state: bool = True, root: dict[str, Any] | None = None
-) -> fx.GraphModule:
-    """A GraphModule over a copy of ``graph`` (default ``gm.graph``) with private (or shared) state."""
-    graph = graph if graph is not None else gm.graph  # type: ignore[assignment]
-    root = referenced(gm, graph) if root is None else root
-    if copy_state:
-        memo: dict[int, Any] = {}
-        root = {k: copy_value(v, memo) for k, v in root.items()}
-    new_g, val_map = copy_graph(graph)
-    for old, new in val_map.items():
-        new.meta = dict(old.meta)
-    out = fx.GraphModule(root, new_g, gm.__class__.__name__)
-    out.train(gm.training)
-    return out
+def private_root(gm: nn.Module, graph: fx.Graph) -> dict[str, Any]:
+    """Private copies of every module/tensor ``graph`` refers to (tied parameters stay tied)."""
+    memo: dict[int, Any] = {}
+    return {k: copy_value(v, memo) for k, v in referenced(gm, graph).items()}
 
 
 def init_meta(gm: fx.GraphModule) -> None:
@@ -264,9 +254,7 @@ def _trace(
     for n in g.nodes:  # annotations make torch 2.13 GraphModules unpicklable
         n.type = None
     # the graph gets private copies of the modules it uses: the caller's model is never shared
-    memo: dict[int, Any] = {}
-    root = {k: copy_value(v, memo) for k, v in referenced(tracer.root, g).items()}
-    gm = fx.GraphModule(root, g, type(model).__name__)
+    gm = fx.GraphModule(private_root(tracer.root, g), g, type(model).__name__)
     gm.train(model.training)
     init_meta(gm)
     return QGraph(gm, tuple(example_inputs))

@@ -15,10 +15,9 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from graph.copying import copy_value
 from graph.meta import META_KEY, TensorPrecision, get_meta
 from graph.registry import OpRegistry
-from graph.trace import QGraph, copy_graph, referenced
+from graph.trace import QGraph, copy_graph, private_root, referenced
 from passes.base import Pass, PassError, PassResult
 from passes.transforms.quantize.config import IntegerQ, MinifloatQ, NoQuant, QuantizeConfig
 from passes.transforms.quantize.modules import QConv1d, QConv2d, QFunction, QLinear, quantized_module
@@ -162,10 +161,7 @@ class QuantizePass(Pass):
             log.info("quantize: %s", n)
         old = graph.gm
         new_g, val_map = copy_graph(old.graph)
-        root = referenced(old, old.graph)
-        if self.copy_weights:
-            memo: dict[int, Any] = {}
-            root = {k: copy_value(v, memo) for k, v in root.items()}
+        root = private_root(old, old.graph) if self.copy_weights else referenced(old, old.graph)
         modules = dict(old.named_modules())
         done: dict[str, str] = {}
         for on in old.graph.nodes:
