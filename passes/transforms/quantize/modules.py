@@ -19,19 +19,15 @@ from graph.meta import TensorPrecision
 from passes.transforms.quantize.quantizers import Quantizer, make_quantizer
 
 
-def _clone_as(cls: type[nn.Module], m: nn.Module, copy_params: bool) -> Any:
-    """A ``cls`` instance with ``m``'s state (parameters cloned when ``copy_params``)."""
+def clone_as(cls: type[nn.Module], m: nn.Module) -> Any:
+    """A ``cls`` instance holding ``m``'s attributes, parameters and buffers (shared, not copied)."""
     q = cls.__new__(cls)
     nn.Module.__init__(q)
     for k, v in m.__dict__.items():
         if k not in q.__dict__ or k == "training":
             q.__dict__[k] = v
-    for k, p in m._parameters.items():
-        q._parameters[k] = (
-            None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad) if copy_params else p
-        )
-    for k, b in m._buffers.items():
-        q._buffers[k] = None if b is None else (b.clone() if copy_params else b)
+    q._parameters.update(m._parameters)
+    q._buffers.update(m._buffers)
     return q
 
 
@@ -89,9 +85,9 @@ class QConv2d(_QParam, nn.Conv2d):
         return self._conv_forward(self._qx(x), w, b)
 
 
-def quantized_module(cls: type[nn.Module]) -> Callable[[nn.Module, dict, bool], nn.Module]:
-    def build(m: nn.Module, roles: dict[str, TensorPrecision], copy_params: bool) -> nn.Module:
-        q = _clone_as(cls, m, copy_params)
+def quantized_module(cls: type[nn.Module]) -> Callable[[nn.Module, dict], nn.Module]:
+    def build(m: nn.Module, roles: dict[str, TensorPrecision]) -> nn.Module:
+        q = clone_as(cls, m)
         q._setup(roles)
         return q
 

@@ -19,15 +19,15 @@ from graph.meta import META_KEY, TensorPrecision, get_meta
 from graph.registry import OpRegistry
 from graph.trace import QGraph, copy_graph, private_root, referenced
 from passes.base import Pass, PassError, PassResult
-from passes.transforms.quantize.config import IntegerQ, MinifloatQ, NoQuant, QuantizeConfig
-from passes.transforms.quantize.modules import QConv1d, QConv2d, QFunction, QLinear, quantized_module
+from passes.transforms.quantize.config import IntegerQ, NoQuant, QuantizeConfig
+from passes.transforms.quantize.modules import QConv1d, QConv2d, QFunction, QLinear, clone_as, quantized_module
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class QuantRule:
-    """How to replace one op: ``build(module_or_fn, roles, copy_params) -> nn.Module``."""
+    """How to replace one op: ``build(module_or_fn, roles) -> nn.Module`` (sharing the source's parameters)``."""
 
     kind: str  # "module" or "function"
     qtype: str
@@ -47,13 +47,13 @@ def _fn_rule(qtype: str, unsigned_out: bool = False) -> QuantRule:
         "function",
         qtype,
         ("data_in",),
-        lambda fn, roles, _copy: QFunction(fn, {"data_in": roles["data_in"]}, unsigned_out),
+        lambda fn, roles: QFunction(fn, {"data_in": roles["data_in"]}, unsigned_out),
     )
 
 
 QUANT_RULES.register(F.relu, torch.relu, "relu")(_fn_rule("QReLU", unsigned_out=True))
 QUANT_RULES.register(nn.ReLU)(
-    QuantRule("module", "QReLU", ("data_in",), lambda m, roles, _c: QFunction(F.relu, roles, True))
+    QuantRule("module", "QReLU", ("data_in",), lambda m, roles: QFunction(F.relu, roles, True))
 )
 QUANT_RULES.register(operator.add, torch.add, "add")(_fn_rule("QAdd"))
 QUANT_RULES.register(operator.sub, torch.sub, "sub")(_fn_rule("QSub"))
@@ -181,11 +181,11 @@ class QuantizePass(Pass):
             assert rule is not None
             roles = {r: p for r, p in c.roles().items() if r in rule.roles}
             if rule.kind == "module":  # Linear / Conv / ReLU module: same target, new module
-                root[on.target] = rule.build(root[on.target], roles, False)  # root is already private when copying
+                root[on.target] = rule.build(root[on.target], roles)  # root is already private when copying
             else:  # function, method, or a QFunction made by an earlier run
                 fn = getattr(torch.Tensor, key) if on.op == "call_method" else key
                 tgt = on.target if on.op == "call_module" else f"q__{on.name}"
-                root[tgt] = rule.build(fn, roles, False)
+                root[tgt] = rule.build(fn, roles)
                 nn_.op, nn_.target = "call_module", tgt
             if isinstance(c, IntegerQ) and rule.qtype == "QReLU":
                 roles = {"data_in": TensorPrecision("uinteger", roles["data_in"].width, roles["data_in"].frac)}
@@ -209,17 +209,7 @@ class QuantizePass(Pass):
             root[old.target] = nn.ReLU()
         else:
             base = next(c for c in type(m).__mro__[1:] if c in (nn.Linear, nn.Conv1d, nn.Conv2d))
-            f = _clone_as_float(base, m)
+            f = clone_as(base, m)
+            for k in ("qx", "qw", "qb", "_cache"):
+                f.__dict__.pop(k, None)
             root[old.target] = f
-
-
-def _clone_as_float(cls: type[nn.Module], m: nn.Module) -> nn.Module:
-    from passes.transforms.quantize.modules import _clone_as
-
-    f = _clone_as(cls, m, copy_params=False)
-    for k in ("qx", "qw", "qb", "_cache"):
-        f.__dict__.pop(k, None)
-    return f
-
-
-__all__ = ["QUANT_RULES", "QuantizePass", "quantizable_nodes", "resolve", "IntegerQ", "MinifloatQ"]
