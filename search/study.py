@@ -8,6 +8,7 @@ best quantized graph), ``history.png``, ``pareto.png``, ``metric_vs_config.png``
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import logging
 import time
@@ -61,6 +62,7 @@ class Objective:
     exhaustive: bool = False
     n_trials: int | None = None
     interrupted: bool = False
+    started: datetime.datetime = datetime.datetime.min
 
     @property
     def directions(self) -> list[str]:
@@ -71,9 +73,15 @@ class Objective:
             trial.study.stop()
             raise optuna.TrialPruned(f"all {self.space.size} points of the space have been tried")
         if self.n_trials is not None:
-            # exact total across workers: completed trials plus those started before this one
+            # exact total across workers: finished trials plus those running ahead of this one.
+            # RUNNING trials older than this worker are left out: a killed worker's trial that died
+            # before its first heartbeat stays RUNNING forever and must not block the study.
             ahead = trial.study.get_trials(False, states=(*FINISHED, TrialState.RUNNING))
-            taken = sum(t.state != TrialState.RUNNING or t.number < trial.number for t in ahead)
+            taken = sum(
+                t.state != TrialState.RUNNING
+                or (t.number < trial.number and t.datetime_start is not None and t.datetime_start >= self.started)
+                for t in ahead
+            )
             if taken >= self.n_trials:
                 trial.study.stop()
                 raise optuna.TrialPruned(f"the study already has {self.n_trials} trials")
@@ -270,6 +278,7 @@ def run_study(
             lambda s, t: s.stop() if len(s.get_trials(False, states=(TrialState.COMPLETE,))) >= space.size else None
         )
     objective.interrupted = False
+    objective.started = datetime.datetime.now()
     if remaining:
         try:
             with warnings.catch_warnings():

@@ -199,7 +199,8 @@ weight_width = [2, 3, 4, 5, 6, 7, 8, 9]
     assert p2.returncode == 0, err
     st = optuna.load_study(study_name="k", storage=f"sqlite:///{db}")
     done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) == 40 - sum(t.state == optuna.trial.TrialState.FAIL for t in st.trials)
+    states = [(t.number, t.state.name) for t in st.trials]
+    assert len(done) == 40 - sum(t.state == optuna.trial.TrialState.FAIL for t in st.trials), (states, err)
     assert before <= {t.number for t in done}  # finished trials kept, not redone
     assert len({tuple(sorted(t.params.items())) for t in done}) == len(done)
 
