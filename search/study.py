@@ -269,6 +269,8 @@ def run_study(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         jsonl = out / "trials.jsonl"
+        if storage is None:  # a fresh in-memory study: do not mix in trials of an earlier run
+            jsonl.unlink(missing_ok=True)
     callbacks: list[Any] = [
         optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
         _Progress(remaining, jsonl, single, progress),

@@ -45,6 +45,14 @@ def test_shapes_match_shapeprop(case):
     assert checked >= 3
 
 
+def test_fake_tensor_shapes_equal_real(case):
+    _, model, inputs = case
+    real = analyze(trace(model, inputs))
+    fake = trace(model, inputs)
+    Pipeline([ShapePass(fake=True), FlopsPass(), ParamsPass()])(fake)
+    assert [m.to_dict() for m in fake.metas()] == [m.to_dict() for m in real.metas()]
+
+
 def test_flops_match_flopcounter(case):
     name, model, inputs = case
     g = analyze(trace(model, inputs))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -42,18 +43,30 @@ class ShapePass(Pass):
     """Reads: example inputs. Writes: in/out shapes and dtypes of every node.
 
     Runs the model in eval mode under ``no_grad`` (BatchNorm statistics are not
-    touched) and restores each module's training flag afterwards.
+    touched) and restores each module's training flag afterwards. ``fake=True``
+    interprets on fake (meta) tensors instead: same shapes, no arithmetic, so large
+    models and batches cost almost nothing.
     """
 
     name = "shapes"
     provides = ("shapes",)
 
+    def __init__(self, fake: bool = False) -> None:
+        self.fake = fake
+
     def run(self, graph: QGraph) -> PassResult:
         modes = {m: m.training for m in graph.gm.modules()}
         graph.gm.eval()
+        inputs = graph.example_inputs
+        ctx: Any = contextlib.nullcontext()
+        if self.fake:
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            ctx = FakeTensorMode(allow_non_fake_inputs=True)
+            inputs = tuple(ctx.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs)
         try:
-            with torch.no_grad(), no_gc():
-                _Recorder(graph.gm).run(*graph.example_inputs)
+            with torch.no_grad(), no_gc(), ctx:
+                _Recorder(graph.gm).run(*inputs)
         finally:
             for m, t in modes.items():
                 m.training = t
