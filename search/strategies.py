@@ -34,6 +34,34 @@ class ExhaustiveSampler(BaseSampler):
         return self.space.point(trial.number)[param_name]
 
 
+class _BruteForce(optuna.samplers.BruteForceSampler):
+    """Optuna's BruteForceSampler, tolerant of trials with partial parameters.
+
+    Its tree is built from every trial in storage, and a trial another worker is still filling
+    in (or one killed mid-sampling) makes it raise "param_name mismatch". Then this falls back to
+    a seeded random choice (sampling) or keeps the study running (stop check) instead of crashing.
+    """
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        try:
+            return super().sample_independent(study, trial, param_name, param_distribution)
+        except ValueError as e:
+            if "mismatch" not in str(e):
+                raise
+            return optuna.samplers.RandomSampler(seed=trial.number).sample_independent(
+                study, trial, param_name, param_distribution
+            )
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: Any, values: Any) -> None:
+        try:
+            super().after_trial(study, trial, state, values)
+        except ValueError as e:
+            if "mismatch" not in str(e):
+                raise
+
+
 def make_sampler(name: str, space: SearchSpace, seed: int, n_objectives: int) -> BaseSampler:
     """Seeded sampler by name; ``cmaes`` is single-objective only."""
     free = space.free_dims
@@ -52,7 +80,7 @@ def make_sampler(name: str, space: SearchSpace, seed: int, n_objectives: int) ->
             "gp": lambda: optuna.samplers.GPSampler(seed=seed),
             "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
             "grid": lambda: optuna.samplers.GridSampler({d: list(range(n)) for d, n in free.items()}, seed=seed),
-            "bruteforce": lambda: optuna.samplers.BruteForceSampler(seed=seed),
+            "bruteforce": lambda: _BruteForce(seed=seed),
         }
         if name not in factories:
             raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join([*factories, 'exhaustive'])}")

@@ -72,10 +72,15 @@ class Objective:
         if self.exhaustive and trial.number >= self.space.size:
             trial.study.stop()
             raise optuna.TrialPruned(f"all {self.space.size} points of the space have been tried")
+        t0 = time.perf_counter()
+        point = {d: trial.suggest_int(d, 0, n - 1) for d, n in self.space.free_dims.items()}
+        t_sample = time.perf_counter() - t0
         if self.n_trials is not None:
-            # exact total across workers: finished trials plus those running ahead of this one.
-            # RUNNING trials older than this worker are left out: a killed worker's trial that died
-            # before its first heartbeat stays RUNNING forever and must not block the study.
+            # Exact total across workers: finished trials plus those running ahead of this one.
+            # Checked after sampling so that a pruned trial carries a full point (BruteForceSampler
+            # builds its tree from all trials and rejects partial ones). RUNNING trials older than
+            # this worker are left out: a killed worker's trial that died before its first
+            # heartbeat stays RUNNING forever and must not block the study.
             ahead = trial.study.get_trials(False, states=(*FINISHED, TrialState.RUNNING))
             taken = sum(
                 t.state != TrialState.RUNNING
@@ -85,9 +90,6 @@ class Objective:
             if taken >= self.n_trials:
                 trial.study.stop()
                 raise optuna.TrialPruned(f"the study already has {self.n_trials} trials")
-        t0 = time.perf_counter()
-        point = {d: trial.suggest_int(d, 0, n - 1) for d, n in self.space.free_dims.items()}
-        t_sample = time.perf_counter() - t0
         config = self.space.to_config(point)
         res = self.evaluator.evaluate(config)
         scaled = {k: spec.scale * res.metric(k) for k, spec in self.metrics.items()}
