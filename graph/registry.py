@@ -132,11 +132,6 @@ def target_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     return str(key)
 
 
-def known_op_types() -> set[str]:
-    """All canonical op-type names this project knows."""
-    return set(_TYPE_NAMES.values())
-
-
 class OpRegistry(Generic[T]):
     """Rules keyed by op target; one registry per concern (FLOPs, quantization ...)."""
 
@@ -167,10 +162,3 @@ class OpRegistry(Generic[T]):
 
     def keys(self) -> Iterable[OpKey]:
         return self._rules.keys()
-
-    def types(self) -> set[str]:
-        """Canonical op-type names covered by this registry."""
-        out = set()
-        for k in self._rules:
-            out.add(_TYPE_NAMES.get(k, getattr(k, "__name__", str(k))))
-        return out

@@ -31,7 +31,7 @@ class CachingEvaluator:
         self.cache: dict[str, TrialResult] = {}
         self.eval_seconds: list[float] = []
 
-    def evaluate(self, config: Any, keep_graph: bool = False) -> TrialResult:
+    def evaluate(self, config: Any) -> TrialResult:
         key = json.dumps(config, sort_keys=True, default=str)
         if key not in self.cache:
             t0 = time.perf_counter()

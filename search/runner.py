@@ -50,7 +50,6 @@ class TrialResult:
     software: dict[str, float]
     hardware: dict[str, float]
     timings: dict[str, float] = field(default_factory=dict)
-    graph: QGraph | None = None
 
     def metric(self, name: str) -> float:
         if name in self.software:
@@ -123,7 +122,7 @@ class Evaluator:
             opt.step()
         q.gm.eval()
 
-    def evaluate(self, config: Any, keep_graph: bool = False) -> TrialResult:
+    def evaluate(self, config: Any) -> TrialResult:
         """Quantize the pristine graph with ``config`` and measure every requested metric."""
         t0 = time.perf_counter()
         q = QuantizePass(config, copy_weights=bool(self.qat.steps))(self.pristine).graph
@@ -153,4 +152,4 @@ class Evaluator:
         hw = hw_metrics(q, self.hw.compare_to, self.hw.activations)
         t4 = time.perf_counter()
         timings = {"rebuild": t1 - t0, "qat": t2 - t1, "evaluate": t3 - t2, "hw": t4 - t3}
-        return TrialResult(sw, hw, timings, q if keep_graph else None)
+        return TrialResult(sw, hw, timings)

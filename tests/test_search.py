@@ -245,11 +245,11 @@ def test_failing_trial_recorded_and_study_continues(tmp_path, ckpt, monkeypatch)
     real = ev.evaluate
     calls = {"n": 0}
 
-    def flaky(config, keep_graph=False):
+    def flaky(config):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("boom")
-        return real(config, keep_graph)
+        return real(config)
 
     monkeypatch.setattr(ev, "evaluate", flaky)
     st = _run(cfg, space, ev)

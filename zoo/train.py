@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -132,4 +131,3 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, Dataset, dict[str, Any
 def set_threads() -> None:
     """Small models run fastest single-threaded; keep torch from oversubscribing 2 cores."""
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    np.random.seed(0)
