@@ -21,6 +21,20 @@ from zoo.models import MODELS, build_model
 from zoo.train import evaluate, load_checkpoint, save_checkpoint, train
 
 
+def linear_int8(weight_frac: int) -> dict:
+    """By-type config: every Linear with 8-bit Q3.4 inputs and biases, 8-bit weights with ``weight_frac``."""
+    c = {
+        "name": "integer",
+        "data_in_width": 8,
+        "data_in_frac_width": 4,
+        "weight_width": 8,
+        "weight_frac_width": weight_frac,
+        "bias_width": 8,
+        "bias_frac_width": 4,
+    }
+    return {"by": "type", "linear": c}
+
+
 def _jsc_rows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 5, n)
@@ -124,18 +138,7 @@ def test_digits_jsc_s_accuracy_and_8bit(tmp_path):
     assert evaluate(m, ds.test, ds.num_classes) == fp  # no state between evaluations
     # 8-bit fixed point: activations Q3.4 (range +-8), weights Q2.5 (range +-4 covers |w| < 3), biases Q3.4
     assert max(float(p.detach().abs().max()) for n, p in m.named_parameters() if n.endswith("weight")) < 4
-    cfg = {
-        "by": "type",
-        "linear": {
-            "name": "integer",
-            "data_in_width": 8,
-            "data_in_frac_width": 4,
-            "weight_width": 8,
-            "weight_frac_width": 5,
-            "bias_width": 8,
-            "bias_frac_width": 4,
-        },
-    }
+    cfg = linear_int8(weight_frac=5)
     q = QuantizePass(cfg)(trace(m, ds.test.x[:2])).graph
     q8 = evaluate(q.gm, ds.test, ds.num_classes)
     assert abs(q8["accuracy"] - fp["accuracy"]) <= 0.01
@@ -148,18 +151,7 @@ def test_digits_jsc_s_accuracy_and_8bit(tmp_path):
 def test_hw_average_bitwidth_uses_width_not_frac():
     m = build_model("jsc-tiny", 16, 5)
     g = analyze(trace(m, torch.randn(4, 16)))
-    cfg = {
-        "by": "type",
-        "linear": {
-            "name": "integer",
-            "data_in_width": 8,
-            "data_in_frac_width": 4,
-            "weight_width": 8,
-            "weight_frac_width": 4,
-            "bias_width": 8,
-            "bias_frac_width": 4,
-        },
-    }
+    cfg = linear_int8(weight_frac=4)
     q = QuantizePass(cfg)(g).graph
     hw = hw_metrics(q)
     assert hw["average_bitwidth"] == pytest.approx((85 * 8 + 32 * 32) / 117)  # BN stays fp32

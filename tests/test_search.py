@@ -149,6 +149,17 @@ def _cli(*args: str, cwd: Path = ROOT) -> subprocess.Popen:
     )
 
 
+def _search(cfgp: Path, ckpt: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """``cli.py search`` in a subprocess, without progress bars."""
+    return _cli("search", "--config", str(cfgp), "--checkpoint", str(ckpt), "--out", str(out), "--no-progress", *extra)
+
+
+def _slow_config(tmp_path: Path, text: str, repeats: int) -> Path:
+    """``text`` with a latency runner of ``repeats`` timed forwards, so trials take long enough to interrupt."""
+    extra = f"[search.strategy.sw_runner.latency]\nrepeats = {repeats}\nbatch_size = 256\n"
+    return _w(tmp_path, text.replace("[search.strategy.setup]", extra + "[search.strategy.setup]"))
+
+
 def _states(db: Path) -> list[tuple[int, str]]:
     with sqlite3.connect(db) as c:
         return c.execute("select number, state from trials order by number").fetchall()
@@ -161,25 +172,11 @@ name = ["integer"]
 data_in_width = [2, 3, 4, 5, 6, 7, 8, 9]
 weight_width = [2, 3, 4, 5, 6, 7, 8, 9]
 """
-    extra = "[search.strategy.sw_runner.latency]\nrepeats = 150\nbatch_size = 256\n"
     text = search_toml("exhaustive", 40, space=space, metrics="accuracy.scale = 1.0\nlatency.scale = -0.001")
-    cfgp = _w(tmp_path, text.replace("[search.strategy.setup]", extra + "[search.strategy.setup]"))
+    cfgp = _slow_config(tmp_path, text, 150)
     db = tmp_path / "s.db"
-    args = [
-        "search",
-        "--config",
-        str(cfgp),
-        "--checkpoint",
-        str(ckpt),
-        "--out",
-        str(tmp_path / "o"),
-        "--storage",
-        f"sqlite:///{db}",
-        "--study-name",
-        "k",
-        "--no-progress",
-    ]
-    p = _cli(*args)
+    args = (cfgp, ckpt, tmp_path / "o", "--storage", f"sqlite:///{db}", "--study-name", "k")
+    p = _search(*args)
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.3)
@@ -194,7 +191,7 @@ weight_width = [2, 3, 4, 5, 6, 7, 8, 9]
     before = {n for n, s in _states(db) if s == "COMPLETE"}
     assert 3 <= len(before) < 40
     time.sleep(7)  # let the killed worker's heartbeat go stale
-    p2 = _cli(*args)
+    p2 = _search(*args)
     out, err = p2.communicate(timeout=300)
     assert p2.returncode == 0, err
     st = optuna.load_study(study_name="k", storage=f"sqlite:///{db}")
@@ -212,23 +209,7 @@ def test_two_workers_share_storage_without_duplicates(tmp_path, ckpt, sampler, s
     url = f"sqlite:///{tmp_path / 'w.db'}" if storage == "sqlite" else f"journal:{tmp_path / 'w.log'}"
     if storage == "sqlite":  # create the schema once so the two workers do not race on it
         optuna.create_study(storage=url, study_name="w", directions=["maximize"])
-    ps = [
-        _cli(
-            "search",
-            "--config",
-            str(cfgp),
-            "--checkpoint",
-            str(ckpt),
-            "--out",
-            str(tmp_path / f"o{i}"),
-            "--storage",
-            url,
-            "--study-name",
-            "w",
-            "--no-progress",
-        )
-        for i in range(2)
-    ]
+    ps = [_search(cfgp, ckpt, tmp_path / f"o{i}", "--storage", url, "--study-name", "w") for i in range(2)]
     for p in ps:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
@@ -344,11 +325,10 @@ def test_compare_samplers(tmp_path, ckpt, capsys):
 
 
 def test_ctrl_c_keeps_finished_trials_and_writes_outputs(tmp_path, ckpt):
-    extra = "[search.strategy.sw_runner.latency]\nrepeats = 100\nbatch_size = 256\n"
     text = search_toml("random", 500, metrics="accuracy.scale = 1.0\nlatency.scale = -0.001")
-    cfgp = _w(tmp_path, text.replace("[search.strategy.setup]", extra + "[search.strategy.setup]"))
+    cfgp = _slow_config(tmp_path, text, 100)
     out = tmp_path / "o"
-    p = _cli("search", "--config", str(cfgp), "--checkpoint", str(ckpt), "--out", str(out), "--no-progress")
+    p = _search(cfgp, ckpt, out)
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.3)
