@@ -1,13 +1,21 @@
-"""Typed per-node metadata: one namespaced record per FX node (``node.meta["qfx"]``)."""
+"""Typed per-node metadata: one namespaced, immutable record per FX node (``node.meta["qfx"]``).
+
+Records are frozen: passes write a new record with :func:`update_meta` (``dataclasses.replace``),
+so two graphs (a pristine graph and a quantized copy) can share records without sharing state.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
 from typing import Any
 
 import torch.fx as fx
 
 META_KEY = "qfx"
+
+Shape = tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -15,7 +23,7 @@ class TensorPrecision:
     """Number format of one tensor role (data_in, weight, bias, data_out).
 
     ``fmt`` is ``"float32"`` for unquantized tensors, else the quantizer name
-    (``"integer"``, ``"minifloat"`` ...). ``width`` is the storage width in bits;
+    (``"integer"``, ``"uinteger"``, ``"minifloat"`` ...). ``width`` is the storage width in bits;
     ``frac`` the fractional bits (integer) or exponent bits (minifloat).
     """
 
@@ -33,49 +41,85 @@ class TensorPrecision:
         return f"{self.fmt}{self.width}e{self.frac}"
 
 
-@dataclass
+def _freeze_shape(s: Any) -> Any:
+    """Shapes as tuples: a tensor's shape is a tuple of ints; a multi-output value a tuple of those."""
+    if isinstance(s, (list, tuple)):
+        if all(isinstance(i, int) for i in s):
+            return tuple(s)
+        return tuple(_freeze_shape(i) for i in s)
+    return s
+
+
+def is_tensor_shape(s: Any) -> bool:
+    """True for the shape of one tensor (a tuple of ints), False for None or a multi-output shape."""
+    return isinstance(s, tuple) and all(isinstance(i, int) for i in s)
+
+
+@dataclass(frozen=True)
 class NodeMeta:
     """Everything the analysis and transform passes know about one node.
 
-    Shapes are tuples of ints (``None`` where a value is not a tensor); no tensors
-    are stored. ``macs``/``flops``/``params`` are ``None`` until the pass that
-    computes them runs (``flops`` stays ``None`` for ops without a FLOP rule).
+    ``op``/``target`` describe what the node runs now (a quantized replacement's class after a
+    transform); ``op_type`` the float op it computes (the same before and after quantization).
+    Shapes are tuples of ints (``None`` where a value is not a tensor; a tuple of shapes for
+    multi-output nodes); no tensors are stored. ``macs``/``flops``/``params`` are ``None`` until
+    the pass that computes them runs (``flops`` stays ``None`` for ops without a FLOP rule).
+    ``precision`` is a read-only mapping role -> :class:`TensorPrecision`.
     """
 
     name: str
     op: str
     target: str
     op_type: str
-    in_shapes: list[tuple[int, ...] | None] = field(default_factory=list)
-    in_dtypes: list[str | None] = field(default_factory=list)
-    out_shape: tuple[int, ...] | list | None = None
+    in_shapes: tuple[Any, ...] = ()
+    in_dtypes: tuple[str | None, ...] = ()
+    out_shape: Any = None
     out_dtype: str | None = None
     macs: int | None = None
     flops: int | None = None
     params: int | None = None
-    precision: dict[str, TensorPrecision] = field(default_factory=dict)
+    precision: Mapping[str, TensorPrecision] = field(default_factory=dict)
     quantized: str | None = None  # quantized replacement type name, if any
 
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "in_shapes", tuple(_freeze_shape(s) for s in self.in_shapes))
+        set_(self, "in_dtypes", tuple(self.in_dtypes))
+        set_(self, "out_shape", _freeze_shape(self.out_shape))
+        if not isinstance(self.precision, MappingProxyType):
+            set_(self, "precision", MappingProxyType(dict(self.precision)))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> NodeMeta:
+        return self  # immutable: a copy is the record itself
+
+    def __reduce__(self) -> Any:
+        return (_from_fields, (self._fields(),))
+
+    def _fields(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["precision"] = dict(self.precision)
+        return d
+
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["precision"] = {k: asdict(v) for k, v in self.precision.items()}
+        def plain(s: Any) -> Any:
+            return [plain(i) for i in s] if isinstance(s, tuple) else s
+
+        d = self._fields()
+        d["in_shapes"] = [plain(s) for s in self.in_shapes]
+        d["in_dtypes"] = list(self.in_dtypes)
+        d["out_shape"] = plain(self.out_shape)
+        d["precision"] = {k: {"fmt": v.fmt, "width": v.width, "frac": v.frac} for k, v in self.precision.items()}
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NodeMeta:
         d = dict(d)
         d["precision"] = {k: TensorPrecision(**v) for k, v in d.get("precision", {}).items()}
-
-        def tup(s: Any) -> Any:
-            if isinstance(s, list) and all(isinstance(i, int) for i in s):
-                return tuple(s)
-            if isinstance(s, list):
-                return [tup(i) for i in s]
-            return s
-
-        d["in_shapes"] = [tup(s) for s in d.get("in_shapes", [])]
-        d["out_shape"] = tup(d.get("out_shape"))
         return cls(**d)
+
+
+def _from_fields(d: dict[str, Any]) -> NodeMeta:
+    return NodeMeta(**d)
 
 
 def get_meta(node: fx.Node) -> NodeMeta:
@@ -84,3 +128,13 @@ def get_meta(node: fx.Node) -> NodeMeta:
         return node.meta[META_KEY]
     except KeyError:
         raise KeyError(f"node {node.name!r} has no {META_KEY!r} metadata; build graphs with graph.trace()") from None
+
+
+def set_meta(node: fx.Node, meta: NodeMeta) -> NodeMeta:
+    node.meta[META_KEY] = meta
+    return meta
+
+
+def update_meta(node: fx.Node, **changes: Any) -> NodeMeta:
+    """Replace the node's record by a copy with ``changes`` (records are immutable)."""
+    return set_meta(node, replace(get_meta(node), **changes))

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import gc
 import json
+import pickle
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from graph.copying import copy_value
-from graph.meta import META_KEY, NodeMeta, get_meta
+from graph.meta import NodeMeta, get_meta, set_meta
 from graph.registry import op_type, target_name
 
 
@@ -105,37 +106,67 @@ class QGraph:
 
     # ---- copies and persistence ----------------------------------------------
     def copy(self) -> QGraph:
-        """Deep copy: module state, graph and metadata are all independent."""
+        """Deep copy: module state and graph are independent; the immutable records are shared."""
         new_g, val_map = copy_graph(self.gm.graph)
-        for old, new in val_map.items():  # each copy gets its own metadata record
-            new.meta = {**old.meta, META_KEY: copy.deepcopy(get_meta(old))}
+        for old, new in val_map.items():
+            new.meta = dict(old.meta)
         gm = fx.GraphModule(private_root(self.gm, self.gm.graph), new_g, self.gm.__class__.__name__)
         gm.train(self.gm.training)
         return QGraph(gm, self.example_inputs, self.analyses)
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``model.pt`` (the GraphModule), ``inputs.pt`` and ``meta.json``."""
+        """Write ``graph.json`` + ``weights.pt`` (no pickle, see :mod:`graph.serialize`),
+        ``inputs.pt`` and ``meta.json``; every file loads with ``weights_only=True``."""
+        from graph.dump import to_json
+        from graph.serialize import dump_graph_module
+
+        spec, tensors = dump_graph_module(self.gm)
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        torch.save(self.gm, d / "model.pt")
+        (d / "graph.json").write_text(json.dumps(spec, indent=1))
+        torch.save(tensors, d / "weights.pt")
         torch.save(self.example_inputs, d / "inputs.pt")
-        from graph.dump import to_json
-
         (d / "meta.json").write_text(to_json(self))
         return d
 
     @classmethod
-    def load(cls, directory: str | Path) -> QGraph:
+    def load(cls, directory: str | Path, trust: bool = False) -> QGraph:
+        """Rebuild a saved graph without running code from the files.
+
+        ``trust=True`` also resolves classes/functions outside the allowlist (user leaf
+        modules) and reads a legacy pickled ``model.pt``; only use it for files you trust.
+        """
+        from graph.serialize import SerializationError, load_graph_module
+
         d = Path(directory)
-        for f in ("model.pt", "inputs.pt", "meta.json"):
-            if not (d / f).is_file():
-                raise FileNotFoundError(f"{d / f} is missing: not a directory written by QGraph.save")
-        gm = torch.load(d / "model.pt", weights_only=False)
-        inputs = torch.load(d / "inputs.pt", weights_only=False)
+        if not (d / "graph.json").is_file() and (d / "model.pt").is_file():
+            if not trust:
+                raise SerializationError(
+                    f"{d / 'model.pt'} is a pickled GraphModule (old format): loading it could run arbitrary code; "
+                    "re-save it, or load with trust=True (--trust-checkpoint) if you trust its origin"
+                )
+            gm = torch.load(d / "model.pt", weights_only=False)
+        else:
+            for f in ("graph.json", "weights.pt", "inputs.pt", "meta.json"):
+                if not (d / f).is_file():
+                    raise FileNotFoundError(f"{d / f} is missing: not a directory written by QGraph.save")
+            try:
+                spec = json.loads((d / "graph.json").read_text())
+                tensors = torch.load(d / "weights.pt", weights_only=True, map_location="cpu")
+            except (ValueError, RuntimeError, pickle.UnpicklingError) as e:
+                raise SerializationError(f"{d}: unreadable or unsafe graph files ({e})") from e
+            gm = load_graph_module(spec, tensors, trust)
+        try:
+            inputs = torch.load(d / "inputs.pt", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise SerializationError(f"{d / 'inputs.pt'}: not plain tensors/values ({e})") from e
         data = json.loads((d / "meta.json").read_text())
         by_name = {m["name"]: m for m in data["nodes"]}
+        missing = [n.name for n in gm.graph.nodes if n.name not in by_name]
+        if missing:
+            raise SerializationError(f"{d / 'meta.json'} has no record for node(s) {missing}")
         for n in gm.graph.nodes:
-            n.meta[META_KEY] = NodeMeta.from_dict(by_name[n.name])
+            set_meta(n, NodeMeta.from_dict(by_name[n.name]))
         return cls(gm, inputs, data.get("analyses", ()))
 
     def to_networkx(self) -> Any:
@@ -191,7 +222,7 @@ def init_meta(gm: fx.GraphModule) -> None:
     """Give every node of ``gm`` a fresh :class:`NodeMeta` (name, op, target, op_type)."""
     modules = dict(gm.named_modules())
     for n in gm.graph.nodes:
-        n.meta[META_KEY] = NodeMeta(name=n.name, op=n.op, target=target_name(n, modules), op_type=op_type(n, modules))
+        set_meta(n, NodeMeta(name=n.name, op=n.op, target=target_name(n, modules), op_type=op_type(n, modules)))
 
 
 @contextlib.contextmanager

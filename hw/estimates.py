@@ -18,11 +18,13 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from graph.meta import get_meta
+import torch.fx as fx
+import torch.nn as nn
+
+from graph.meta import get_meta, is_tensor_shape
 from graph.trace import QGraph, node_parameters
 
 FLOAT_BITS = 32
-MAC_TYPES = {"linear", "conv1d", "conv2d", "conv_transpose2d", "matmul", "bmm"}
 
 
 @dataclass(frozen=True)
@@ -54,28 +56,55 @@ def _batch(g: QGraph) -> int:
     for n in g.gm.graph.nodes:
         if n.op == "placeholder":
             s = get_meta(n).out_shape
-            if isinstance(s, tuple) and s:
+            if is_tensor_shape(s) and s:
                 return s[0]
     return 1
 
 
+_VIEW_TYPES = {"transpose", "view", "reshape", "permute", "contiguous", "type_as", "squeeze", "expand"}
+
+
+def _use_bits(g: QGraph, consumer: fx.Node, value: fx.Node, modules: dict[str, nn.Module]) -> int:
+    """Width at which ``consumer`` reads the parameter flowing in as ``value`` (32 if it reads floats)."""
+    from passes.transforms.quantize.quantize_pass import QUANT_RULES
+
+    m = get_meta(consumer)
+    if get_meta(consumer).op_type in _VIEW_TYPES:  # follow views of the parameter (w.t() into addmm)
+        return max((_use_bits(g, u, consumer, modules) for u in consumer.users), default=FLOAT_BITS)
+    rule = QUANT_RULES.lookup(consumer, modules)
+    if rule is None or not m.quantized or not rule.arg_roles:
+        return FLOAT_BITS
+    roles = [r for a, r in zip(consumer.args, rule.arg_roles, strict=False) if a is value]
+    widths = [m.precision[r].width if r in m.precision else FLOAT_BITS for r in roles if r]
+    return max(widths, default=FLOAT_BITS)
+
+
 def tensor_bits(g: QGraph, activations: bool = False) -> list[TensorBits]:
-    """Every parameter tensor (and optionally each quantizable node's input) with its width."""
+    """Every parameter tensor (and optionally each quantizable node's input) with its width.
+
+    A parameter used by several nodes (a module called twice, tied embedding/head weights) is
+    counted once, at the widest width any use reads it with: the width it must be stored at.
+    This does not depend on graph order; the reported node is its first user.
+    """
     from passes.transforms.quantize.quantize_pass import quantizable_nodes
 
-    out: list[TensorBits] = []
-    seen: set[int] = set()
     gm = g.gm
+    modules = dict(gm.named_modules())
+    first: dict[int, tuple[str, str, int]] = {}  # id -> (node, role, numel)
+    bits: dict[int, int] = {}
     for n in gm.graph.nodes:
         m = get_meta(n)
-        params = node_parameters(gm, n)
-        for pname, p in params:
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            role = pname if pname in ("weight", "bias") else "param"
-            prec = m.precision.get(role)
-            out.append(TensorBits(n.name, role, p.numel(), prec.width if prec else FLOAT_BITS))
+        for pname, p in node_parameters(gm, n):
+            if n.op == "get_attr":
+                b = max((_use_bits(g, u, n, modules) for u in n.users), default=FLOAT_BITS)
+                role = "param"
+            else:
+                role = pname if pname in ("weight", "bias") else "param"
+                prec = m.precision.get(role)
+                b = prec.width if prec else FLOAT_BITS
+            first.setdefault(id(p), (n.name, role, p.numel()))
+            bits[id(p)] = max(bits.get(id(p), 0), b)
+    out = [TensorBits(node, role, numel, bits[i]) for i, (node, role, numel) in first.items()]
     if activations:
         if "shapes" not in g.analyses:
             raise ValueError("activation bits need the shapes analysis (run ShapePass first)")
@@ -84,19 +113,25 @@ def tensor_bits(g: QGraph, activations: bool = False) -> list[TensorBits]:
             m = g.meta(name)
             prec = m.precision.get("data_in")
             for s in m.in_shapes:
-                if isinstance(s, tuple):
+                if is_tensor_shape(s):
                     out.append(TensorBits(name, "data_in", math.prod(s) // b, prec.width if prec else FLOAT_BITS))
     return out
 
 
 def bops(g: QGraph) -> int:
-    """Bit operations per sample of MAC ops: MACs x operand bits (float operands count 32)."""
+    """Bit operations per sample of MAC ops (FLOP rules marked ``mac``): MACs x operand bits
+    (float operands count 32)."""
+    from passes.analysis.flops import FLOP_RULES
+
     if "flops" not in g.analyses:
         raise ValueError("BOPs need the flops analysis (run ShapePass and FlopsPass first)")
     b = _batch(g)
+    modules = dict(g.gm.named_modules())
     total = 0
-    for m in g.metas():
-        if m.op_type in MAC_TYPES and m.macs:
+    for n in g.gm.graph.nodes:
+        m = get_meta(n)
+        rule = FLOP_RULES.lookup(n, modules)
+        if rule is not None and rule.mac and m.macs:
             a = m.precision.get("data_in")
             w = m.precision.get("weight", a)
             total += (m.macs // b) * (a.width if a else FLOAT_BITS) * (w.width if w else FLOAT_BITS)

@@ -13,7 +13,7 @@ from typing import Any
 
 from graph.trace import QGraph
 from passes.transforms.quantize.config import IntegerQ, MinifloatQ, QuantizeConfig
-from passes.transforms.quantize.quantize_pass import QUANTIZABLE_TYPES, TYPE_ROLES, quantizable_nodes
+from passes.transforms.quantize.quantize_pass import quant_types, quantizable_nodes
 
 FORMAT_MODELS = {"integer": IntegerQ, "minifloat": MinifloatQ}
 
@@ -37,19 +37,20 @@ class SearchSpace:
         self.by = by
         self.notes: list[str] = []
         qn = quantizable_nodes(graph)
+        type_roles = quant_types()
         seeds = {k: (v["config"] if set(v) == {"config"} else v) for k, v in seeds.items()}
         for key, fields in seeds.items():
             self._check_fields(key, fields)
         if by == "type":
             keys = [k for k in seeds if k != "default"]
             for k in keys:
-                if k not in QUANTIZABLE_TYPES:
+                if k not in type_roles:
                     if k in qn:
                         self.notes.append(f"seed {k!r} is a node name but setup.by = 'type': ignored")
                         continue
                     raise SpaceError(
                         f"seed {k!r}: not a quantizable op type; by = 'type' seeds may be "
-                        f"{', '.join(sorted(QUANTIZABLE_TYPES))} or 'default'"
+                        f"{', '.join(sorted(type_roles))} or 'default'"
                     )
             present = sorted(set(qn.values()))
             units = {t: seeds.get(t, seeds.get("default", {"name": ["NA"]})) for t in present}
@@ -57,7 +58,7 @@ class SearchSpace:
         else:
             for k in seeds:
                 if k != "default" and k not in qn:
-                    if k in QUANTIZABLE_TYPES:
+                    if k in type_roles:
                         self.notes.append(f"seed {k!r} is an op type but setup.by = 'name': ignored (as MASE)")
                         continue
                     raise SpaceError(
@@ -67,7 +68,7 @@ class SearchSpace:
         # drop fields for tensor roles the op does not have (a ReLU has no weight to quantize)
         unit_type = (lambda u: u) if by == "type" else qn.__getitem__
         self.units: dict[str, dict[str, list[Any]]] = {
-            u: {f: ch for f, ch in fields.items() if _role(f) in (None, *TYPE_ROLES[unit_type(u)])}
+            u: {f: ch for f, ch in fields.items() if _role(f) in (None, *type_roles[unit_type(u)])}
             for u, fields in units.items()
         }
         self.dims: dict[str, list[Any]] = {

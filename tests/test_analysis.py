@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import networkx as nx
@@ -15,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from zoo_fixtures import zoo
 
 from graph import QGraph, TracingError, trace
+from graph.meta import update_meta
 from passes import PassError, Pipeline
 from passes.analysis import FlopsPass, ParamsPass, ReportPass, ShapePass, analyze
 
@@ -131,7 +133,10 @@ def test_report_json_networkx_save_load(tmp_path, case):
     assert [m.to_dict() for m in g2.metas()] == [m.to_dict() for m in g.metas()]
     torch.testing.assert_close(g2.gm.eval()(*inputs), g.gm.eval()(*inputs))
     c = g.copy()
-    c.meta(c.nodes[1]).flops = -1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.meta(c.nodes[1]).flops = -1  # records are immutable
+    update_meta(c.nodes[1], flops=-1)
+    assert c.meta(c.nodes[1]).flops == -1
     assert g.meta(g.nodes[1]).flops != -1
 
 

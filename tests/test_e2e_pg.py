@@ -45,7 +45,7 @@ def test_fresh_install_and_main_command(tmp_path):
     for png in ("history.png", "pareto.png", "metric_vs_config.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-    assert (out / "best_model" / "model.pt").is_file() and (out / "baseline" / "model.pt").is_file()
+    assert (out / "best_model" / "graph.json").is_file() and (out / "baseline" / "model.pt").is_file()
 
 
 def _free_port() -> int:

@@ -20,7 +20,7 @@ import cli
 from search.config import ConfigError, load_config
 from search.session import build_search, prepare
 from search.space import SpaceError
-from search.study import run_study
+from search.study import run_study, write_outputs
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_multi_objective_outputs(tmp_path, ckpt):
     assert len(rows) == 12 and {"accuracy", "average_bitwidth", "memory_density", "bops", "model_size"} <= set(rows[0])
     for png in ("history.png", "pareto.png", "metric_vs_config.png"):
         assert (out / png).stat().st_size > 1000
-    assert (out / "best_model" / "model.pt").is_file()
+    assert (out / "best_model" / "graph.json").is_file()
     assert len((out / "trials.jsonl").read_text().splitlines()) == 12
 
 
@@ -352,3 +352,38 @@ def test_parallel_jobs_in_one_process(tmp_path, ckpt):
     done = [t for t in par.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 18
     assert {tuple(sorted(t.params.items())): t.value for t in done} == serial
+
+
+SPACE_ALL = """
+[search.search_space.seed.default.config]
+name = ["integer"]
+data_in_width = [8]
+data_in_frac_width = [4]
+weight_width = [4, 8]
+weight_frac_width = ["NA"]
+bias_width = [8]
+bias_frac_width = ["NA"]
+"""
+
+
+@pytest.mark.parametrize("model", ["jsc-tiny", "jsc-toy", "jsc-s", "cnn", "transformer"])
+def test_best_model_loads_for_every_zoo_model(tmp_path, model):
+    """A 3-trial search quantizing every quantizable node (relu/add/matmul ... too); best_model/ reloads."""
+    import torch
+
+    from graph import QGraph
+    from passes.transforms.quantize import QuantizePass
+
+    ck = make_checkpoint(tmp_path / "ck", model=model, epochs=1)
+    text = search_toml(sampler="random", n_trials=3, space=SPACE_ALL, model=model, num_samples=64)
+    cfg, prep, space, ev = _setup(tmp_path, text, ck)
+    c = cfg.search.strategy
+    st, objective = run_study(space, ev, c.metrics, c.setup, tmp_path / "o", progress=False)
+    write_outputs(st, tmp_path / "o", objective)
+    q = QGraph.load(tmp_path / "o" / "best_model")
+    ref = QuantizePass(st.best_trial.user_attrs["sampled_config"])(prep.graph).graph
+    assert [m.to_dict() for m in q.metas()] == [m.to_dict() for m in ref.metas()]
+    assert any(m.quantized for m in q.metas())
+    x = prep.dataset.test.x[:64]
+    with torch.no_grad():
+        assert torch.equal(q(x), ref(x))

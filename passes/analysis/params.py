@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graph.meta import get_meta
+from graph.meta import update_meta
 from graph.trace import QGraph, node_parameters
 from passes.base import Pass, PassResult
 
@@ -28,6 +28,6 @@ class ParamsPass(Pass):
                 if id(p) not in seen:
                     seen.add(id(p))
                     count += p.numel()
-            get_meta(n).params = count
+            update_meta(n, params=count)
             total += count
         return PassResult(graph, False, {"params": total})

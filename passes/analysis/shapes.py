@@ -8,16 +8,17 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from graph.meta import get_meta
+from graph.meta import update_meta
 from graph.trace import QGraph, no_gc
-from passes.base import Pass, PassResult
+from passes.base import Pass, PassError, PassResult
 
 
 def _shape(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         return tuple(v.shape)
-    if isinstance(v, (tuple, list)) and any(isinstance(i, torch.Tensor) for i in v):
-        return [_shape(i) for i in v]
+    if isinstance(v, (tuple, list)) and any(isinstance(i, (torch.Tensor, tuple, list)) for i in v):
+        inner = tuple(_shape(i) for i in v)
+        return inner if any(i is not None for i in inner) else None
     return None
 
 
@@ -28,14 +29,26 @@ def _dtype(v: Any) -> str | None:
 
 
 class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, fake: bool) -> None:
+        super().__init__(gm)
+        self.fake = fake
+
     def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        m = get_meta(n)
         ins = [self.env[a] for a in n.all_input_nodes]
-        m.in_shapes = [_shape(v) for v in ins]
-        m.in_dtypes = [_dtype(v) for v in ins]
-        m.out_shape = _shape(out)
-        m.out_dtype = _dtype(out)
+        # shapes of the inputs as the node receives them (an in-place op mutates them)
+        in_shapes = tuple(_shape(v) for v in ins)
+        in_dtypes = tuple(_dtype(v) for v in ins)
+        try:
+            out = super().run_node(n)
+        except Exception as e:
+            if not self.fake:
+                raise
+            raise PassError(
+                f"ShapePass(fake=True): node {n.name!r} ({n.op} {n.target}) cannot run on fake tensors "
+                f"({type(e).__name__}: {e}); it depends on tensor values: use ShapePass() (real tensors) "
+                "or mark it as a leaf with a shape you can compute"
+            ) from e
+        update_meta(n, in_shapes=in_shapes, in_dtypes=in_dtypes, out_shape=_shape(out), out_dtype=_dtype(out))
         return out
 
 
@@ -64,10 +77,14 @@ class ShapePass(Pass):
 
             ctx = FakeTensorMode(allow_non_fake_inputs=True)
             inputs = tuple(ctx.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs)
+        fastpath = torch.backends.mha.get_fastpath_enabled()
         try:
+            # the fused attention fast path returns empty weights on fake tensors: use the math path
+            torch.backends.mha.set_fastpath_enabled(fastpath and not self.fake)
             with torch.no_grad(), no_gc(), ctx:
-                _Recorder(graph.gm).run(*inputs)
+                _Recorder(graph.gm, self.fake).run(*inputs)
         finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
             for m, t in modes.items():
                 m.training = t
         return PassResult(graph, modified=False, info={"nodes": len(graph.nodes)})

@@ -1,21 +1,24 @@
-"""Quantized replacements: modules for Linear/Conv, one wrapper module for functions.
+"""Quantized replacements: subclasses of the float modules, and one wrapper for functions/methods.
 
 Parametrised layers keep their float weight/bias (so they can be fine-tuned and
 re-quantized) and quantize them on the fly when gradients flow; in inference
-(no grad) the quantized weight and bias are computed once and cached until the
-float parameters change.
+(no grad, not compiling) the quantized weight and bias are computed once and cached until the
+float parameters change. Every replacement reports the float op it stands for through
+``qfx_source_key()`` so registries (FLOPs, quantize rules ...) see through it, and keeps the
+float op's in-place semantics (the result is written back into the mutated input).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from graph.meta import TensorPrecision
+from graph.registry import INPLACE_TWIN, OpKey
+from graph.serialize import register_safe
 from passes.transforms.quantize.quantizers import Quantizer, make_quantizer
 
 
@@ -31,90 +34,168 @@ def clone_as(cls: type[nn.Module], m: nn.Module) -> Any:
     return q
 
 
-class _QParam:
-    """Mixin: quantizers for data_in / weight / bias and a cache of quantized parameters."""
+def _compiling() -> bool:
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
+
+class _QParam(nn.Module):
+    """Base of quantized parametrised layers: data_in / weight / bias quantizers and a cache."""
+
+    _qfx_transient: ClassVar[dict[str, Any]] = {"_cache": None}
+    float_cls: ClassVar[type[nn.Module]]
     qx: Quantizer | None
     qw: Quantizer | None
     qb: Quantizer | None
     weight: torch.Tensor
     bias: torch.Tensor | None
 
-    def _setup(self, roles: dict[str, TensorPrecision]) -> None:
-        self.qx = make_quantizer(roles["data_in"]) if "data_in" in roles else None
-        self.qw = make_quantizer(roles["weight"]) if "weight" in roles else None
-        self.qb = make_quantizer(roles["bias"]) if "bias" in roles else None
-        self._cache: tuple[Any, torch.Tensor, torch.Tensor | None] | None = None
+    @classmethod
+    def from_float(cls, m: nn.Module, roles: dict[str, TensorPrecision]) -> _QParam:
+        q = clone_as(cls, m)
+        q.qx = make_quantizer(roles["data_in"]) if "data_in" in roles else None
+        q.qw = make_quantizer(roles["weight"]) if "weight" in roles else None
+        q.qb = make_quantizer(roles["bias"]) if "bias" in roles else None
+        q._cache = None
+        return q
+
+    def to_float(self) -> nn.Module:
+        f = clone_as(self.float_cls, self)
+        for k in ("qx", "qw", "qb", "_cache"):
+            f.__dict__.pop(k, None)
+        return f
+
+    def qfx_source_key(self) -> OpKey:
+        return self.float_cls
 
     def _qparams(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         w, b = self.weight, self.bias
-        if torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad)):
-            return (self.qw(w) if self.qw else w), (self.qb(b) if self.qb and b is not None else b)
+        qw, qb = self.qw, self.qb
+        grad = torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad))
+        if grad or _compiling():
+            return (qw(w) if qw else w), (qb(b) if qb and b is not None else b)
         key = (w._version, w.data_ptr(), None if b is None else (b._version, b.data_ptr()))
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                qw = self.qw(w) if self.qw else w
-                qb = self.qb(b) if self.qb and b is not None else b
-            self._cache = (key, qw, qb)
+                self._cache = (key, qw(w) if qw else w, qb(b) if qb and b is not None else b)
         return self._cache[1], self._cache[2]
 
     def _qx(self, x: torch.Tensor) -> torch.Tensor:
         return self.qx(x) if self.qx else x
 
     def __getstate__(self) -> dict[str, Any]:
-        d = dict(self.__dict__)  # type: ignore[attr-defined]
+        d = dict(self.__dict__)
         d["_cache"] = None
         return d
 
 
 class QLinear(_QParam, nn.Linear):
+    float_cls = nn.Linear
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self._qparams()
         return F.linear(self._qx(x), w, b)
 
 
 class QConv1d(_QParam, nn.Conv1d):
+    float_cls = nn.Conv1d
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self._qparams()
         return self._conv_forward(self._qx(x), w, b)
 
 
 class QConv2d(_QParam, nn.Conv2d):
+    float_cls = nn.Conv2d
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self._qparams()
         return self._conv_forward(self._qx(x), w, b)
 
 
-def quantized_module(cls: type[nn.Module]) -> Callable[[nn.Module, dict], nn.Module]:
-    def build(m: nn.Module, roles: dict[str, TensorPrecision]) -> nn.Module:
+def _write_back(dst: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """In-place semantics: the mutated input now holds the (quantized) result."""
+    return dst.copy_(out)
+
+
+class QReLU(nn.ReLU):
+    """nn.ReLU whose non-negative output is quantized with the unsigned variant of its format."""
+
+    float_cls = nn.ReLU
+
+    @classmethod
+    def from_float(cls, m: nn.Module, roles: dict[str, TensorPrecision]) -> QReLU:
         q = clone_as(cls, m)
-        q._setup(roles)
+        q.qx = make_quantizer(roles["data_in"])
         return q
 
-    return build
+    def to_float(self) -> nn.Module:
+        f = clone_as(nn.ReLU, self)
+        f.__dict__.pop("qx", None)
+        return f
+
+    def qfx_source_key(self) -> OpKey:
+        return nn.ReLU
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.qx(F.relu(x))
+        return _write_back(x, out) if self.inplace else out
 
 
 class QFunction(nn.Module):
-    """Wraps a function/method (add, mul, matmul, relu ...) and quantizes its tensor inputs.
+    """A quantized function or method call (add, mul, matmul, relu, F.linear, addmm ...).
 
-    ``unsigned_out``: quantize the output with the unsigned variant instead of the
-    inputs (used for ReLU, whose output is non-negative).
+    ``target``/``node_op``: the float call (kept for restoring it and for registry lookups);
+    ``arg_roles``: the tensor role of each positional argument (``None``: left as is);
+    ``unsigned_out``: quantize the output with the unsigned variant instead of the inputs (ReLU).
+    In-place calls (``add_``, ``x += y``, ``relu_``, ``inplace=True``) compute out of place on the
+    quantized values and write the result back into their first argument, as the float op would.
     """
 
-    def __init__(self, fn: Callable[..., Any], roles: dict[str, TensorPrecision], unsigned_out: bool) -> None:
+    def __init__(
+        self,
+        target: OpKey,
+        node_op: str,
+        arg_roles: tuple[str | None, ...],
+        roles: dict[str, TensorPrecision],
+        unsigned_out: bool = False,
+        inplace: bool = False,
+    ) -> None:
         super().__init__()
-        self.fn = fn
+        self.target = target
+        self.node_op = node_op
+        self.arg_roles = tuple(arg_roles)
         self.unsigned_out = unsigned_out
-        p = roles["data_in"]
-        if unsigned_out and p.fmt == "integer":
-            p = TensorPrecision("uinteger", p.width, p.frac)
-        self.qx = make_quantizer(p)
+        self.inplace = inplace
+        self.quantizers = {r: make_quantizer(p) for r, p in roles.items()}
+
+    def qfx_source_key(self) -> OpKey:
+        return self.target
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        t = self.target
+        if self.inplace:
+            t = INPLACE_TWIN.get(t, t)
+            kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
+        if self.node_op == "call_method":
+            return getattr(args[0], t)(*args[1:], **kwargs)
+        return t(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.unsigned_out:
-            return self.qx(self.fn(*args, **kwargs))
-        args = tuple(self.qx(a) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
-        return self.fn(*args, **kwargs)
+            out = self.quantizers["data_in"](self._call(args, kwargs))
+        else:
+            q = self.quantizers
+            qargs = tuple(
+                q[r](a) if r in q and isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                for a, r in zip(args, self.arg_roles + (None,) * (len(args) - len(self.arg_roles)), strict=True)
+            )
+            out = self._call(qargs, kwargs)
+        return _write_back(args[0], out) if self.inplace else out
 
     def extra_repr(self) -> str:
-        return f"fn={getattr(self.fn, '__name__', self.fn)}, {self.qx}"
+        name = self.target if isinstance(self.target, str) else getattr(self.target, "__name__", self.target)
+        qs = ", ".join(f"{r}={q.precision}" for r, q in self.quantizers.items())
+        return f"{'.' if self.node_op == 'call_method' else ''}{name}, {qs}{', inplace' if self.inplace else ''}"
+
+
+register_safe(QLinear, QConv1d, QConv2d, QReLU, QFunction)

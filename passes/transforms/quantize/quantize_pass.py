@@ -1,89 +1,112 @@
-"""The quantize transform pass: returns a new graph with quantized replacements."""
+"""The quantize transform pass: returns a new graph with quantized replacements, per call site.
+
+``QUANT_RULES`` maps an op target to a :class:`QuantRule` (op type, tensor roles, float
+class, output signedness, builder). Everything else — the quantizable op types and their
+roles (``quant_types()``), the nodes a graph can quantize, restoring float ops — is derived
+from it through the one registry lookup (``QUANT_RULES.lookup(node, modules)``).
+"""
 
 from __future__ import annotations
 
-import copy
 import logging
-import operator
 import re
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
-from graph.meta import META_KEY, TensorPrecision, get_meta
-from graph.registry import OpRegistry
+from graph.meta import TensorPrecision, get_meta, update_meta
+from graph.registry import OP_TYPES, OpKey, OpRegistry, inplace_call, target_name
 from graph.trace import QGraph, copy_graph, private_root, referenced
 from passes.base import Pass, PassError, PassResult
-from passes.transforms.quantize.config import IntegerQ, NoQuant, QuantizeConfig
-from passes.transforms.quantize.modules import QConv1d, QConv2d, QFunction, QLinear, clone_as, quantized_module
+from passes.transforms.quantize.config import NoQuant, QuantizeConfig
+from passes.transforms.quantize.modules import QConv1d, QConv2d, QFunction, QLinear, QReLU
 
 log = logging.getLogger(__name__)
+
+PARAM_ROLES = ("data_in", "weight", "bias")
 
 
 @dataclass(frozen=True)
 class QuantRule:
-    """How to replace one op: ``build(module_or_fn, roles) -> nn.Module`` (sharing the source's parameters)``."""
+    """How one op target is quantized.
 
-    kind: str  # "module" or "function"
+    ``op_type``: canonical op type (config key); ``qtype``: name of the quantized form;
+    ``roles``: tensor roles it quantizes; ``float_cls``: the float module class (module ops)
+    or ``None`` (function/method calls, wrapped in :class:`QFunction`); ``arg_roles``: role
+    of each positional argument of a function form; ``unsigned_out``: the output is
+    non-negative and quantized with the unsigned variant (ReLU).
+    """
+
+    op_type: str
     qtype: str
     roles: tuple[str, ...]
-    build: Callable[..., nn.Module]
+    float_cls: type[nn.Module] | None = None
+    qcls: Any = None
+    arg_roles: tuple[str | None, ...] = ()
+    unsigned_out: bool = False
+
+    def build(self, source: nn.Module | OpKey, node: fx.Node, roles: dict[str, TensorPrecision]) -> nn.Module:
+        if self.float_cls is not None:
+            return self.qcls.from_float(source, roles)
+        op = node.op if node.op != "call_module" else source.node_op  # type: ignore[union-attr]
+        target = node.target if node.op != "call_module" else source.target  # type: ignore[union-attr]
+        return QFunction(
+            target, op, self.arg_roles, roles, self.unsigned_out, inplace=inplace_call(target, node.kwargs)
+        )
+
+    def precision(self, roles: dict[str, TensorPrecision]) -> dict[str, TensorPrecision]:
+        """What the node's metadata records: unsigned integer where the output is unsigned."""
+        if not self.unsigned_out:
+            return roles
+        return {r: TensorPrecision("uinteger", p.width, p.frac) if p.fmt == "integer" else p for r, p in roles.items()}
 
 
 QUANT_RULES: OpRegistry[QuantRule] = OpRegistry("quantize")
-_P = ("data_in", "weight", "bias")
-QUANT_RULES.register(nn.Linear)(QuantRule("module", "QLinear", _P, quantized_module(QLinear)))
-QUANT_RULES.register(nn.Conv1d)(QuantRule("module", "QConv1d", _P, quantized_module(QConv1d)))
-QUANT_RULES.register(nn.Conv2d)(QuantRule("module", "QConv2d", _P, quantized_module(QConv2d)))
 
 
-def _fn_rule(qtype: str, unsigned_out: bool = False) -> QuantRule:
-    return QuantRule(
-        "function",
-        qtype,
-        ("data_in",),
-        lambda fn, roles: QFunction(fn, {"data_in": roles["data_in"]}, unsigned_out),
+def register_module_rule(
+    op_type: str, qcls: Any, unsigned_out: bool = False, roles: tuple[str, ...] = PARAM_ROLES
+) -> None:
+    """A float module class replaced by ``qcls`` (a subclass with ``from_float``/``to_float``)."""
+    QUANT_RULES.register(qcls.float_cls)(
+        QuantRule(op_type, qcls.__name__, roles, qcls.float_cls, qcls, unsigned_out=unsigned_out)
     )
 
 
-QUANT_RULES.register(F.relu, torch.relu, "relu")(_fn_rule("QReLU", unsigned_out=True))
-QUANT_RULES.register(nn.ReLU)(
-    QuantRule("module", "QReLU", ("data_in",), lambda m, roles: QFunction(F.relu, roles, True))
-)
-QUANT_RULES.register(operator.add, torch.add, "add")(_fn_rule("QAdd"))
-QUANT_RULES.register(operator.sub, torch.sub, "sub")(_fn_rule("QSub"))
-QUANT_RULES.register(operator.mul, torch.mul, "mul")(_fn_rule("QMul"))
-QUANT_RULES.register(operator.matmul, torch.matmul, "matmul")(_fn_rule("QMatmul"))
-QUANT_RULES.register(torch.bmm, "bmm")(_fn_rule("QBmm"))
-
-# op type -> tensor roles its quantized form has
-TYPE_ROLES: dict[str, tuple[str, ...]] = {
-    **{t: _P for t in ("linear", "conv1d", "conv2d")},
-    **{t: ("data_in",) for t in ("relu", "add", "sub", "mul", "matmul", "bmm")},
-}
-QUANTIZABLE_TYPES = set(TYPE_ROLES)
+def register_function_rule(
+    op_type: str, qtype: str, arg_roles: tuple[str | None, ...], unsigned_out: bool = False, keys: tuple = ()
+) -> None:
+    """Function/method forms of ``op_type`` (default: every non-class alias in ``OP_TYPES``)."""
+    keys = keys or tuple(k for k in OP_TYPES[op_type] if not isinstance(k, type))
+    roles = tuple(dict.fromkeys(r for r in arg_roles if r)) or ("data_in",)
+    QUANT_RULES.register(*keys)(QuantRule(op_type, qtype, roles, None, None, arg_roles, unsigned_out))
 
 
-def _rule_key(n: fx.Node, modules: dict[str, nn.Module]) -> Any:
-    """Target to look up, seeing through replacements made by an earlier run."""
-    if n.op == "call_module":
-        m = modules[n.target]
-        if isinstance(m, QFunction):
-            return m.fn
-        for cls in type(m).__mro__:
-            if cls in QUANT_RULES:
-                return cls
-        return type(m)
-    if n.op == "call_function":
-        return n.target
-    if n.op == "call_method":
-        return n.target
-    return None
+register_module_rule("linear", QLinear)
+register_module_rule("conv1d", QConv1d)
+register_module_rule("conv2d", QConv2d)
+register_module_rule("relu", QReLU, unsigned_out=True, roles=("data_in",))
+register_function_rule("linear", "QLinear", ("data_in", "weight", "bias"), keys=(OP_TYPES["linear"][1],))
+register_function_rule("linear", "QLinear", ("bias", "data_in", "weight"), keys=OP_TYPES["linear"][2:])
+register_function_rule("relu", "QReLU", ("data_in",), unsigned_out=True)
+register_function_rule("add", "QAdd", ("data_in", "data_in"))
+register_function_rule("sub", "QSub", ("data_in", "data_in"))
+register_function_rule("mul", "QMul", ("data_in", "data_in"))
+register_function_rule("matmul", "QMatmul", ("data_in", "data_in"))
+register_function_rule("bmm", "QBmm", ("data_in", "data_in"))
+
+
+def quant_types() -> dict[str, tuple[str, ...]]:
+    """Quantizable op type -> the tensor roles its quantized forms have (derived from QUANT_RULES)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for k in QUANT_RULES.keys():
+        r = QUANT_RULES.get(k)
+        assert r is not None
+        out[r.op_type] = tuple(dict.fromkeys(out.get(r.op_type, ()) + r.roles))
+    return out
 
 
 def quantizable_nodes(graph: QGraph) -> dict[str, str]:
@@ -91,9 +114,9 @@ def quantizable_nodes(graph: QGraph) -> dict[str, str]:
     modules = graph.modules
     out = {}
     for n in graph.gm.graph.nodes:
-        key = _rule_key(n, modules)
-        if key is not None and QUANT_RULES.get(key) is not None:
-            out[n.name] = get_meta(n).op_type
+        rule = QUANT_RULES.lookup(n, modules)
+        if rule is not None:
+            out[n.name] = rule.op_type
     return out
 
 
@@ -103,6 +126,7 @@ def resolve(graph: QGraph, cfg: QuantizeConfig) -> tuple[dict[str, Any], list[st
     Returns (plan, notes). Unknown node names / unsupported op types raise ``PassError``.
     """
     qn = quantizable_nodes(graph)
+    types = quant_types()
     all_names = {n.name for n in graph.gm.graph.nodes}
     notes: list[str] = []
     bad = [k for k in cfg.by_name if k not in all_names]
@@ -114,11 +138,9 @@ def resolve(graph: QGraph, cfg: QuantizeConfig) -> tuple[dict[str, Any], list[st
             f"node(s) {nq} have no quantized form (op types {sorted({get_meta(graph.node(k)).op_type for k in nq})});"
             f" quantizable nodes: {', '.join(qn)}"
         )
-    bad = [k for k in cfg.by_type if k not in QUANTIZABLE_TYPES]
+    bad = [k for k in cfg.by_type if k not in types]
     if bad:
-        raise PassError(
-            f"quantize config has unsupported op type(s) {bad}; supported: {', '.join(sorted(QUANTIZABLE_TYPES))}"
-        )
+        raise PassError(f"quantize config has unsupported op type(s) {bad}; supported: {', '.join(sorted(types))}")
     present = set(qn.values())
     notes += [f"no node of type {t!r} in this graph" for t in cfg.by_type if t not in present]
     regexes = [(re.compile(p), c) for p, c in cfg.by_regex.items()]
@@ -139,12 +161,25 @@ def resolve(graph: QGraph, cfg: QuantizeConfig) -> tuple[dict[str, Any], list[st
     return plan, notes
 
 
+def _site_target(node: fx.Node, uses: Counter[str], root: dict[str, Any]) -> str:
+    """The module path this call site owns: its own target, or a fresh one when the module is shared."""
+    if uses[node.target] == 1:
+        return node.target
+    t = f"{node.target}__{node.name}"
+    while t in root:
+        t += "_"
+    return t
+
+
 class QuantizePass(Pass):
     """Reads: op types (from trace). Writes: a NEW graph with quantized modules and node precision.
 
-    The input graph, its modules and the config are never modified. ``copy_weights=False``
-    shares the float parameters of the input graph read-only (fast rebuilds for PTQ search);
-    keep the default when the result will be trained.
+    Works per call site: a module called at several nodes gets one quantized module per
+    quantized node (sharing the float parameters), so quantizing one call leaves the others'
+    outputs bit-identical. In-place float ops keep their semantics. The input graph, its
+    modules, its metadata and the config are never modified. ``copy_weights=False`` shares
+    the float parameters of the input graph read-only (fast rebuilds for PTQ search); keep
+    the default when the result will be trained.
     Info: ``quantized`` (node -> qtype), ``notes``, ``plan`` (node -> config dict).
     """
 
@@ -163,53 +198,49 @@ class QuantizePass(Pass):
         new_g, val_map = copy_graph(old.graph)
         root = private_root(old, old.graph) if self.copy_weights else referenced(old, old.graph)
         modules = dict(old.named_modules())
+        uses = Counter(n.target for n in old.graph.nodes if n.op == "call_module")
         done: dict[str, str] = {}
+        changed: list[fx.Node] = []
         for on in old.graph.nodes:
-            nn_ = val_map.get(on)
-            if nn_ is None:
-                continue
-            m = copy.copy(get_meta(on))
-            nn_.meta[META_KEY] = m
+            new = val_map[on]
+            new.meta = dict(on.meta)  # records are immutable: sharing them shares no state
             c = plan.get(on.name)
             if c is None:
-                if m.quantized:  # previously quantized node now left in float: restore the float op
-                    self._restore(nn_, on, modules, root)
-                    m.quantized, m.precision = None, {}
+                if get_meta(on).quantized:  # previously quantized node now left in float: restore the float op
+                    self._restore(new, on, modules, root)
+                    update_meta(new, quantized=None, precision={})
+                    changed.append(new)
                 continue
-            key = _rule_key(on, modules)
-            rule = QUANT_RULES.get(key)
+            rule = QUANT_RULES.lookup(on, modules)
             assert rule is not None
             roles = {r: p for r, p in c.roles().items() if r in rule.roles}
-            if rule.kind == "module":  # Linear / Conv / ReLU module: same target, new module
-                root[on.target] = rule.build(root[on.target], roles)  # root is already private when copying
-            else:  # function, method, or a QFunction made by an earlier run
-                fn = getattr(torch.Tensor, key) if on.op == "call_method" else key
-                tgt = on.target if on.op == "call_module" else f"q__{on.name}"
-                root[tgt] = rule.build(fn, roles)
-                nn_.op, nn_.target = "call_module", tgt
-            if isinstance(c, IntegerQ) and rule.qtype == "QReLU":
-                roles = {"data_in": TensorPrecision("uinteger", roles["data_in"].width, roles["data_in"].frac)}
-            m.precision = roles
-            m.quantized = rule.qtype
+            source = root[on.target] if on.op == "call_module" else on.target  # root: private when copying
+            if rule.float_cls is not None or on.op == "call_module":  # module op, or a QFunction from a prior run
+                tgt = _site_target(on, uses, root)
+            else:
+                tgt = f"q__{on.name}"
+                while tgt in root:
+                    tgt += "_"
+            root[tgt] = rule.build(source, on, roles)
+            new.op, new.target = "call_module", tgt
+            update_meta(new, precision=rule.precision(roles), quantized=rule.qtype)
             done[on.name] = rule.qtype
+            changed.append(new)
         new_g.lint()
         gm = fx.GraphModule(root, new_g, old.__class__.__name__)
         gm.train(old.training)
+        new_modules = dict(gm.named_modules())
+        for n in changed:  # the record describes what runs now; op_type stays the float op's
+            update_meta(n, op=n.op, target=target_name(n, new_modules))
         res = QGraph(gm, graph.example_inputs, graph.analyses)
         info = {"quantized": done, "notes": notes, "plan": {k: v.model_dump() for k, v in plan.items()}}
-        return PassResult(res, modified=bool(done), info=info)
+        return PassResult(res, modified=bool(done) or bool(changed), info=info)
 
     @staticmethod
     def _restore(new: fx.Node, old: fx.Node, modules: dict[str, nn.Module], root: dict[str, Any]) -> None:
         m = modules[old.target]
-        if isinstance(m, QFunction) and str(old.target).startswith("q__"):
-            new.op, new.target = "call_function", m.fn
+        if isinstance(m, QFunction):
+            new.op, new.target = m.node_op, m.target
             root.pop(old.target, None)
-        elif isinstance(m, QFunction):  # was an nn.ReLU module
-            root[old.target] = nn.ReLU()
         else:
-            base = next(c for c in type(m).__mro__[1:] if c in (nn.Linear, nn.Conv1d, nn.Conv2d))
-            f = clone_as(base, m)
-            for k in ("qx", "qw", "qb", "_cache"):
-                f.__dict__.pop(k, None)
-            root[old.target] = f
+            root[old.target] = m.to_float()

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from graph.meta import TensorPrecision
+from graph.serialize import register_codec
 
 
 class _STE(torch.autograd.Function):
@@ -100,3 +101,11 @@ def make_quantizer(p: TensorPrecision) -> Quantizer:
     if p.fmt not in FORMATS:
         raise KeyError(f"unknown number format {p.fmt!r}; registered: {', '.join(FORMATS)}")
     return Quantizer(FORMATS[p.fmt](p), p)
+
+
+register_codec(
+    "quantizer",
+    Quantizer,
+    lambda q: {"fmt": q.precision.fmt, "width": q.precision.width, "frac": q.precision.frac},
+    lambda d: make_quantizer(TensorPrecision(**d)),
+)
