@@ -70,7 +70,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from zoo.train import load_checkpoint
 
     if args.checkpoint:
-        model, ds, _ = load_checkpoint(args.checkpoint)
+        model, ds, _ = load_checkpoint(args.checkpoint, args.trust_checkpoint)
         inputs = ds.val.x[: args.batch]
     else:
         if not args.model:
@@ -126,7 +126,7 @@ def _print_metrics(title: str, m: dict[str, Any], classes: list[str]) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from zoo.train import evaluate, load_checkpoint
 
-    model, ds, info = load_checkpoint(args.checkpoint)
+    model, ds, info = load_checkpoint(args.checkpoint, args.trust_checkpoint)
     split = ds.split(args.split)
     m = evaluate(model, split, ds.num_classes)
     _print_metrics(f"{info['model']} on {info['dataset']} ({args.split}, {len(split)} samples)", m, ds.classes)
@@ -145,7 +145,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
     if cfg.passes.quantize is None:
         raise UsageError(f"{args.config}: no [passes.quantize] section", "see configs/jsc_toy_by_name.toml")
     out = _out_dir(args, args.config, "transform")
-    prep = prepare(cfg, args.checkpoint, out, not args.no_progress)
+    prep = prepare(cfg, args.checkpoint, out, not args.no_progress, args.trust_checkpoint)
     res = QuantizePass(cfg.passes.quantize)(prep.graph)
     for n in res.info["notes"]:
         print(f"note: {n}")
@@ -194,7 +194,7 @@ def _search_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Path]:
 
         cfg.search.strategy.setup = StrategySetup.model_validate({**st.model_dump(), **upd})  # type: ignore[union-attr]
     out = _out_dir(args, args.config, "search")
-    prep = prepare(cfg, args.checkpoint, out, not args.no_progress)
+    prep = prepare(cfg, args.checkpoint, out, not args.no_progress, args.trust_checkpoint)
     space, ev = build_search(cfg, prep)
     return cfg, prep, space, ev, out
 
@@ -252,7 +252,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 # ---- parser -------------------------------------------------------------------------
+def _trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow checkpoints/graphs that need full unpickling (that can run code from the file); "
+        "by default only plain tensors and values are read",
+    )
+
+
 def _search_args(p: argparse.ArgumentParser) -> None:
+    _trust_arg(p)
     p.add_argument("--config", required=True, help="TOML with a [search] section (see configs/)")
     p.add_argument(
         "--checkpoint",
@@ -289,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -303,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", default="digits", help="dataset giving a zoo model its sizes (default digits)")
     p.add_argument("--checkpoint", help="analyse a trained checkpoint instead")
+    _trust_arg(p)
     p.add_argument("--batch", type=int, default=1, help="batch size of the example input for checkpoints")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(fn=cmd_analyze)
@@ -329,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a checkpoint on its dataset split.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint written by cli.py train (directory or .pt)")
+    _trust_arg(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="dataset split (default test)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.set_defaults(fn=cmd_eval)
@@ -341,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="TOML with a [passes.quantize] section")
     p.add_argument("--checkpoint", help="trained checkpoint; default: config load_name, else train a baseline")
+    _trust_arg(p)
     p.add_argument("--out", help="output directory (default: outputs/<config name>)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to compare on")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -16,7 +16,7 @@ from search.runner import Evaluator
 from search.space import SearchSpace
 from zoo.data import Dataset, load_dataset
 from zoo.models import build_model
-from zoo.train import evaluate, load_checkpoint, save_checkpoint, train
+from zoo.train import evaluate, load_checkpoint, read_checkpoint, save_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,17 @@ class Prepared:
     checkpoint: Path
 
 
-def prepare(cfg: RunConfig, checkpoint: str | None, out: Path, progress: bool = True) -> Prepared:
-    """Load ``checkpoint`` (or ``load_name``), else train the config's model and save it under out/baseline."""
+def prepare(cfg: RunConfig, checkpoint: str | None, out: Path, progress: bool = True, trust: bool = False) -> Prepared:
+    """Load ``checkpoint`` (or ``load_name``), else train the config's model and save it under out/baseline.
+
+    Checkpoints load with ``weights_only=True``; ``trust`` allows full unpickling (``--trust-checkpoint``).
+    """
     ck = checkpoint or cfg.load_name
     if ck is None:
         base = out / "baseline" / "model.pt"
         reuse = False
         if base.is_file():
-            info = torch.load(base, weights_only=False)
+            info = read_checkpoint(base, trust)
             reuse = (
                 info.get("model") == cfg.model
                 and info.get("dataset") == cfg.dataset
@@ -62,7 +65,7 @@ def prepare(cfg: RunConfig, checkpoint: str | None, out: Path, progress: bool = 
                 },
             )
         ck = str(base)
-    model, ds, info = load_checkpoint(ck)
+    model, ds, info = load_checkpoint(ck, trust)
     if info["model"] != cfg.model:
         log.warning("checkpoint holds model %r, config says %r: using the checkpoint's", info["model"], cfg.model)
     graph = analyze(trace(model, ds.val.x[:8]))

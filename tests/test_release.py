@@ -143,3 +143,101 @@ def test_analyze_module_function_json(capsys):
 
     data = json.loads(capsys.readouterr().out)
     assert data["totals"]["params"] == 15 and data["totals"]["macs"] == 2 * 4 * 3
+
+
+class _Evil:
+    """Unpickling this creates a marker file: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def _evil_checkpoint(path, marker):
+    import torch
+
+    torch.save({"model": "jsc-tiny", "dataset": "digits", "seed": 0, "state_dict": {}, "x": _Evil(str(marker))}, path)
+
+
+def test_malicious_checkpoint_never_runs(tmp_path):
+    """eval / search --checkpoint / transform / a planted OUT/baseline/model.pt: refused, marker never appears."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "pwned"
+    ck = tmp_path / "evil.pt"
+    _evil_checkpoint(ck, marker)
+    out = tmp_path / "o"
+    (out / "baseline").mkdir(parents=True)
+    _evil_checkpoint(out / "baseline" / "model.pt", marker)
+    cfg = ROOT / "configs" / "jsc_tiny_by_type.toml"
+    runs = [
+        ["eval", "--checkpoint", str(ck)],
+        ["analyze", "--checkpoint", str(ck)],
+        [
+            "search",
+            "--config",
+            str(cfg),
+            "--checkpoint",
+            str(ck),
+            "--n-trials",
+            "1",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        ["transform", "--config", str(ROOT / "configs" / "jsc_toy_by_name.toml"), "--checkpoint", str(ck)],
+        ["search", "--config", str(cfg), "--n-trials", "1", "--no-progress", "--out", str(out)],
+    ]
+    for args in runs:
+        r = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "refusing to load" in r.stderr and "--trust-checkpoint" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        assert not marker.exists(), args
+
+
+def test_graph_load_refuses_pickled_model_and_unknown_code(tmp_path):
+    import torch
+
+    from graph import QGraph
+    from graph.serialize import SerializationError
+
+    marker = tmp_path / "pwned"
+    d = tmp_path / "legacy"
+    d.mkdir()
+    torch.save(_Evil(str(marker)), d / "model.pt")
+    (d / "meta.json").write_text('{"nodes": []}')
+    torch.save((), d / "inputs.pt")
+    with pytest.raises(SerializationError, match="pickled GraphModule.*trust=True"):
+        QGraph.load(d)
+    # a graph.json naming a dangerous function is refused by the allowlist
+    import json
+
+    from graph import trace
+    from zoo.models import build_model
+
+    g = trace(build_model("jsc-tiny", 16, 5), torch.randn(4, 16))
+    g.save(tmp_path / "g")
+    spec = json.loads((tmp_path / "g" / "graph.json").read_text())
+    spec["nodes"].insert(
+        1,
+        {
+            "name": "boom",
+            "op": "call_function",
+            "target": {"fn": "os.system"},
+            "args": {"t": ["touch " + str(marker)]},
+            "kwargs": {"d": {}},
+        },
+    )
+    (tmp_path / "g" / "graph.json").write_text(json.dumps(spec))
+    with pytest.raises(SerializationError, match="'os.system' is not on the allowlist"):
+        QGraph.load(tmp_path / "g")
+    torch.save({"w": _Evil(str(marker))}, tmp_path / "g" / "weights.pt")
+    with pytest.raises(SerializationError, match="unsafe"):
+        QGraph.load(tmp_path / "g")
+    assert not marker.exists()

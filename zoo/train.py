@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -98,29 +99,66 @@ def train(
     return history
 
 
+def _plain(v: Any) -> Any:
+    """Checkpoint metadata as plain Python types (so it loads with ``weights_only=True``)."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if hasattr(v, "tolist"):  # numpy / torch scalars and arrays
+        return _plain(v.tolist())
+    return v
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, info: dict[str, Any]) -> Path:
-    """``info`` must hold model, dataset, seed; metrics are stored beside them."""
+    """``info`` must hold model, dataset, seed; metrics are stored beside them (plain types only)."""
     p = Path(path)
     if p.suffix != ".pt":
         p.mkdir(parents=True, exist_ok=True)
         p = p / "model.pt"
     p.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), **info}, p)
+    torch.save({"state_dict": model.state_dict(), **_plain(info)}, p)
     return p
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, Dataset, dict[str, Any]]:
+class UnsafeCheckpointError(ValueError):
+    """The file needs pickle (arbitrary code) to load and the user did not say they trust it."""
+
+
+def read_checkpoint(p: Path, trust: bool = False) -> dict[str, Any]:
+    """The checkpoint dict, read with ``torch.load(weights_only=True)``: no code in the file runs.
+
+    A file that needs full unpickling is refused unless ``trust`` (``--trust-checkpoint``).
+    """
+    try:
+        ck = torch.load(p, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        if not trust:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UnsafeCheckpointError(
+                f"{p}: refusing to load: it is not a plain tensors-and-values checkpoint and unpickling it could "
+                f"run arbitrary code ({first}); pass --trust-checkpoint only if you trust where it came from"
+            ) from None
+        ck = torch.load(p, weights_only=False, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - not a torch file at all
+        raise ValueError(f"{p}: not a checkpoint written by cli.py train ({type(e).__name__}: {e})") from e
+    if not isinstance(ck, dict):
+        raise ValueError(f"{p}: not a checkpoint written by cli.py train (holds a {type(ck).__name__})")
+    return ck
+
+
+def load_checkpoint(path: str | Path, trust: bool = False) -> tuple[nn.Module, Dataset, dict[str, Any]]:
     """Rebuild the model named in the checkpoint and reload its dataset split with the same seed."""
     p = Path(path)
     if p.is_dir():
         p = p / "model.pt"
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {p} does not exist (make one with: cli.py train --out DIR)")
+    ck = read_checkpoint(p, trust)
     try:
-        ck = torch.load(p, weights_only=False, map_location="cpu")
         name, dsname = ck["model"], ck["dataset"]
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{p}: not a checkpoint written by cli.py train ({e})") from e
+    except KeyError as e:
+        raise ValueError(f"{p}: not a checkpoint written by cli.py train (no {e} entry)") from e
     ds = load_dataset(dsname, seed=ck.get("seed", 0))
     model = build_model(name, ds.num_features, ds.num_classes, image_shape=ds.image_shape)
     model.load_state_dict(ck["state_dict"])
