@@ -226,9 +226,11 @@ def test_relu_unsigned_and_method_forms():
 def test_config_errors_are_clear():
     model, inputs = ZOO["jsc-tiny"]
     g = trace(model, inputs)
-    with pytest.raises(PassError, match=r"unknown node.*'fc9'.*quantizable nodes: seq_blocks_1, seq_blocks_2"):
+    with pytest.raises(
+        PassError, match=r"unknown node.*'fc9'.*quantizable nodes: seq_blocks_0, seq_blocks_1, seq_blocks_2"
+    ):
         QuantizePass({"by": "name", "fc9": _cfg(8)})(g)
-    with pytest.raises(PassError, match="unsupported op type.*'lstm'.*supported: add, bmm"):
+    with pytest.raises(PassError, match="unsupported op type.*'lstm'.*supported: add, batch_norm1d, batch_norm2d, bmm"):
         QuantizePass({"by": "type", "lstm": _cfg(8)})(g)
     with pytest.raises(ValueError, match="extra_forbidden|Extra inputs"):
         QuantizeConfig.model_validate({"by": "type", "linear": {"config": {"name": "integer", "wieght_width": 8}}})

@@ -112,6 +112,56 @@ class QConv2d(_QParam, nn.Conv2d):
         return self._conv_forward(self._qx(x), w, b)
 
 
+class _QBatchNorm(_QParam):
+    """Batch norm in inference as hls4ml/FINN implement it: a per-channel affine map whose folded
+    scale ``gamma / sqrt(var + eps)`` is the quantized "weight" and folded shift
+    ``beta - mean * scale`` the quantized "bias": ``y = q(x) * q(scale) + q(shift)``.
+    In training mode it normalises the quantized input with batch statistics (float affine).
+    """
+
+    _qfx_transient: ClassVar[dict[str, Any]] = {"_cache": None}
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float per-channel (scale, shift) from the running statistics and affine parameters."""
+        var, mean = self.running_var, self.running_mean
+        scale = torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight
+        shift = -mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias
+        return scale, shift
+
+    def _qaffine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        ps = [t for t in (self.weight, self.bias, self.running_mean, self.running_var) if t is not None]
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in ps)
+        if grad or _compiling():
+            s, t = self.folded()
+            return (self.qw(s) if self.qw else s), (self.qb(t) if self.qb else t)
+        key = tuple((t._version, t.data_ptr()) for t in ps)
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                s, t = self.folded()
+                self._cache = (key, self.qw(s) if self.qw else s, self.qb(t) if self.qb else t)
+        return self._cache[1], self._cache[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._qx(x)
+        if self.training or self.running_mean is None:
+            return self.float_cls.forward(self, x)
+        s, t = self._qaffine()
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * s.reshape(shape) + t.reshape(shape)
+
+
+class QBatchNorm1d(_QBatchNorm, nn.BatchNorm1d):
+    float_cls = nn.BatchNorm1d
+
+
+class QBatchNorm2d(_QBatchNorm, nn.BatchNorm2d):
+    float_cls = nn.BatchNorm2d
+
+
 def _write_back(dst: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """In-place semantics: the mutated input now holds the (quantized) result."""
     return dst.copy_(out)
@@ -198,4 +248,4 @@ class QFunction(nn.Module):
         return f"{'.' if self.node_op == 'call_method' else ''}{name}, {qs}{', inplace' if self.inplace else ''}"
 
 
-register_safe(QLinear, QConv1d, QConv2d, QReLU, QFunction)
+register_safe(QLinear, QConv1d, QConv2d, QBatchNorm1d, QBatchNorm2d, QReLU, QFunction)

@@ -22,7 +22,15 @@ from graph.registry import OP_TYPES, OpKey, OpRegistry, inplace_call, target_nam
 from graph.trace import QGraph, copy_graph, private_root, referenced
 from passes.base import Pass, PassError, PassResult
 from passes.transforms.quantize.config import NoQuant, QuantizeConfig
-from passes.transforms.quantize.modules import QConv1d, QConv2d, QFunction, QLinear, QReLU
+from passes.transforms.quantize.modules import (
+    QBatchNorm1d,
+    QBatchNorm2d,
+    QConv1d,
+    QConv2d,
+    QFunction,
+    QLinear,
+    QReLU,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +96,8 @@ def register_function_rule(
 register_module_rule("linear", QLinear)
 register_module_rule("conv1d", QConv1d)
 register_module_rule("conv2d", QConv2d)
+register_module_rule("batch_norm1d", QBatchNorm1d)
+register_module_rule("batch_norm2d", QBatchNorm2d)
 register_module_rule("relu", QReLU, unsigned_out=True, roles=("data_in",))
 register_function_rule("linear", "QLinear", ("data_in", "weight", "bias"), keys=(OP_TYPES["linear"][1],))
 register_function_rule("linear", "QLinear", ("bias", "data_in", "weight"), keys=OP_TYPES["linear"][2:])

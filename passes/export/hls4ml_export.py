@@ -1,0 +1,212 @@
+"""hls4ml export: per-layer ``ap_fixed`` precisions from the graph's metadata, built by hls4ml's own
+PyTorch converter and checked with its C simulation (``compile()`` + ``predict()``, g++ only).
+
+The deployment IR (a chain of linear / folded batch norm / relu layers) becomes a plain
+``nn.Sequential`` whose parameters are the exact quantized values; every quantized tensor gets
+``fixed<w, w-f, RND_CONV, SAT>`` (``ufixed`` for ReLU outputs): weights/biases/scales as they are,
+and a layer's *result* type is the ``data_in`` precision of the layer that reads it (that cast is our
+input quantization, convergent rounding = half to even, saturating). Where the reader does not
+quantize, the result type is wide enough to hold the exact value (accumulators sized from the
+fan-in and the operand formats), so nothing is rounded that the graph does not round.
+A ReLU whose unsigned output feeds a layer quantizing its input at the same frac width gets the
+narrower of the two ranges (exactly the composition); at a different frac width the double
+rounding cannot be one cast, so the export keeps the ReLU's type and says so in ``notes``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from graph.meta import TensorPrecision
+from graph.trace import QGraph
+from passes.export.ir import ExportError, Layer, build_ir
+
+HLS_OPS = ("linear", "affine", "relu", "identity")
+
+
+@dataclass(frozen=True)
+class Fx:
+    """An ap_fixed / ap_ufixed type: ``width`` bits, ``frac`` fractional bits."""
+
+    width: int
+    frac: int
+    signed: bool = True
+    exact: bool = False  # a wide type that never rounds (accumulators): TRN/WRAP is fine
+
+    @property
+    def integer(self) -> int:
+        return self.width - self.frac
+
+    def __str__(self) -> str:
+        base = "fixed" if self.signed else "ufixed"
+        if self.exact:
+            return f"{base}<{self.width},{self.integer}>"
+        return f"{base}<{self.width},{self.integer},RND_CONV,SAT>"
+
+
+def _fx(p: TensorPrecision) -> Fx:
+    return Fx(p.width, p.frac or 0, p.fmt == "integer")
+
+
+def _wide(int_bits: int, frac: int) -> Fx:
+    return Fx(int_bits + frac, frac, True, exact=True)
+
+
+def _mag_bits(t: torch.Tensor) -> int:
+    """Integer bits (with sign) needed for the largest magnitude in ``t``."""
+    m = float(t.abs().max()) if t.numel() else 0.0
+    return max(1, math.ceil(math.log2(m + 1e-30)) + 2) if m > 0 else 1
+
+
+@dataclass
+class HlsPlan:
+    model: nn.Sequential
+    precisions: list[dict[str, str]]  # one per Sequential layer, hls4ml precision keys
+    input_type: Fx
+    notes: list[str] = field(default_factory=list)
+
+
+def _chain(layers: list[Layer]) -> list[Layer]:
+    body = [lay for lay in layers if lay.op not in ("input", "output", "reshape", "identity")]
+    inputs = [lay for lay in layers if lay.op == "input"]
+    outputs = [lay for lay in layers if lay.op == "output"]
+    if len(inputs) != 1 or len(outputs) != 1 or len(outputs[0].inputs) != 1:
+        raise ExportError("hls4ml: export needs one input and one output")
+    for lay in body:
+        if lay.op not in HLS_OPS:
+            raise ExportError(
+                f"hls4ml: node {lay.name!r} ({lay.op}) cannot be exported; the hls4ml export supports chains of "
+                "nn.Linear, nn.BatchNorm1d (folded), ReLU and flatten/identity (use qonnx/onnx-qdq for convs, adds)"
+            )
+    prev = inputs[0].name
+    alias = {}
+    for lay in layers:
+        if lay.op in ("reshape", "identity"):
+            alias[lay.name] = alias.get(lay.inputs[0], lay.inputs[0])  # type: ignore[arg-type]
+    for lay in body:
+        src = alias.get(lay.inputs[0], lay.inputs[0])  # type: ignore[arg-type]
+        if src != prev:
+            raise ExportError(f"hls4ml: node {lay.name!r} does not read the previous layer: only chains export")
+        prev = lay.name
+    return body
+
+
+def plan(graph: QGraph) -> HlsPlan:
+    """The plain model and the per-layer hls4ml precisions (see the module docstring)."""
+    body = _chain(build_ir(graph, "hls4ml"))
+    notes: list[str] = []
+    mods: list[nn.Module] = []
+    for lay in body:
+        if lay.op == "linear":
+            w = lay.params["weight"]
+            m = nn.Linear(w.shape[1], w.shape[0], bias="bias" in lay.params)
+            with torch.no_grad():
+                m.weight.copy_(w)
+                if m.bias is not None:
+                    m.bias.copy_(lay.params["bias"])
+        elif lay.op == "affine":
+            s, t = lay.params["weight"], lay.params["bias"]
+            m = nn.BatchNorm1d(s.numel(), eps=0.0)  # scale = gamma / sqrt(1 + 0) exactly
+            with torch.no_grad():
+                m.weight.copy_(s)
+                m.bias.copy_(t)
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0)
+        else:
+            m = nn.ReLU()
+        mods.append(m.eval())
+    # the type each layer's value has when it leaves the layer, before any reader quantizes it
+    first_in = body[0].precision.get("data_in")
+    in_type = _fx(first_in) if first_in else Fx(32, 16, exact=True)
+    if not first_in:
+        notes.append(f"{body[0].name}: the first layer does not quantize its input; hls4ml reads it as fixed<32,16>")
+    cur = in_type
+    precs: list[dict[str, str]] = []
+    for i, lay in enumerate(body):
+        nxt = body[i + 1] if i + 1 < len(body) else None
+        reader = nxt.precision.get("data_in") if nxt is not None and nxt.op != "relu" else None
+        p: dict[str, str] = {}
+        if lay.op in ("linear", "affine"):
+            wp, bp = lay.precision.get("weight"), lay.precision.get("bias")
+            wt = _fx(wp) if wp else _wide(_mag_bits(lay.params["weight"]), 24)
+            bt = _fx(bp) if bp else _wide(_mag_bits(lay.params["bias"]), 24) if "bias" in lay.params else None
+            if not wp or (bt is not None and not bp):
+                notes.append(f"{lay.name}: float weight/bias represented as wide fixed point (24 fractional bits)")
+            fan = lay.params["weight"].shape[1] if lay.op == "linear" else 1
+            grow = math.ceil(math.log2(fan + 1)) + 1
+            frac = max(cur.frac + wt.frac, bt.frac if bt else 0)
+            ints = max(cur.integer + wt.integer + grow, (bt.integer + 1) if bt else 0)
+            exact = _wide(ints, frac)
+            key = "scale" if lay.op == "affine" else "weight"
+            p[key] = str(wt)
+            if bt is not None:
+                p["bias"] = str(bt)
+            if lay.op == "linear":
+                p["accum"] = str(exact)
+            cur = _fx(reader) if reader else exact
+        else:  # relu
+            out = lay.precision.get("data_out")
+            rd = nxt.precision.get("data_in") if nxt is not None else None
+            if out and rd:
+                o, r = _fx(out), _fx(rd)
+                if o.frac == r.frac:
+                    w = min(o.width, r.width - 1 if r.signed else r.width)
+                    cur = Fx(w, o.frac, False)
+                else:
+                    cur = o
+                    notes.append(
+                        f"{lay.name} -> {nxt.name}: the unsigned ReLU output ({o}) is requantized to {r} at another "
+                        "frac width; hls4ml keeps the ReLU type (results can differ by one step)"
+                    )
+            elif out:
+                cur = _fx(out)
+            elif rd:
+                cur = _fx(rd)
+            else:  # float relu: the input type holds it exactly
+                cur = Fx(cur.width, cur.frac, cur.signed, exact=True)
+        p["result"] = str(cur)
+        precs.append(p)
+    return HlsPlan(nn.Sequential(*mods).eval(), precs, in_type, notes)
+
+
+def export_hls4ml(graph: QGraph, out: str | Path, backend: str = "Vitis", compile: bool = True) -> tuple[Any, HlsPlan]:
+    """Convert with hls4ml into project directory ``out`` and (by default) compile its C simulation.
+
+    Returns ``(hls_model, plan)``; ``hls_model.predict(x)`` runs the bit-accurate C simulation.
+    """
+    import hls4ml
+
+    pl = plan(graph)
+    n_in = pl.model[0].weight.shape[1] if isinstance(pl.model[0], nn.Linear) else pl.model[0].num_features
+    cfg = hls4ml.utils.config_from_pytorch_model(
+        pl.model, input_shape=(n_in,), granularity="name", backend=backend, default_precision="fixed<32,16>"
+    )
+    names = [k for k in cfg["LayerName"] if k != "input_1"]
+    if len(names) != len(pl.precisions):
+        raise ExportError(f"hls4ml: expected {len(pl.precisions)} layers, its config lists {names}")
+    cfg["LayerName"]["input_1"]["Precision"]["result"] = str(pl.input_type)
+    for name, p in zip(names, pl.precisions, strict=True):
+        cfg["LayerName"][name]["Precision"].update(p)
+    cfg["Model"]["Strategy"] = "Latency"
+    d = Path(out)
+    hm = hls4ml.converters.convert_from_pytorch_model(
+        pl.model, output_dir=str(d), project_name="qfx", backend=backend, hls_config=cfg, io_type="io_parallel"
+    )
+    if compile:
+        hm.compile()
+    (d / "qfx_precisions.txt").write_text(
+        "\n".join(f"{n}: {p}" for n, p in zip(names, pl.precisions, strict=True)) + "\n" + "\n".join(pl.notes) + "\n"
+    )
+    return hm, pl
+
+
+def predict(hm: Any, x: np.ndarray) -> np.ndarray:
+    """hls4ml C-simulation outputs for a float batch."""
+    return np.asarray(hm.predict(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32).reshape(len(x), -1)

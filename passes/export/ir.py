@@ -1,0 +1,181 @@
+"""A flat deployment IR read from a (quantized) graph: what every export format consumes.
+
+Each FX node becomes a :class:`Layer` with a small op vocabulary (``input``, ``linear``,
+``conv``, ``affine`` for batch norm, ``relu``, ``add``/``sub``/``mul``, ``reshape``,
+``flatten``, ``maxpool``, ``global_avgpool``, ``identity``, ``output``), its parameters as the
+exact values the graph computes with (already quantized where the graph quantizes them) and
+the precision of every quantized input/weight/bias/output. Ops outside this vocabulary raise
+:class:`ExportError` naming the node and what each format supports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from graph.meta import TensorPrecision, get_meta
+from graph.trace import QGraph
+
+SUPPORTED = (
+    "linear (nn.Linear), conv1d/conv2d (nn.Conv*), batch norm (nn.BatchNorm1d/2d, folded to a per-channel "
+    "affine), relu, add/sub/mul (tensor or scalar operand), flatten/view/reshape/unflatten (batch first), "
+    "max pool (nn.MaxPool1d/2d), global average pool (AdaptiveAvgPool(1)), dropout/identity"
+)
+
+
+class ExportError(ValueError):
+    """The graph holds something a format cannot express; the message names the node."""
+
+
+@dataclass
+class Layer:
+    name: str
+    op: str
+    inputs: list[str | float]  # producer node names, or Python scalars
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, torch.Tensor] = field(default_factory=dict)  # role -> exact values used
+    precision: dict[str, TensorPrecision] = field(default_factory=dict)  # data_in/weight/bias/data_out
+    out_shape: tuple[int, ...] | None = None
+
+
+def _unsupported(n: fx.Node, what: str, fmt: str) -> ExportError:
+    return ExportError(f"{fmt}: node {n.name!r} ({what}) cannot be exported; supported: {SUPPORTED}")
+
+
+def _param(module: nn.Module, role: str, value: torch.Tensor | None) -> torch.Tensor | None:
+    """The values the quantized module computes with for ``role`` (quantizer applied)."""
+    if value is None:
+        return None
+    q = getattr(module, {"weight": "qw", "bias": "qb"}[role], None)
+    with torch.no_grad():
+        return (q(value) if q is not None else value).detach().clone().float()
+
+
+def _input_names(n: fx.Node, fmt: str) -> list[str | float]:
+    out: list[str | float] = []
+    for a in n.args:
+        if isinstance(a, fx.Node):
+            out.append(a.name)
+        elif isinstance(a, (int, float)) and not isinstance(a, bool):
+            out.append(float(a))
+        else:
+            raise _unsupported(n, f"argument {a!r}", fmt)
+    return out
+
+
+def _module_layer(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
+    meta = get_meta(n)
+    prec = dict(meta.precision)
+    src = n.args[0].name  # type: ignore[union-attr]
+    t = meta.op_type
+    if isinstance(m, nn.Linear):
+        p = {"weight": _param(m, "weight", m.weight)}
+        if m.bias is not None:
+            p["bias"] = _param(m, "bias", m.bias)
+        return Layer(n.name, "linear", [src], {}, p, prec)  # type: ignore[arg-type]
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)) and not isinstance(m, nn.modules.conv._ConvTransposeNd):
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise _unsupported(n, f"conv padding {m.padding!r}/{m.padding_mode}", fmt)
+        p = {"weight": _param(m, "weight", m.weight)}
+        if m.bias is not None:
+            p["bias"] = _param(m, "bias", m.bias)
+        attrs = {"stride": list(m.stride), "padding": list(m.padding), "dilation": list(m.dilation), "groups": m.groups}
+        attrs["kernel"] = list(m.kernel_size)
+        return Layer(n.name, "conv", [src], attrs, p, prec)  # type: ignore[arg-type]
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        from passes.transforms.quantize.modules import _QBatchNorm
+
+        if m.running_mean is None:
+            raise _unsupported(n, "batch norm without running statistics", fmt)
+        with torch.no_grad():
+            scale, shift = _QBatchNorm.folded(m)  # type: ignore[arg-type]
+        p = {"weight": _param(m, "weight", scale), "bias": _param(m, "bias", shift)}
+        return Layer(n.name, "affine", [src], {}, p, prec)  # type: ignore[arg-type]
+    if t == "relu":
+        return _relu(n, prec)
+    if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
+        if m.dilation not in (1, (1, 1)) or m.ceil_mode or m.return_indices:
+            raise _unsupported(n, "max pool with dilation/ceil_mode/indices", fmt)
+        nd = 1 if isinstance(m, nn.MaxPool1d) else 2
+
+        def tup(v: Any) -> list[int]:
+            return list(v) if isinstance(v, tuple) else [v] * nd
+
+        attrs = {"kernel": tup(m.kernel_size), "stride": tup(m.stride or m.kernel_size), "padding": tup(m.padding)}
+        return Layer(n.name, "maxpool", [src], attrs)
+    if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+        if m.output_size not in (1, (1,), (1, 1)):
+            raise _unsupported(n, f"adaptive average pool to {m.output_size}", fmt)
+        return Layer(n.name, "global_avgpool", [src])
+    if isinstance(m, (nn.Flatten, nn.Unflatten)):
+        return Layer(n.name, "reshape", [src])
+    if isinstance(m, (nn.Dropout, nn.Identity)):
+        return Layer(n.name, "identity", [src])
+    raise _unsupported(n, f"module {type(m).__name__}", fmt)
+
+
+def _relu(n: fx.Node, prec: dict[str, TensorPrecision]) -> Layer:
+    """ReLU quantizes its (non-negative) output: the precision is recorded as data_out."""
+    out = {"data_out": prec["data_in"]} if "data_in" in prec else {}
+    return Layer(n.name, "relu", [n.args[0].name], {}, {}, out)  # type: ignore[union-attr]
+
+
+_ARITH = {"add": "add", "sub": "sub", "mul": "mul"}
+_VIEWS = {"view", "reshape", "flatten", "unflatten", "contiguous"}
+
+
+def build_ir(graph: QGraph, fmt: str) -> list[Layer]:
+    """The graph as a list of :class:`Layer` (requires the shapes analysis)."""
+    if "shapes" not in graph.analyses:
+        from passes.analysis import ShapePass
+
+        ShapePass()(graph)
+    modules = dict(graph.gm.named_modules())
+    layers: list[Layer] = []
+    for n in graph.gm.graph.nodes:
+        meta = get_meta(n)
+        if any(p.fmt not in ("integer", "uinteger") for p in meta.precision.values()):
+            bad = {r: str(p) for r, p in meta.precision.items() if p.fmt not in ("integer", "uinteger")}
+            raise ExportError(f"{fmt}: node {n.name!r} uses {bad}; only integer fixed point can be exported")
+        for r, p in meta.precision.items():
+            if p.fmt == "integer" and p.width < 2:
+                raise ExportError(f"{fmt}: node {n.name!r} {r} is a 1-bit signed integer; exports need width >= 2")
+        if n.op == "placeholder":
+            layers.append(Layer(n.name, "input", [], out_shape=meta.out_shape))
+        elif n.op == "output":
+            outs = n.args[0] if isinstance(n.args[0], (tuple, list)) else (n.args[0],)
+            if not all(isinstance(o, fx.Node) for o in outs):
+                raise _unsupported(n, "non-tensor or nested outputs", fmt)
+            layers.append(Layer(n.name, "output", [o.name for o in outs]))
+        elif n.op == "call_module" and getattr(modules[n.target], "node_op", None) is None:
+            lay = _module_layer(n, modules[n.target], fmt)
+            lay.out_shape = meta.out_shape
+            layers.append(lay)
+        elif n.op == "get_attr":
+            raise _unsupported(n, "a tensor attribute used as data", fmt)
+        else:
+            t = meta.op_type
+            prec = dict(meta.precision)
+            if t == "relu":
+                lay = _relu(n, prec)
+            elif t in _ARITH:
+                lay = Layer(n.name, _ARITH[t], _input_names(n, fmt), {}, {}, prec)
+                if len(lay.inputs) != 2 or n.kwargs:
+                    raise _unsupported(n, f"{t} with arguments {n.args} {dict(n.kwargs)}", fmt)
+            elif t in _VIEWS:
+                lay = Layer(n.name, "reshape", [n.args[0].name])  # type: ignore[union-attr]
+            elif t == "dropout":
+                lay = Layer(n.name, "identity", [n.args[0].name])  # type: ignore[union-attr]
+            else:
+                raise _unsupported(n, f"op type {t!r} ({meta.target})", fmt)
+            lay.out_shape = meta.out_shape
+            layers.append(lay)
+    batch = next((lay.out_shape[0] for lay in layers if lay.op == "input" and lay.out_shape), None)
+    for lay in layers:
+        if lay.op == "reshape" and (not isinstance(lay.out_shape, tuple) or lay.out_shape[:1] != (batch,)):
+            raise ExportError(f"{fmt}: node {lay.name!r}: only reshapes that keep the batch dimension first export")
+    return layers
