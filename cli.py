@@ -215,7 +215,65 @@ def cmd_search(args: argparse.Namespace) -> int:
     print("\nBest trial(s):")
     print(best_table(best, list(st.metrics)) if best else "(no trial completed)")
     print(f"\ntrials: {summarize(study)}; outputs in {out}/ (best.json, trials.csv, trials.json, best_model/, *.png)")
+    if args.export and best:
+        _export_best(args, study, prep, out, ev)
     return 130 if objective.interrupted else 0
+
+
+def _print_exports(done: list[Any]) -> None:
+    from tabulate import tabulate
+
+    rows = []
+    for e in done:
+        a = e.agreement
+        rows.append(
+            [
+                e.fmt,
+                str(e.path),
+                a.get("samples", "-"),
+                a.get("bit_identical", "-"),
+                a.get("max_abs_diff", "-"),
+                a.get("same_class", "-"),
+            ]
+        )
+    print(
+        tabulate(
+            rows,
+            headers=["format", "written", "verified on", "bit-identical", "max |diff|", "same class"],
+            tablefmt="github",
+        )
+    )
+    for e in done:
+        for n in e.notes:
+            print(f"note ({e.fmt}): {n}")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from graph import QGraph
+    from passes.export.api import export_all, parse_formats
+
+    fmts = parse_formats(args.format)
+    g = QGraph.load(args.graph, trust=args.trust_checkpoint)
+    x = g.example_inputs[0] if g.example_inputs and not args.no_verify else None
+    done = export_all(g, fmts, Path(args.out), x)
+    _print_exports(done)
+    return 0
+
+
+def _export_best(args: argparse.Namespace, study: Any, prep: Any, out: Path, ev: Any) -> None:
+    from passes.export.api import export_all, parse_formats
+    from passes.transforms.quantize import QuantizePass
+    from search.study import best_trials
+
+    fmts = parse_formats(args.export)
+    best = best_trials(study)
+    x = prep.dataset.test.x[:256]
+    for i, t in enumerate(best):
+        q = QuantizePass(t.user_attrs["sampled_config"])(ev.pristine).graph
+        where = out / "export" if len(best) == 1 else out / "export" / f"trial_{t.number}"
+        pareto = f" (Pareto {i + 1}/{len(best)})" if len(best) > 1 else ""
+        print(f"\nexport of trial {t.number}{pareto}:")
+        _print_exports(export_all(q, fmts, where, x))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -289,6 +347,7 @@ EPILOG = """examples:
   python cli.py search --config configs/jsc_tiny_by_type.toml
   python cli.py search --config configs/jsc_toy_by_name.toml --storage sqlite:///runs/s.db --study-name toy
   python cli.py compare-samplers --config configs/jsc_tiny_by_type.toml --samplers tpe,bruteforce --repeats 5
+  python cli.py export --graph outputs/jsc_tiny_by_type/best_model --format qonnx,onnx-qdq,hls4ml --out deploy
 
 Each command has its own --help. Config schema: README.md."""
 
@@ -370,6 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     _search_args(p)
     p.add_argument("--storage", help="sqlite:///f.db, journal:FILE (or *.log), postgresql://user:pw@host/db")
     p.add_argument("--study-name", help="name of a persistent study (required with --storage to resume/share)")
+    p.add_argument(
+        "--export",
+        help="export the best trial(s) (every Pareto trial) to OUT/export/<format>/ and verify each on 256 "
+        "test samples: comma-separated qonnx, onnx-qdq, hls4ml, torch",
+    )
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser(
@@ -383,6 +447,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--tolerance", type=float, default=0.005, help="'near optimum' tolerance in objective units")
     p.set_defaults(fn=cmd_compare)
+
+    p = sub.add_parser(
+        "export",
+        help="export a saved quantized graph to qonnx / onnx-qdq / hls4ml / torch",
+        description="Write a saved quantized graph (QGraph.save: a search's best_model/ or a transform's "
+        "quantized/) in deployment formats and verify each with its own executor (qonnx execute_onnx, "
+        "onnxruntime, hls4ml C simulation, plain torch) on the graph's example inputs.",
+    )
+    p.add_argument("--graph", required=True, help="directory written by QGraph.save")
+    p.add_argument("--format", required=True, help="comma-separated: qonnx, onnx-qdq, hls4ml, torch")
+    p.add_argument("--out", required=True, help="output directory (one sub-directory per format)")
+    p.add_argument("--no-verify", action="store_true", help="write only; do not run the target executors")
+    _trust_arg(p)
+    p.set_defaults(fn=cmd_export)
     return ap
 
 

@@ -103,8 +103,15 @@ def _import_path(name: str) -> Any:
     raise ImportError(name)
 
 
+# modules whose import registers safe types (the quantized replacements)
+REGISTRARS = ["passes.transforms.quantize.modules"]
+
+
 def resolve(name: str, kind: str, trust: bool, where: str) -> Any:
     """Class (``kind="module"``) or function named in a saved graph, from the allowlist."""
+    if name not in _SAFE:
+        for mod in REGISTRARS:
+            importlib.import_module(mod)
     if name in _SAFE:
         return _SAFE[name]
     if kind == "function" and name in _safe_functions():

@@ -60,6 +60,10 @@ def _user_frame(exc: BaseException) -> str:
     return "<unknown location>"
 
 
+SAVE_HOOKS: list[Callable[[QGraph, Path], None]] = []
+"""Extra writers run by :meth:`QGraph.save` (the export package adds the portable checkpoint)."""
+
+
 class QGraph:
     """A traced model: ``gm`` (torch.fx.GraphModule), its example inputs and per-node metadata.
 
@@ -127,6 +131,8 @@ class QGraph:
         torch.save(tensors, d / "weights.pt")
         torch.save(self.example_inputs, d / "inputs.pt")
         (d / "meta.json").write_text(to_json(self))
+        for hook in SAVE_HOOKS:
+            hook(self, d)
         return d
 
     @classmethod

@@ -297,3 +297,22 @@ def test_bypass_and_mase_regex_form():
     assert set(r.info["quantized"]) == {"seq_blocks_2", "seq_blocks_5"}
     r = QuantizePass({"by": "regex_name", "fc.*": _cfg(6)})(g)
     assert any("matches no quantizable node" in n for n in r.info["notes"])
+
+
+def test_relu_output_uses_the_full_unsigned_range():
+    """uint4.1 holds [0, 7.5]; the signed int4.1 range would stop at 3.5 (module, function and method forms)."""
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.act = torch.nn.ReLU()
+
+        def forward(self, x):
+            return self.act(x), F.relu(x), x.relu()
+
+    x = torch.linspace(-9, 9, 37)
+    q = QuantizePass({"by": "type", "relu": _cfg(4, 1)})(trace(M(), x)).graph
+    ref = fq(torch.relu(x), 4, 1, 0, 15)
+    assert ref.max() == 7.5
+    for out in q(x):
+        assert torch.equal(out, ref)

@@ -52,7 +52,7 @@ def test_readme_has_two_commands_and_ci_runs_the_test_command():
     assert "pip install torch==2.13.0" in SETUP and "cli.py search --config configs/jsc_tiny_by_type.toml" in SETUP
     assert "pytest" in TEST
     ci = (ROOT / ".ci" / "run").read_text()
-    assert TEST in ci and "pip install -q torch==2.13.0" in ci and "-e '.[dev]'" in ci
+    assert TEST in ci and "pip install -q torch==2.13.0" in ci and "-e '.[dev,deploy]'" in ci
 
 
 def test_readme_cli_commands_run(tmp_path):

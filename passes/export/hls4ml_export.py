@@ -15,7 +15,11 @@ rounding cannot be one cast, so the export keeps the ReLU's type and says so in 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,6 +180,26 @@ def plan(graph: QGraph) -> HlsPlan:
     return HlsPlan(nn.Sequential(*mods).eval(), precs, in_type, notes)
 
 
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Send this process's stdout/stderr (file descriptors, so subprocesses too) to ``path``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
 def export_hls4ml(graph: QGraph, out: str | Path, backend: str = "Vitis", compile: bool = True) -> tuple[Any, HlsPlan]:
     """Convert with hls4ml into project directory ``out`` and (by default) compile its C simulation.
 
@@ -196,11 +220,16 @@ def export_hls4ml(graph: QGraph, out: str | Path, backend: str = "Vitis", compil
         cfg["LayerName"][name]["Precision"].update(p)
     cfg["Model"]["Strategy"] = "Latency"
     d = Path(out)
-    hm = hls4ml.converters.convert_from_pytorch_model(
-        pl.model, output_dir=str(d), project_name="qfx", backend=backend, hls_config=cfg, io_type="io_parallel"
-    )
-    if compile:
-        hm.compile()
+    d.mkdir(parents=True, exist_ok=True)
+    with _output_to(d / "qfx_build.log"):  # hls4ml and g++ print hundreds of lines
+        hm = hls4ml.converters.convert_from_pytorch_model(
+            pl.model, output_dir=str(d), project_name="qfx", backend=backend, hls_config=cfg, io_type="io_parallel"
+        )
+        if compile:
+            try:
+                hm.compile()
+            except Exception as e:
+                raise ExportError(f"hls4ml: the C simulation did not compile ({e}); see {d / 'qfx_build.log'}") from e
     (d / "qfx_precisions.txt").write_text(
         "\n".join(f"{n}: {p}" for n, p in zip(names, pl.precisions, strict=True)) + "\n" + "\n".join(pl.notes) + "\n"
     )

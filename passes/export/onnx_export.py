@@ -204,8 +204,8 @@ def export_onnx(graph: QGraph, out: str | Path, fmt: str = "qonnx", batch: int |
     path = d / "model.onnx"
     onnx.save(model, path)
     if fmt == "qonnx":
-        from qonnx.util.cleanup import cleanup_model
         from qonnx.core.modelwrapper import ModelWrapper
+        from qonnx.util.cleanup import cleanup_model
 
         clean = cleanup_model(ModelWrapper(model))
         clean.save(str(d / "model_clean.onnx"))

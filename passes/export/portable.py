@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from graph.meta import TensorPrecision
-from graph.trace import QGraph
+from graph.trace import SAVE_HOOKS, QGraph
 from passes.export.ir import build_ir
 
 FORMAT = "qfx-portable/1"
@@ -88,3 +88,76 @@ def export_portable(graph: QGraph, out: str | Path) -> Path:
         p = p / "quantized.pt"
     torch.save(portable_state(graph), p)
     return p
+
+
+def save_beside(graph: QGraph, directory: Path) -> None:
+    """``QGraph.save`` hook: write ``quantized.pt`` for graphs that quantize something and can be exported."""
+    from passes.export.ir import ExportError
+
+    if not any(m.quantized for m in graph.metas()):
+        return
+    try:
+        export_portable(graph, directory / "quantized.pt")
+    except ExportError as e:
+        (directory / "quantized.pt.txt").write_text(f"no portable checkpoint: {e}\n")
+
+
+if save_beside not in SAVE_HOOKS:
+    SAVE_HOOKS.append(save_beside)
+
+
+def run_portable(path: str | Path, x: torch.Tensor) -> torch.Tensor:
+    """Reference reader in plain PyTorch (no qfx code): run a portable checkpoint on a float batch.
+
+    Reads the file with ``weights_only=True``, rebuilds every value as ``code * 2**-frac``, and
+    applies the activation quantization the manifest names. Returns the first output.
+    """
+    import torch.nn.functional as F
+
+    ck = torch.load(path, weights_only=True)
+    t, man = ck["tensors"], ck["manifest"]
+
+    def deq(key: str, p: dict | None) -> torch.Tensor:
+        v = t[key]
+        return v.float() if p is None else v.double().mul(2.0 ** -p["frac"]).float()
+
+    def q(v: torch.Tensor, p: dict | None) -> torch.Tensor:
+        if p is None:
+            return v
+        lo, hi = (-(2 ** (p["width"] - 1)), 2 ** (p["width"] - 1) - 1) if p["signed"] else (0, 2 ** p["width"] - 1)
+        s = 2.0 ** p["frac"]
+        return torch.clamp(torch.round(v * s), lo, hi) / s
+
+    env = {man["inputs"][0]: x.float()}
+    for lay in man["layers"]:
+        pr, a = lay["precision"], lay["attrs"]
+        ins = [env[i] if isinstance(i, str) else i for i in lay["inputs"]]
+        w = deq(lay["tensors"]["weight"], pr.get("weight")) if "weight" in lay["tensors"] else None
+        b = deq(lay["tensors"]["bias"], pr.get("bias")) if "bias" in lay["tensors"] else None
+        op = lay["op"]
+        if op in ("linear", "conv", "affine"):
+            h = q(ins[0], pr.get("data_in"))
+            if op == "linear":
+                y = F.linear(h, w, b)
+            elif op == "conv":
+                conv = F.conv1d if len(a["kernel"]) == 1 else F.conv2d
+                y = conv(h, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
+            else:
+                shape = (1, -1) + (1,) * (h.dim() - 2)
+                y = h * w.reshape(shape) + b.reshape(shape)
+        elif op == "relu":
+            y = q(torch.relu(ins[0]), pr.get("data_out"))
+        elif op in ("add", "sub", "mul"):
+            u, v = (q(i, pr.get("data_in")) if isinstance(i, torch.Tensor) else i for i in ins)
+            y = u + v if op == "add" else u - v if op == "sub" else u * v
+        elif op == "reshape":
+            y = ins[0].reshape(a["shape"])
+        elif op == "maxpool":
+            pool = F.max_pool1d if len(a["kernel"]) == 1 else F.max_pool2d
+            y = pool(ins[0], a["kernel"], a["stride"], a["padding"])
+        elif op == "global_avgpool":
+            y = ins[0].mean(dim=tuple(range(2, ins[0].dim())), keepdim=True)
+        else:
+            y = ins[0]
+        env[lay["name"]] = y
+    return env[man["outputs"][0]]

@@ -57,6 +57,7 @@ class QuantRule:
     unsigned_out: bool = False
 
     def build(self, source: nn.Module | OpKey, node: fx.Node, roles: dict[str, TensorPrecision]) -> nn.Module:
+        roles = self.precision(roles)  # the unsigned variant where the output is non-negative
         if self.float_cls is not None:
             return self.qcls.from_float(source, roles)
         op = node.op if node.op != "call_module" else source.node_op  # type: ignore[union-attr]

@@ -1,0 +1,128 @@
+"""One entry point per export format, and verification by the target tool's own executor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from graph.trace import QGraph
+
+
+@dataclass
+class Exported:
+    """What an export wrote and, after :func:`verify`, how the target tool's outputs compare."""
+
+    fmt: str
+    path: Path
+    notes: list[str] = field(default_factory=list)
+    handle: Any = None  # hls4ml model (for predict) where the format has one
+    agreement: dict[str, Any] = field(default_factory=dict)
+
+
+def _qonnx(graph: QGraph, out: Path, batch: int | None) -> Exported:
+    from passes.export.onnx_export import export_onnx
+
+    p = export_onnx(graph, out, "qonnx", batch)
+    note = "model.onnx as written; model_clean.onnx after qonnx's cleanup (what FINN/hls4ml read)"
+    return Exported("qonnx", p.parent / "model_clean.onnx", [note])
+
+
+def _qdq(graph: QGraph, out: Path, batch: int | None) -> Exported:
+    from passes.export.onnx_export import export_onnx
+
+    return Exported("onnx-qdq", export_onnx(graph, out, "onnx-qdq", batch))
+
+
+def _hls(graph: QGraph, out: Path, batch: int | None) -> Exported:
+    from passes.export.hls4ml_export import export_hls4ml
+
+    hm, pl = export_hls4ml(graph, out)
+    return Exported("hls4ml", out, pl.notes, hm)
+
+
+def _torch(graph: QGraph, out: Path, batch: int | None) -> Exported:
+    from passes.export.portable import export_portable
+
+    return Exported("torch", export_portable(graph, out))
+
+
+# format -> (writer, what it guarantees)
+FORMATS: dict[str, tuple[Callable[[QGraph, Path, int | None], Exported], str]] = {
+    "qonnx": (_qonnx, "ONNX with QONNX Quant nodes; executed by qonnx's execute_onnx"),
+    "onnx-qdq": (_qdq, "standard QuantizeLinear/DequantizeLinear (opset 21, <= 16 bits); executed by onnxruntime"),
+    "hls4ml": (_hls, "hls4ml project with per-layer ap_fixed precisions; C simulation via compile()/predict()"),
+    "torch": (_torch, "portable checkpoint: integer codes + manifest, torch.load(weights_only=True)"),
+}
+
+
+def export(graph: QGraph, fmt: str, out: str | Path, batch: int | None = None) -> Exported:
+    """Write ``graph`` in ``fmt`` under ``out``; raises ``ExportError`` naming an unsupported node."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
+    return FORMATS[fmt][0](graph, Path(out), batch)
+
+
+def _target_outputs(e: Exported, x: np.ndarray) -> np.ndarray:
+    if e.fmt == "qonnx":
+        import onnx
+
+        from passes.export.onnx_export import run_qonnx
+
+        m = onnx.load(str(e.path))
+        dim = m.graph.input[0].type.tensor_type.shape.dim[0]
+        b = dim.dim_value or len(x)
+        return np.concatenate([run_qonnx(m, x[i : i + b]) for i in range(0, len(x), b)]).reshape(len(x), -1)
+    if e.fmt == "onnx-qdq":
+        from passes.export.onnx_export import run_onnxruntime
+
+        return run_onnxruntime(e.path, x).reshape(len(x), -1)
+    if e.fmt == "hls4ml":
+        from passes.export.hls4ml_export import predict
+
+        return predict(e.handle, x)
+    from passes.export.portable import run_portable
+
+    return run_portable(e.path, torch.from_numpy(x)).numpy().reshape(len(x), -1)
+
+
+def verify(e: Exported, graph: QGraph, x: torch.Tensor) -> dict[str, Any]:
+    """Run the export with its own executor on ``x`` and compare with the graph's outputs."""
+    with torch.no_grad():
+        ref = graph.gm.eval()(x).detach().float().numpy().reshape(len(x), -1)
+    got = _target_outputs(e, x.numpy().astype(np.float32))
+    e.agreement = {
+        "samples": len(x),
+        "max_abs_diff": float(np.abs(got - ref).max()) if ref.size else 0.0,
+        "bit_identical": bool(np.array_equal(got, ref)),
+        "same_class": float(np.mean(got.argmax(1) == ref.argmax(1))),
+    }
+    return e.agreement
+
+
+def export_all(graph: QGraph, formats: list[str], out: str | Path, x: torch.Tensor | None = None) -> list[Exported]:
+    """Export into ``out/<format>/`` for each format; with ``x``, verify each by its own executor.
+
+    qonnx files have batch 1 (FINN/hls4ml convention; verification runs them row by row),
+    onnx-qdq a symbolic batch.
+    """
+    done = []
+    for fmt in formats:
+        e = export(graph, fmt, Path(out) / fmt)
+        if x is not None:
+            verify(e, graph, x)
+        done.append(e)
+    return done
+
+
+def parse_formats(text: str) -> list[str]:
+    """``"qonnx,hls4ml"`` -> validated list (error names the unknown format and the allowed ones)."""
+    fmts = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise ValueError(f"unknown export format(s) {bad or [text]}; formats: {', '.join(FORMATS)}")
+    return fmts

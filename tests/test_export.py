@@ -1,0 +1,210 @@
+"""Exports verified by each target tool's own executor (qonnx, onnxruntime, hls4ml C simulation,
+plain PyTorch) against the project's quantized graph on the whole digits test split."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from graph import QGraph, trace
+from passes.analysis import analyze
+from passes.export import ExportError
+from passes.export.api import export, verify
+from passes.transforms.quantize import QuantizePass, quantizable_nodes
+from zoo.data import load_dataset
+from zoo.models import build_model
+from zoo.train import train
+
+DS = load_dataset("digits")
+X = DS.test.x  # 360 samples
+
+
+def cfg(dw: int, df: int, ww: int, wf: int, bw: int, bf: int) -> dict:
+    return {
+        "name": "integer",
+        "data_in_width": dw,
+        "data_in_frac_width": df,
+        "weight_width": ww,
+        "weight_frac_width": wf,
+        "bias_width": bw,
+        "bias_frac_width": bf,
+    }
+
+
+# every node quantized, widths without a native ONNX type (3, 5, 6, 7, 12) included; a ReLU's
+# output frac equals the data_in frac of the layer reading it (so hls4ml can express the pair exactly)
+ALL = {
+    "linear": cfg(8, 4, 6, 4, 12, 6),
+    "conv2d": cfg(8, 4, 5, 3, 12, 6),
+    "batch_norm1d": cfg(7, 3, 8, 5, 10, 5),
+    "batch_norm2d": cfg(7, 3, 8, 5, 10, 5),
+    "relu": cfg(6, 4, 8, 4, 8, 4),
+    "add": cfg(9, 4, 8, 4, 8, 4),
+}
+
+
+def all_config(g: QGraph) -> dict:
+    present = set(quantizable_nodes(g).values())
+    return {"by": "type", **{t: c for t, c in ALL.items() if t in present}}
+
+
+def partial_config(g: QGraph) -> dict:
+    """Mixed: only the Linear/Conv layers (alternating widths), everything else float."""
+    names = [n for n, t in quantizable_nodes(g).items() if t in ("linear", "conv2d")]
+    return {"by": "name", **{n: cfg(8, 5, 4 + 2 * (i % 2), 3 + i % 2, 8, 4) for i, n in enumerate(names)}}
+
+
+_CACHE: dict[str, QGraph] = {}
+
+
+def float_graph(name: str) -> QGraph:
+    if name not in _CACHE:
+        torch.manual_seed(0)
+        m = build_model(name, DS.num_features, DS.num_classes, image_shape=DS.image_shape)
+        train(m, DS, epochs=2, progress=False)
+        _CACHE[name] = analyze(trace(m.eval(), X[:8]))
+    return _CACHE[name]
+
+
+def quantized(name: str, which: str) -> QGraph:
+    g = float_graph(name)
+    return QuantizePass(all_config(g) if which == "all" else partial_config(g))(g).graph
+
+
+def check(agreement: dict, which: str, min_class: float = 0.999) -> None:
+    if which == "all":
+        assert agreement["bit_identical"], agreement
+    else:
+        assert agreement["max_abs_diff"] <= 1e-5 and agreement["same_class"] >= min_class, agreement
+
+
+@pytest.mark.parametrize("which", ["all", "partial"])
+@pytest.mark.parametrize("name", ["jsc-tiny", "jsc-toy", "jsc-s", "cnn"])
+def test_qonnx_and_qdq_match_on_test_split(name, which, tmp_path):
+    q = quantized(name, which)
+    if which == "all":
+        assert all(m.quantized for m in q.metas() if m.name in quantizable_nodes(q))
+    e = export(q, "qonnx", tmp_path / "qonnx", batch=len(X))  # qonnx wants a fixed batch
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    mw = ModelWrapper(str(e.path))  # loads, and was shape-inferred + cleaned by qonnx
+    assert any(n.op_type == "Quant" for n in mw.graph.node)
+    check(verify(e, q, X), which)
+    e = export(q, "onnx-qdq", tmp_path / "qdq")
+    check(verify(e, q, X), which)
+
+
+@pytest.mark.parametrize("name", ["jsc-tiny", "jsc-toy", "jsc-s"])
+def test_hls4ml_c_simulation(name, tmp_path):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed: hls4ml's C simulation cannot be compiled")
+    q = quantized(name, "all")
+    e = export(q, "hls4ml", tmp_path / "all")
+    assert verify(e, q, X)["bit_identical"], e.agreement
+    assert (tmp_path / "all" / "firmware" / "parameters.h").is_file()
+    q = quantized(name, "partial")
+    e = export(q, "hls4ml", tmp_path / "partial")
+    a = verify(e, q, X)
+    assert a["same_class"] >= 0.99, a
+    assert any("float" in n or "does not quantize" in n for n in e.notes)  # says why not all bits agree
+
+
+def plain_torch_reader(path, x: torch.Tensor) -> torch.Tensor:
+    """What a user without this project writes from the documented layout (linear/affine/relu chains)."""
+    ck = torch.load(path, weights_only=True)
+    tensors, man = ck["tensors"], ck["manifest"]
+
+    def value(role: str, lay: dict) -> torch.Tensor | None:
+        key, p = lay["tensors"].get(role), lay["precision"].get(role)
+        if key is None:
+            return None
+        return tensors[key].double() * 2.0 ** -p["frac"] if p else tensors[key].double()
+
+    def fq(v: torch.Tensor, p: dict | None) -> torch.Tensor:
+        if p is None:
+            return v
+        lo, hi = (-(2 ** (p["width"] - 1)), 2 ** (p["width"] - 1) - 1) if p["signed"] else (0, 2 ** p["width"] - 1)
+        return torch.fake_quantize_per_tensor_affine(v.float(), 2.0 ** -p["frac"], 0, lo, hi).double()
+
+    h = x.double()
+    for lay in man["layers"]:
+        p = lay["precision"]
+        if lay["op"] == "linear":
+            h = F.linear(fq(h, p.get("data_in")), value("weight", lay), value("bias", lay))
+        elif lay["op"] == "affine":
+            h = fq(h, p.get("data_in")) * value("weight", lay) + value("bias", lay)
+        elif lay["op"] == "relu":
+            h = fq(torch.relu(h), p.get("data_out"))
+        h = h.float().double()  # the graph computes in float32
+    return h.float()
+
+
+@pytest.mark.parametrize("which", ["all", "partial"])
+@pytest.mark.parametrize("name", ["jsc-tiny", "jsc-s"])
+def test_portable_checkpoint_readable_by_plain_torch(name, which, tmp_path):
+    q = quantized(name, which)
+    q.save(tmp_path / "g")  # QGraph.save writes the portable checkpoint beside its files
+    path = tmp_path / "g" / "quantized.pt"
+    ck = torch.load(path, weights_only=True)
+    assert ck["format"] == "qfx-portable/1"
+    quant_keys = [
+        lay["tensors"][r] for lay in ck["manifest"]["layers"] for r in ("weight", "bias") if r in lay["precision"]
+    ]
+    assert quant_keys and all(not ck["tensors"][k].is_floating_point() for k in quant_keys)
+    with torch.no_grad():
+        ref = q(X)
+    out = plain_torch_reader(path, X)
+    if which == "all":
+        assert torch.equal(out, ref)
+    else:
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    e = export(q, "torch", tmp_path / "t")  # the library's own reference reader agrees too
+    check(verify(e, q, X), which)
+
+
+def test_unsupported_ops_give_clear_errors(tmp_path):
+    g = float_graph("transformer")
+    q = QuantizePass({"by": "type", "linear": cfg(8, 4, 8, 4, 8, 4)})(g).graph
+    for fmt in ("qonnx", "onnx-qdq", "torch"):
+        with pytest.raises(ExportError, match=rf"{fmt}: node '\w+' \(.*\) cannot be exported; supported: linear"):
+            export(q, fmt, tmp_path / fmt)
+    with pytest.raises(ExportError, match="hls4ml: node .* cannot be exported; the hls4ml export supports chains"):
+        export(quantized("cnn", "all"), "hls4ml", tmp_path / "h")
+    g = float_graph("jsc-toy")
+    wide = QuantizePass({"by": "type", "linear": cfg(20, 8, 8, 4, 8, 4)})(g).graph
+    with pytest.raises(ExportError, match=r"onnx-qdq: node 'seq_blocks_2' data_in is quantized to 20 bits.*16 bits"):
+        export(wide, "onnx-qdq", tmp_path / "w")
+    e = export(wide, "qonnx", tmp_path / "wq", batch=len(X))  # QONNX Quant takes any width
+    check(verify(e, wide, X), "partial")
+    mf = {"name": "minifloat", "weight_width": 8, "weight_exponent_width": 4}
+    mini = QuantizePass({"by": "type", "linear": mf})(g).graph
+    with pytest.raises(ExportError, match="only integer fixed point can be exported"):
+        export(mini, "qonnx", tmp_path / "m")
+
+
+def test_cli_export_and_search_export(tmp_path, capsys):
+    import cli
+
+    q = quantized("jsc-toy", "all")
+    q.save(tmp_path / "g")
+    assert (
+        cli.main(
+            ["export", "--graph", str(tmp_path / "g"), "--format", "torch,onnx-qdq,qonnx", "--out", str(tmp_path / "x")]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.count("True") >= 3 and (tmp_path / "x" / "onnx-qdq" / "model.onnx").is_file()
+    assert cli.main(["export", "--graph", str(tmp_path / "g"), "--format", "tflite", "--out", str(tmp_path)]) == 2
+    assert "unknown export format(s) ['tflite']; formats: qonnx, onnx-qdq, hls4ml, torch" in capsys.readouterr().err
+    from search_helpers import ROOT
+
+    args = ["search", "--config", str(ROOT / "configs" / "jsc_tiny_by_type.toml"), "--n-trials", "3", "--no-progress"]
+    assert cli.main([*args, "--out", str(tmp_path / "s"), "--export", "onnx-qdq,torch"]) == 0
+    out = capsys.readouterr().out
+    assert "export of trial" in out
+    written = list((tmp_path / "s" / "export").rglob("model.onnx")) + list((tmp_path / "s" / "export").rglob("*.pt"))
+    assert len(written) >= 2
