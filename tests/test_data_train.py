@@ -160,7 +160,7 @@ def test_hw_average_bitwidth_uses_width_not_frac():
     assert hw["bops"] == 16 * 5 * 8 * 8
     assert hw_metrics(g)["average_bitwidth"] == 32.0
     act = hw_metrics(q, activations=True)
-    # inputs of the quantizable nodes: BN (16, float, quantizable since BN folding), relu (16), linear (16, int8), relu (5)
+    # inputs of the quantizable nodes: BN (16, float; BN is quantizable), relu (16), linear (16, int8), relu (5)
     act_bits = 16 * 32 + 16 * 32 + 16 * 8 + 5 * 32
     assert act["average_bitwidth"] == pytest.approx((85 * 8 + 32 * 32 + act_bits) / (117 + 53))
 
