@@ -27,10 +27,32 @@ class UsageError(Exception):
 
 
 def _out_dir(args: argparse.Namespace, cfg_path: str | None, kind: str) -> Path:
+    """``--out``, else ``outputs/<config name>`` (plus ``/<study name>`` for a named persistent study)."""
     if getattr(args, "out", None):
         return Path(args.out)
     stem = Path(cfg_path).stem if cfg_path else kind
-    return Path("outputs") / stem
+    study = getattr(args, "study_name", None)
+    return Path("outputs") / stem / study if study else Path("outputs") / stem
+
+
+def _positive(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _positive_float(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {v}")
+    return x
 
 
 def _model_from_spec(spec: str, dataset: str) -> tuple[Any, Any]:
@@ -45,7 +67,20 @@ def _model_from_spec(spec: str, dataset: str) -> tuple[Any, Any]:
             raise UsageError(f"cannot import {spec!r}: {e}", "use module.path:function_returning_a_model") from e
         built = obj()
         if isinstance(built, tuple):
+            if len(built) != 2 or not isinstance(built[0], torch.nn.Module):
+                raise UsageError(
+                    f"{spec} returned a tuple of {len(built)} ({', '.join(type(b).__name__ for b in built)}), "
+                    "not (model, example_inputs)",
+                    "return (nn.Module, tensor or tuple of tensors)",
+                )
+            ins = built[1] if isinstance(built[1], tuple) else (built[1],)
+            if not ins or not all(isinstance(i, torch.Tensor) for i in ins):
+                raise UsageError(f"{spec}: example inputs must be tensors, got {built[1]!r}"[:300], "")
             return built[0], built[1]
+        if not isinstance(built, torch.nn.Module):
+            raise UsageError(
+                f"{spec} returned {type(built).__name__}, not an nn.Module", "return (model, example_inputs)"
+            )
         inputs = getattr(built, "example_inputs", None)
         if inputs is None:
             raise UsageError(
@@ -190,9 +225,23 @@ def _search_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Path]:
         if v is not None
     }
     if upd:
+        from pydantic import ValidationError
+
         from search.config import StrategySetup
 
-        cfg.search.strategy.setup = StrategySetup.model_validate({**st.model_dump(), **upd})  # type: ignore[union-attr]
+        try:
+            new = StrategySetup.model_validate({**st.model_dump(), **upd})
+        except ValidationError as e:
+            err = e.errors()[0]
+            opt = "--" + str(err["loc"][0]).replace("_", "-")
+            raise UsageError(f"{opt}: {err['msg'].removeprefix('Value error, ')}", "see cli.py search --help") from None
+        cfg = cfg.model_copy(
+            update={
+                "search": cfg.search.model_copy(  # type: ignore[union-attr]
+                    update={"strategy": cfg.search.strategy.model_copy(update={"setup": new})}  # type: ignore[union-attr]
+                )
+            }
+        )
     out = _out_dir(args, args.config, "search")
     prep = prepare(cfg, args.checkpoint, out, not args.no_progress, args.trust_checkpoint)
     space, ev = build_search(cfg, prep)
@@ -206,7 +255,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     st = cfg.search.strategy
     print(f"{prep.graph.gm.__class__.__name__} from {prep.checkpoint}; {space.describe()}")
     study, objective = run_study(
-        space, ev, st.metrics, st.setup, out, args.storage, args.study_name, not args.no_progress
+        space, ev, st.metrics, st.setup, out, args.storage, args.study_name, not args.no_progress, args.debug
     )
     if objective.interrupted:
         print("interrupted: writing the outputs of the finished trials", file=sys.stderr)
@@ -214,7 +263,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     best = best_trials(study)
     print("\nBest trial(s):")
     print(best_table(best, list(st.metrics)) if best else "(no trial completed)")
-    print(f"\ntrials: {summarize(study)}; outputs in {out}/ (best.json, trials.csv, trials.json, best_model/, *.png)")
+    names = ("best.json", "trials.csv", "trials.json", "trials.jsonl", "best_model", "history.png", "pareto.png")
+    written = [n for n in names if (out / n).exists()]
+    print(f"\ntrials: {summarize(study)}; outputs in {out}/ ({', '.join(written)})")
+    if not best and not objective.interrupted:
+        failed = [t for t in study.get_trials(False) if t.state.name == "FAIL"]
+        if failed:
+            err = (failed[0].user_attrs.get("error") or "").strip().splitlines()
+            raise UsageError(
+                f"all {len(failed)} trial(s) failed; first error: {err[-1] if err else 'unknown'}",
+                f"tracebacks are in {out / 'trials.json'} (key 'error'); rerun with --debug to print them",
+            )
     if args.export and best:
         _export_best(args, study, prep, out, ev)
     return 130 if objective.interrupted else 0
@@ -328,14 +387,14 @@ def _search_args(p: argparse.ArgumentParser) -> None:
         "else train a baseline into OUT/baseline",
     )
     p.add_argument("--out", help="output directory (default: outputs/<config name>)")
-    p.add_argument("--n-trials", type=int, help="override search.strategy.setup.n_trials")
+    p.add_argument("--n-trials", type=_positive, help="override search.strategy.setup.n_trials")
     p.add_argument(
         "--sampler",
         help="override the sampler (tpe, random, nsgaii, nsgaiii, qmc, gp, cmaes, grid, bruteforce, exhaustive)",
     )
     p.add_argument("--seed", type=int, help="override the sampler seed")
-    p.add_argument("--n-jobs", type=int, help="parallel trials in this process")
-    p.add_argument("--timeout", type=float, help="stop after this many seconds")
+    p.add_argument("--n-jobs", type=_positive, help="parallel trials in this process")
+    p.add_argument("--timeout", type=_positive_float, help="stop after this many seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -386,9 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="jsc-tiny, jsc-toy, jsc-s, cnn or transformer")
     p.add_argument("--dataset", default="digits", help="digits, wine, breast_cancer, iris, or jsc:/path.h5|.csv")
-    p.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
-    p.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default 32)")
-    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--epochs", type=_positive, default=40, help="training epochs (default 40)")
+    p.add_argument("--batch-size", type=_positive, default=32, help="mini-batch size (default 32)")
+    p.add_argument("--lr", type=_positive_float, default=1e-2, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and the data split")
     p.add_argument("--out", required=True, help="checkpoint directory or .pt file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -444,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _search_args(p)
     p.add_argument("--samplers", default="tpe,bruteforce,random", help="comma-separated sampler names")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=_positive, default=5, help="runs per sampler, seeds 0..R-1 (default 5)")
     p.add_argument("--tolerance", type=float, default=0.005, help="'near optimum' tolerance in objective units")
     p.set_defaults(fn=cmd_compare)
 
@@ -481,8 +540,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         hint = getattr(e, "hint", "") or _hint(e)
-        print(f"error: {e}".splitlines()[0] if not isinstance(e, UsageError) else f"error: {e}", file=sys.stderr)
-        for line in str(e).splitlines()[1:]:
+        text = str(e).strip() or {MemoryError: "out of memory"}.get(type(e), "(no message)")
+        if isinstance(e, MemoryError):
+            text, hint = f"MemoryError: {text}", "use a smaller model, batch, num_samples or search space"
+        elif not str(e).strip():
+            text = f"{type(e).__name__}: {text}"
+        e_lines = text.splitlines()
+        print(f"error: {e_lines[0]}", file=sys.stderr)
+        for line in e_lines[1:]:
             print(f"  {line.strip()}", file=sys.stderr)
         if hint:
             print(f"hint: {hint}", file=sys.stderr)

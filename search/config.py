@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from passes.transforms.quantize.config import QuantizeConfig
+from search.space import SpaceError, check_seed
 
 
 class ConfigError(ValueError):
@@ -132,11 +133,7 @@ class SearchSpaceConfig(_M):
         for key, entry in v.items():
             if set(entry) != {"config"}:
                 raise ValueError(f"seed.{key} must hold exactly one table 'config', got {sorted(entry)}")
-            for f, choices in entry["config"].items():
-                if not choices:
-                    raise ValueError(f"seed.{key}.config.{f} is an empty choice list")
-            if "name" not in entry["config"]:
-                raise ValueError(f'seed.{key}.config needs a \'name\' choice list (e.g. ["integer"] or ["NA"])')
+            check_seed(key, entry["config"])  # every choice value, whether a trial samples it or not
         return v
 
 
@@ -197,6 +194,10 @@ def _loc(err: dict[str, Any]) -> str:
     return ".".join(parts) or "<top level>"
 
 
+class SeedError(ConfigError, SpaceError):
+    """An invalid search-space seed in a config file (file, key and value named)."""
+
+
 def load_config(path: str | Path, require_search: bool = False) -> RunConfig:
     """Read and validate a TOML run config; raise :class:`ConfigError` naming file and key."""
     p = Path(path)
@@ -204,18 +205,23 @@ def load_config(path: str | Path, require_search: bool = False) -> RunConfig:
         data = tomllib.loads(p.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory, not a TOML config file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a text TOML file (undecodable byte at offset {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML: {e}") from None
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
         msgs = []
+        space = any(isinstance(err.get("ctx", {}).get("error"), SpaceError) for err in e.errors())
         for err in e.errors():
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             msgs.append(f"key '{_loc(err)}': {msg}")
-        raise ConfigError(f"{p}: " + "; ".join(msgs)) from None
+        raise (SeedError if space else ConfigError)(f"{p}: " + "; ".join(msgs)) from None
     if require_search and cfg.search is None:
         raise ConfigError(f"{p}: no [search] section (needs [search.search_space] and [search.strategy])")
     return cfg

@@ -68,6 +68,13 @@ def prepare(cfg: RunConfig, checkpoint: str | None, out: Path, progress: bool = 
     model, ds, info = load_checkpoint(ck, trust)
     if info["model"] != cfg.model:
         log.warning("checkpoint holds model %r, config says %r: using the checkpoint's", info["model"], cfg.model)
+    if info["dataset"] != cfg.dataset:
+        log.warning(
+            "checkpoint was trained on dataset %r, config says %r: evaluating on the checkpoint's (%r)",
+            info["dataset"],
+            cfg.dataset,
+            info["dataset"],
+        )
     graph = analyze(trace(model, ds.val.x[:8]))
     return Prepared(model, ds, graph, Path(ck))
 

@@ -8,8 +8,11 @@ in MASE form, which really quantizes (by type: every node of that type).
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from graph.trace import QGraph
 from passes.transforms.quantize.config import IntegerQ, MinifloatQ, QuantizeConfig
@@ -30,8 +33,86 @@ def _is_na(v: Any) -> bool:
     return v is None or (isinstance(v, str) and v.upper() == "NA")
 
 
+def _dedupe(choices: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for c in choices:
+        if not any((c == o and type(c) is type(o)) or (_is_na(c) and _is_na(o)) for o in out):
+            out.append(c)
+    return out
+
+
+def _field_adapter(model: type, field: str) -> TypeAdapter:
+    info = model.model_fields[field]
+    return TypeAdapter(Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation)
+
+
+def check_seed(key: str, fields: dict[str, list[Any]]) -> list[str]:
+    """Validate one seed's choice lists against its formats' rules (every value, sampled or not).
+
+    Raises :class:`SpaceError` naming ``seed.KEY.config.FIELD`` and the value; returns notes
+    (duplicate choices merged). Integer widths are 1..32, fracs 0..width or "NA", minifloat
+    exponents 1..width-1, bypass a boolean; a frac/exponent must fit *every* width choice of its role.
+    """
+    where = f"seed.{key}.config"
+    if not isinstance(fields, dict) or "name" not in fields:
+        raise SpaceError(f'{where} needs a \'name\' choice list (e.g. ["integer"] or ["NA"])')
+    notes = []
+    for f, ch in fields.items():
+        if not isinstance(ch, list):
+            raise SpaceError(f"{where}.{f}: must be a list of choices, got {ch!r}")
+        if not ch:
+            raise SpaceError(f"{where}.{f} is an empty choice list")
+        if len(_dedupe(ch)) < len(ch):
+            notes.append(f"{where}.{f}: duplicate choices in {ch} merged")
+    allowed = {"name", "bypass"}
+    formats = []
+    for nm in fields["name"]:
+        if _is_na(nm):
+            continue
+        if not isinstance(nm, str) or nm not in FORMAT_MODELS:
+            raise SpaceError(f"{where}.name: unknown format {nm!r}; allowed: NA, {', '.join(FORMAT_MODELS)}")
+        formats.append(FORMAT_MODELS[nm])
+        allowed |= set(FORMAT_MODELS[nm].model_fields)
+    for f in fields:
+        if f not in allowed:
+            raise SpaceError(f"{where}.{f}: unknown field; allowed: {', '.join(sorted(allowed))}")
+    for model in formats:
+        for f, ch in fields.items():
+            if f == "name" or f not in model.model_fields:
+                continue
+            ad = _field_adapter(model, f)
+            for v in ch:
+                if f.endswith("_frac_width") and _is_na(v):
+                    continue
+                try:
+                    ad.validate_python(v, strict=True)
+                except ValidationError as e:
+                    msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+                    raise SpaceError(f"{where}.{f}: invalid choice {v!r} ({msg})") from None
+        for role in ("data_in", "weight", "bias"):
+            widths = fields.get(f"{role}_width", [model.model_fields[f"{role}_width"].default])
+            lo_w = min(widths)
+            for sub, lo, hi in (("frac_width", 0, lo_w), ("exponent_width", 1, lo_w - 1)):
+                f = f"{role}_{sub}"
+                if f not in model.model_fields:
+                    continue
+                for v in fields.get(f, []):
+                    if not _is_na(v) and not lo <= v <= hi:
+                        raise SpaceError(
+                            f"{where}.{f}: choice {v!r} does not fit every {role}_width choice {widths} "
+                            f"(must be in {lo}..{hi})"
+                        )
+    return notes
+
+
 class SearchSpace:
-    """Flattened choices for one graph. ``dims``: dim -> list of choices (in TOML order)."""
+    """Flattened choices for one graph. ``dims``: dim -> list of distinct choices.
+
+    A unit (op type or node) with one format has one dim per field its op has
+    (``"<unit>/<field>"``); a unit choosing between formats (``name = ["NA", "integer"]``) has one
+    dim ``"<unit>/config"`` over its distinct configurations, so ``size`` counts distinct
+    configurations and enumerating samplers never repeat one.
+    """
 
     def __init__(self, graph: QGraph, by: str, seeds: dict[str, dict[str, list[Any]]]) -> None:
         self.by = by
@@ -40,7 +121,7 @@ class SearchSpace:
         type_roles = quant_types()
         seeds = {k: (v["config"] if set(v) == {"config"} else v) for k, v in seeds.items()}
         for key, fields in seeds.items():
-            self._check_fields(key, fields)
+            self.notes += check_seed(key, fields)
         if by == "type":
             keys = [k for k in seeds if k != "default"]
             for k in keys:
@@ -67,34 +148,39 @@ class SearchSpace:
             units = {n: seeds[n] if n in seeds else seeds.get("default", {"name": ["NA"]}) for n in qn}
         # drop fields for tensor roles the op does not have (a ReLU has no weight to quantize)
         unit_type = (lambda u: u) if by == "type" else qn.__getitem__
-        self.units: dict[str, dict[str, list[Any]]] = {
-            u: {f: ch for f, ch in fields.items() if _role(f) in (None, *type_roles[unit_type(u)])}
-            for u, fields in units.items()
-        }
-        self.dims: dict[str, list[Any]] = {
-            f"{u}/{f}": list(ch) for u, fields in units.items() for f, ch in fields.items()
-        }
+        self.units: dict[str, dict[str, list[Any]]] = {}
+        dropped: dict[str, set[str]] = {}
+        for u, fields in units.items():
+            roles = type_roles[unit_type(u)]
+            keep = {f: _dedupe(ch) for f, ch in fields.items() if _role(f) in (None, *roles)}
+            for f in set(fields) - set(keep):
+                dropped.setdefault(f, set()).add(unit_type(u))
+            self.units[u] = keep
+        for f, ts in sorted(dropped.items()):
+            self.notes.append(f"{f} is not a search dimension of {', '.join(sorted(ts))} (no such tensor): dropped")
+        self.dims: dict[str, list[Any]] = {}
+        for u, fields in self.units.items():
+            self.dims.update(self._unit_dims(u, fields))
         if not self.dims:
             raise SpaceError("the search space is empty: no seed applies to any node of this graph")
 
     @staticmethod
-    def _check_fields(key: str, fields: dict[str, list[Any]]) -> None:
-        if "name" not in fields:
-            raise SpaceError(f"seed.{key}.config needs a 'name' choice list")
-        allowed = {"name", "bypass"}
-        for nm in fields["name"]:
+    def _unit_dims(u: str, fields: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        names = fields["name"]
+        if len(names) == 1:
+            if _is_na(names[0]):
+                return {f"{u}/name": ["NA"]}
+            own = FORMAT_MODELS[names[0]].model_fields
+            return {f"{u}/{f}": ch for f, ch in fields.items() if f == "name" or f in own}
+        combos: list[dict[str, Any]] = []
+        for nm in names:
             if _is_na(nm):
+                combos.append({"name": "NA"})
                 continue
-            if nm not in FORMAT_MODELS:
-                raise SpaceError(
-                    f"seed.{key}.config.name: unknown format {nm!r}; allowed: NA, {', '.join(FORMAT_MODELS)}"
-                )
-            allowed |= set(FORMAT_MODELS[nm].model_fields)
-        for f, ch in fields.items():
-            if f not in allowed:
-                raise SpaceError(f"seed.{key}.config.{f}: unknown field; allowed: {', '.join(sorted(allowed))}")
-            if not isinstance(ch, list) or not ch:
-                raise SpaceError(f"seed.{key}.config.{f}: must be a non-empty list of choices")
+            rel = [f for f in fields if f != "name" and f in FORMAT_MODELS[nm].model_fields]
+            for vals in itertools.product(*(fields[f] for f in rel)):
+                combos.append({"name": nm, **dict(zip(rel, vals, strict=True))})
+        return {f"{u}/config": combos}
 
     # ---- sizes and enumeration -------------------------------------------------
     @property
@@ -125,6 +211,9 @@ class SearchSpace:
         vals = self.values(point)
         cfg: dict[str, Any] = {"by": self.by, "default": {"config": {"name": "NA"}}}
         for u, fields in self.units.items():
+            if f"{u}/config" in vals:
+                cfg[u] = {"config": dict(vals[f"{u}/config"])}
+                continue
             name = vals[f"{u}/name"]
             if _is_na(name):
                 cfg[u] = {"config": {"name": "NA"}}
@@ -142,6 +231,12 @@ class SearchSpace:
         for d in self.free_dims:
             u, f = d.split("/", 1)
             entry = config[u]["config"]
+            if f == "config":
+                matches = [i for i, c in enumerate(self.dims[d]) if c == entry]
+                if not matches:
+                    raise SpaceError(f"configuration {entry} of {u} is not among its choices")
+                out[d] = matches[0]
+                continue
             v = entry.get(f, self.dims[d][0]) if f != "name" or not _is_na(entry.get("name")) else "NA"
             matches = [i for i, c in enumerate(self.dims[d]) if c == v or (_is_na(c) and _is_na(v))]
             if not matches:

@@ -62,9 +62,18 @@ class _BruteForce(optuna.samplers.BruteForceSampler):
                 raise
 
 
+GRID_LIMIT = 1_000_000  # Optuna's GridSampler materialises and shuffles every point
+
+
 def make_sampler(name: str, space: SearchSpace, seed: int, n_objectives: int) -> BaseSampler:
-    """Seeded sampler by name; ``cmaes`` is single-objective only."""
+    """Seeded sampler by name; ``cmaes`` is single-objective only; ``grid`` refuses spaces over GRID_LIMIT."""
     free = space.free_dims
+    if name == "grid" and space.size > GRID_LIMIT:
+        raise ValueError(
+            f"sampler 'grid' would materialise and shuffle all {space.size:,} points of this space "
+            f"(limit {GRID_LIMIT:,}); use 'exhaustive' (visits points by trial number without enumerating "
+            "them) or 'tpe'/'random'"
+        )
     if name == "exhaustive":
         return ExhaustiveSampler(space)
     if name == "cmaes" and n_objectives > 1:

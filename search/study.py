@@ -12,6 +12,7 @@ import datetime
 import json
 import logging
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +33,28 @@ FINISHED = (TrialState.COMPLETE, TrialState.FAIL)  # what n_trials counts (PRUNE
 HEARTBEAT_S = 2
 
 
+STORAGE_FORMS = "sqlite:///FILE.db, journal:FILE (or FILE.log), postgresql://user:password@host/db"
+
+
 def make_storage(url: str | None) -> Any:
-    """None -> in memory; ``*.log``/``*.jsonl``/``journal:PATH`` -> journal file; else an RDB URL."""
+    """None -> in memory; ``*.log``/``*.jsonl``/``journal:PATH`` -> journal file; else an RDB URL.
+
+    A malformed or unreachable URL raises ``ValueError`` with one line naming it and the accepted forms.
+    """
     if url is None:
         return None
+    try:
+        return _make_storage(url)
+    except ImportError as e:
+        raise ValueError(
+            f"--storage {url!r}: driver missing ({e}); for PostgreSQL: pip install -e '.[postgres]'"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy/Optuna errors are pages long
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"--storage {url!r}: {first}; accepted forms: {STORAGE_FORMS}") from None
+
+
+def _make_storage(url: str) -> Any:
     if url.startswith("journal:") or url.endswith((".log", ".journal", ".jsonl")):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -91,7 +110,12 @@ class Objective:
                 trial.study.stop()
                 raise optuna.TrialPruned(f"the study already has {self.n_trials} trials")
         config = self.space.to_config(point)
-        res = self.evaluator.evaluate(config)
+        try:
+            res = self.evaluator.evaluate(config)
+        except Exception:
+            trial.set_user_attr("error", traceback.format_exc())  # the full story stays in the record
+            trial.set_user_attr("sampled_config", config)
+            raise
         scaled = {k: spec.scale * res.metric(k) for k, spec in self.metrics.items()}
         trial.set_user_attr("software_metrics", res.software)
         trial.set_user_attr("hardware_metrics", res.hardware)
@@ -112,6 +136,7 @@ def _trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "scaled_metrics": t.user_attrs.get("scaled_metrics", {}),
         "sampled_config": t.user_attrs.get("sampled_config", {}),
         "timings": t.user_attrs.get("timings", {}),
+        "error": t.user_attrs.get("error"),
         "duration_s": t.duration.total_seconds() if t.duration else None,
     }
 
@@ -222,6 +247,16 @@ def write_outputs(study: optuna.Study, out: Path, objective: Objective) -> dict[
     return best_json
 
 
+class _OneLineFailures(logging.Filter):
+    """Optuna logs a failed trial with its traceback; keep the one line (the record holds the traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and "failed with parameters" in record.getMessage():
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def run_study(
     space: SearchSpace,
     evaluator: Evaluator,
@@ -231,6 +266,7 @@ def run_study(
     storage: str | None = None,
     study_name: str | None = None,
     progress: bool = True,
+    tracebacks: bool = False,
 ) -> tuple[optuna.Study, Objective]:
     """Create or resume a study and run it until ``setup.n_trials`` trials have finished in total.
 
@@ -283,6 +319,10 @@ def run_study(
         )
     objective.interrupted = False
     objective.started = datetime.datetime.now()
+    one_line = _OneLineFailures()
+    opt_log = logging.getLogger("optuna.study._optimize")
+    if not tracebacks:
+        opt_log.addFilter(one_line)
     if remaining:
         try:
             with warnings.catch_warnings():
@@ -298,6 +338,8 @@ def run_study(
                 )
         except KeyboardInterrupt:  # Optuna marks the running trial failed; finished ones are stored
             objective.interrupted = True
+        finally:
+            opt_log.removeFilter(one_line)
     callbacks[1].bar.close()
     return study, objective
 

@@ -163,6 +163,13 @@ def load_dataset(name: str, seed: int = 0, test_size: float = 0.2, val_size: flo
     _, first = np.unique(np.concatenate([x, y[:, None].astype(np.float32)], 1), axis=0, return_index=True)
     keep = np.sort(first)
     x, y = x[keep], y[keep]
+    if len(y) < 10:
+        raise DatasetError(
+            f"dataset {name!r}: {len(y)} distinct row(s) after removing duplicates; at least 10 are needed "
+            "for a train/validation/test split"
+        )
+    if len(np.unique(y)) < 2:
+        raise DatasetError(f"dataset {name!r}: every row has the same class; classification needs at least two")
     strat = y if np.bincount(y).min() >= 3 else None
     idx = np.arange(len(y))
     tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)

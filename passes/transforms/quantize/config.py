@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from graph.meta import TensorPrecision
 
 Width = Annotated[int, Field(ge=1, le=32)]
+Frac = Annotated[int, Field(ge=0, le=32)] | None  # None ("NA"): width // 2
+Exponent = Annotated[int, Field(ge=1, le=31)]
 
 
 def _na_to_none(v: Any) -> Any:
@@ -49,11 +51,11 @@ class IntegerQ(_Strict):
     name: Literal["integer"]
     bypass: bool = False
     data_in_width: Width = 8
-    data_in_frac_width: int | None = None
+    data_in_frac_width: Frac = None
     weight_width: Width = 8
-    weight_frac_width: int | None = None
+    weight_frac_width: Frac = None
     bias_width: Width = 8
-    bias_frac_width: int | None = None
+    bias_frac_width: Frac = None
 
     @model_validator(mode="after")
     def _fracs(self) -> IntegerQ:
@@ -77,11 +79,11 @@ class MinifloatQ(_Strict):
     name: Literal["minifloat"]
     bypass: bool = False
     data_in_width: Width = 8
-    data_in_exponent_width: int = 4
+    data_in_exponent_width: Exponent = 4
     weight_width: Width = 8
-    weight_exponent_width: int = 4
+    weight_exponent_width: Exponent = 4
     bias_width: Width = 8
-    bias_exponent_width: int = 4
+    bias_exponent_width: Exponent = 4
 
     @model_validator(mode="after")
     def _exp(self) -> MinifloatQ:
