@@ -525,7 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    # force: bind the handler to this call's stderr (main() may run several times in one process)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s", force=True
+    )
+    import optuna
+
+    optuna.logging.disable_default_handler()  # Optuna's messages go through the handler above
+    optuna.logging.enable_propagation()
     if args.cmd == "search" and args.storage and not args.study_name:
         args.study_name = "qfx"
     try:

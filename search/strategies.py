@@ -18,9 +18,21 @@ from optuna.trial import FrozenTrial
 from search.space import SearchSpace
 
 
+def exhaustive_index(study: optuna.Study, number: int, system_attrs: dict[str, Any]) -> int:
+    """The space point a trial evaluates under ``exhaustive``: trial numbers in order, skipping the
+    numbers taken by re-queued trials (a re-queue of a killed trial takes the original's point)."""
+    orig = system_attrs.get("failed_trial", number)
+    below = sum(1 for t in study.get_trials(deepcopy=False) if t.number < orig and "failed_trial" in t.system_attrs)
+    return orig - below
+
+
 class ExhaustiveSampler(BaseSampler):
+    """Point i of the space for the i-th trial (see :func:`exhaustive_index`): no duplicates across
+    workers because storages hand out unique trial numbers."""
+
     def __init__(self, space: SearchSpace) -> None:
         self.space = space
+        self._index: dict[int, int] = {}  # trial number -> point index (threads write distinct keys)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         return {}
@@ -31,7 +43,10 @@ class ExhaustiveSampler(BaseSampler):
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        return self.space.point(trial.number)[param_name]
+        i = self._index.get(trial.number)
+        if i is None:
+            i = self._index[trial.number] = exhaustive_index(study, trial.number, trial.system_attrs)
+        return self.space.point(i)[param_name]
 
 
 class _BruteForce(optuna.samplers.BruteForceSampler):

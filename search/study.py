@@ -26,48 +26,12 @@ from tqdm.auto import tqdm
 from search.config import MetricSpec, StrategySetup
 from search.runner import METRICS, Evaluator
 from search.space import SearchSpace
-from search.strategies import make_sampler
+from search.storage import HEARTBEAT_S, counted, create_study, make_storage, started_after
+from search.strategies import exhaustive_index, make_sampler
 
 log = logging.getLogger(__name__)
+_CLAIM = "qfx:claimed"  # user attr: this trial checked its point was free and evaluates it
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)  # what n_trials counts (PRUNED = stopped by a cap)
-HEARTBEAT_S = 2
-
-
-STORAGE_FORMS = "sqlite:///FILE.db, journal:FILE (or FILE.log), postgresql://user:password@host/db"
-
-
-def make_storage(url: str | None) -> Any:
-    """None -> in memory; ``*.log``/``*.jsonl``/``journal:PATH`` -> journal file; else an RDB URL.
-
-    A malformed or unreachable URL raises ``ValueError`` with one line naming it and the accepted forms.
-    """
-    if url is None:
-        return None
-    try:
-        return _make_storage(url)
-    except ImportError as e:
-        raise ValueError(
-            f"--storage {url!r}: driver missing ({e}); for PostgreSQL: pip install -e '.[postgres]'"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - SQLAlchemy/Optuna errors are pages long
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ValueError(f"--storage {url!r}: {first}; accepted forms: {STORAGE_FORMS}") from None
-
-
-def _make_storage(url: str) -> Any:
-    if url.startswith("journal:") or url.endswith((".log", ".journal", ".jsonl")):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    # heartbeats let a resumed study mark trials of a killed worker as failed
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=3 * HEARTBEAT_S,
-            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
-        )
 
 
 @dataclass
@@ -79,16 +43,31 @@ class Objective:
     metrics: dict[str, MetricSpec]
     single: bool
     exhaustive: bool = False
+    unique: bool = False  # enumerating samplers (bruteforce, grid): never evaluate a point twice
     n_trials: int | None = None
     interrupted: bool = False
     started: datetime.datetime = datetime.datetime.min
+
+    @staticmethod
+    def _claim(trial: optuna.Trial, point: dict[str, int]) -> None:
+        """Prune (uncounted) a trial whose point another trial holds: COMPLETE, claimed, waiting as a
+        re-queue, or running with a lower number. Params are written before this check and the claim
+        after it, so of two workers that drew the same point at once exactly one evaluates it."""
+        held = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+        for t in trial.study.get_trials(False, states=held):
+            if t.number == trial.number or t.params != point:
+                continue
+            if t.state != TrialState.RUNNING or _CLAIM in t.user_attrs or t.number < trial.number:
+                raise optuna.TrialPruned(f"point already taken by trial {t.number}")
+        trial.set_user_attr(_CLAIM, True)
 
     @property
     def directions(self) -> list[str]:
         return ["maximize"] if self.single else [m.direction for m in self.metrics.values()]
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        if self.exhaustive and trial.number >= self.space.size:
+        attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id) if self.exhaustive else {}
+        if self.exhaustive and exhaustive_index(trial.study, trial.number, attrs) >= self.space.size:
             trial.study.stop()
             raise optuna.TrialPruned(f"all {self.space.size} points of the space have been tried")
         t0 = time.perf_counter()
@@ -100,15 +79,17 @@ class Objective:
             # builds its tree from all trials and rejects partial ones). RUNNING trials older than
             # this worker are left out: a killed worker's trial that died before its first
             # heartbeat stays RUNNING forever and must not block the study.
-            ahead = trial.study.get_trials(False, states=(*FINISHED, TrialState.RUNNING))
-            taken = sum(
-                t.state != TrialState.RUNNING
-                or (t.number < trial.number and t.datetime_start is not None and t.datetime_start >= self.started)
-                for t in ahead
+            # Trials failed because their worker died are re-queued and not counted (see search.storage).
+            trials = trial.study.get_trials(False)
+            taken = counted(trials) + sum(
+                t.state == TrialState.RUNNING and t.number < trial.number and started_after(t, self.started)
+                for t in trials
             )
             if taken >= self.n_trials:
                 trial.study.stop()
                 raise optuna.TrialPruned(f"the study already has {self.n_trials} trials")
+        if self.unique:
+            self._claim(trial, point)
         config = self.space.to_config(point)
         try:
             res = self.evaluator.evaluate(config)
@@ -251,10 +232,27 @@ class _OneLineFailures(logging.Filter):
     """Optuna logs a failed trial with its traceback; keep the one line (the record holds the traceback)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and "failed with parameters" in record.getMessage():
+        msg = record.getMessage()
+        if record.exc_info and "failed with parameters" in msg:
             record.exc_info = None
             record.exc_text = None
-        return True
+        return not msg.endswith("failed with value None.")  # the line above already said it
+
+
+def _await_stale(study: optuna.Study, n_trials: int) -> bool:
+    """After this worker's loop ended short of ``n_trials``: wait while other trials are RUNNING (live
+    workers finish them; a killed worker's go stale and are re-queued). True when a re-queued trial
+    is waiting for this worker to run it."""
+    while counted(study.get_trials(False)) < n_trials:
+        if study.get_trials(False, states=(TrialState.WAITING,)):
+            return True
+        if not study.get_trials(False, states=(TrialState.RUNNING,)):
+            return False
+        time.sleep(HEARTBEAT_S)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # marks killed trials FAIL and re-queues them
+    return False
 
 
 def run_study(
@@ -274,19 +272,21 @@ def run_study(
     keeps the trials finished so far and sets ``objective.interrupted``.
     """
     single = setup.sum_scaled_metrics
-    objective = Objective(space, evaluator, metrics, single, setup.sampler == "exhaustive", setup.n_trials)
+    objective = Objective(
+        space,
+        evaluator,
+        metrics,
+        single,
+        exhaustive=setup.sampler == "exhaustive",
+        n_trials=setup.n_trials,
+        unique=setup.sampler in ("bruteforce", "grid"),
+    )
     directions = [setup.direction] if single else objective.directions
     sampler = make_sampler(setup.sampler, space, setup.seed, len(directions))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study = optuna.create_study(
-            storage=make_storage(storage),
-            sampler=sampler,
-            study_name=study_name,
-            directions=directions,
-            load_if_exists=study_name is not None,
-        )
+    study = create_study(
+        storage, sampler=sampler, study_name=study_name, directions=directions, load_if_exists=study_name is not None
+    )
     if not single:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -299,7 +299,7 @@ def run_study(
     if setup.sampler == "exhaustive":
         n_trials = min(n_trials, space.size)
     objective.n_trials = n_trials
-    finished = len(study.get_trials(False, states=FINISHED))
+    finished = counted(study.get_trials(False))
     remaining = max(n_trials - finished, 0)
     if finished:
         log.info("resuming study %r: %d trial(s) already finished, %d to go", study.study_name, finished, remaining)
@@ -310,7 +310,7 @@ def run_study(
         if storage is None:  # a fresh in-memory study: do not mix in trials of an earlier run
             jsonl.unlink(missing_ok=True)
     callbacks: list[Any] = [
-        optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
+        lambda s, t: s.stop() if counted(s.get_trials(False)) >= n_trials else None,
         _Progress(remaining, jsonl, single, progress),
     ]
     if setup.sampler in ("grid", "bruteforce"):
@@ -323,23 +323,31 @@ def run_study(
     opt_log = logging.getLogger("optuna.study._optimize")
     if not tracebacks:
         opt_log.addFilter(one_line)
-    if remaining:
-        try:
+    deadline = None if setup.timeout is None else time.monotonic() + setup.timeout
+    try:
+        while remaining:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.optimize(
                     objective,
-                    n_trials=remaining,
-                    timeout=setup.timeout,
+                    # persistent studies may need more trials than `remaining` (re-queued ones of killed
+                    # workers); the callbacks and the objective's cap stop the loop at n_trials
+                    n_trials=None if storage is not None else remaining,
+                    timeout=left,
                     n_jobs=setup.n_jobs,
                     callbacks=callbacks,
                     catch=(Exception,),
                     gc_after_trial=False,
                 )
-        except KeyboardInterrupt:  # Optuna marks the running trial failed; finished ones are stored
-            objective.interrupted = True
-        finally:
-            opt_log.removeFilter(one_line)
+            if storage is None or not _await_stale(study, n_trials):
+                break
+    except KeyboardInterrupt:  # Optuna marks the running trial failed; finished ones are stored
+        objective.interrupted = True
+    finally:
+        opt_log.removeFilter(one_line)
     callbacks[1].bar.close()
     return study, objective
 

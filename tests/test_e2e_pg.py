@@ -127,3 +127,63 @@ def test_postgres_workers_share_one_study(tmp_path, postgres, sampler):
     st = optuna.load_study(study_name=f"pg-{sampler}", storage=postgres)
     done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 14 and len({tuple(sorted(t.params.items())) for t in done}) == 14
+
+
+def _workers(cfg: Path, ck: Path, url: str, name: str, tmp_path: Path, n: int = 3) -> list[subprocess.Popen]:
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "cli.py"),
+                "search",
+                "--config",
+                str(cfg),
+                "--checkpoint",
+                str(ck),
+                "--storage",
+                url,
+                "--study-name",
+                name,
+                "--out",
+                str(tmp_path / f"w{i}"),
+                "--no-progress",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("backend", ["postgres", "journal"])
+def test_workers_started_together_on_an_empty_database(tmp_path, backend, request):
+    """As the README says to do: N workers started at the same instant, nothing created beforehand."""
+    ck = make_checkpoint(tmp_path / "ck", epochs=1)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(search_toml("exhaustive", 12))
+    if backend == "postgres":
+        base = request.getfixturevalue("postgres")
+        host = base.split("?", 1)[1]
+        sock = dict(kv.split("=") for kv in host.split("&"))
+        db = f"fresh_{os.getpid()}"
+        subprocess.run(
+            [shutil.which("createdb") or "createdb", "-h", sock["host"], "-p", sock["port"], "-U", "qfx", db],
+            check=True,
+            capture_output=True,
+        )
+        url = base.replace("/qfx?", f"/{db}?")
+    else:
+        url = f"journal:{tmp_path / 'fresh.log'}"
+    procs = _workers(cfg, ck, url, "together", tmp_path)
+    errs = []
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        errs.append((p.returncode, err[-1500:]))
+    assert all(rc == 0 for rc, _ in errs), errs
+    from search.storage import make_storage
+
+    st = optuna.load_study(study_name="together", storage=make_storage(url))
+    done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 12 and len({tuple(sorted(t.params.items())) for t in done}) == 12

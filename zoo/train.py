@@ -133,11 +133,13 @@ def read_checkpoint(p: Path, trust: bool = False) -> dict[str, Any]:
     try:
         ck = torch.load(p, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
+        unsafe = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln]  # code it would import
+        if not unsafe:
+            raise ValueError(f"{p}: not a checkpoint written by cli.py train (unreadable: {str(e)[-120:]})") from None
         if not trust:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UnsafeCheckpointError(
                 f"{p}: refusing to load: it is not a plain tensors-and-values checkpoint and unpickling it could "
-                f"run arbitrary code ({first}); pass --trust-checkpoint only if you trust where it came from"
+                f"run arbitrary code ({unsafe[0][:160]}); pass --trust-checkpoint only if you trust where it came from"
             ) from None
         ck = torch.load(p, weights_only=False, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - not a torch file at all

@@ -1,0 +1,153 @@
+"""Study storages: in memory, a journal file or an RDB (SQLite, PostgreSQL), all surviving killed workers.
+
+Every persistent storage has heartbeats: a running trial records one every ``HEARTBEAT_S`` seconds
+and a trial whose heartbeat is older than ``GRACE_S`` (its worker was killed) is marked FAIL by the
+next worker that starts a trial, which also re-queues its configuration (Optuna's retry callback:
+a WAITING trial with the same parameters). Optuna's RDB storage implements heartbeats itself; for the
+journal file (which has none in Optuna 5) :class:`HeartbeatJournalStorage` records them as trial
+system attributes. Marking a trial failed is atomic in both backends (the journal replays operations
+in file order and rejects a second FAIL), so exactly one worker re-queues each killed trial.
+Trials that failed *because their worker died* do not count toward ``n_trials`` (their retry does);
+trials whose evaluation raised do.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import optuna
+from optuna import storages as _st
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
+
+HEARTBEAT_S = 2
+GRACE_S = 3 * HEARTBEAT_S
+RETRIES = 3  # a configuration is re-queued at most this often after killed workers
+STORAGE_FORMS = "sqlite:///FILE.db, journal:FILE (or FILE.log), postgresql://user:password@host/db"
+_BEAT = "qfx:heartbeat"
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """A journal-file storage with Optuna's heartbeat protocol (beats stored as trial system attrs)."""
+
+    def __init__(
+        self,
+        backend: Any,
+        heartbeat_interval: int = HEARTBEAT_S,
+        grace_period: int = GRACE_S,
+        stale_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    ) -> None:
+        super().__init__(backend)
+        self._interval = heartbeat_interval
+        self._grace = grace_period
+        self._stale_callback = stale_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, _BEAT, time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # the trial finished (or was failed by another worker) meanwhile
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        stale = []
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = t.system_attrs.get(_BEAT)
+            if beat is None and t.datetime_start is not None:  # killed before its first beat
+                beat = t.datetime_start.timestamp()
+            if beat is not None and now - beat > self._grace:
+                stale.append(t._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self._stale_callback
+
+
+def make_storage(url: str | None) -> Any:
+    """None -> in memory; ``*.log``/``*.jsonl``/``journal:PATH`` -> journal file; else an RDB URL.
+
+    A malformed or unreachable URL raises ``ValueError`` with one line naming it and the accepted forms.
+    """
+    if url is None:
+        return None
+    try:
+        return _make_storage(url)
+    except ImportError as e:
+        raise ValueError(
+            f"--storage {url!r}: driver missing ({e}); for PostgreSQL: pip install -e '.[postgres]'"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy/Optuna errors are pages long
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"--storage {url!r}: {first}; accepted forms: {STORAGE_FORMS}") from None
+
+
+def _make_storage(url: str, attempts: int = 8) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # RetryHeartbeatStaleTrialCallback (Optuna >= 4.9) is the renamed RetryFailedTrialCallback
+        cls = getattr(_st, "RetryHeartbeatStaleTrialCallback", None) or _st.RetryFailedTrialCallback
+        retry = cls(max_retry=RETRIES)
+    if url.startswith("journal:") or url.endswith((".log", ".journal", ".jsonl")):
+        return HeartbeatJournalStorage(JournalFileBackend(url.removeprefix("journal:")), stale_callback=retry)
+    for i in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=retry,
+                    engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
+                )
+        except Exception as e:  # noqa: BLE001
+            # workers started together on an empty database race on CREATE TYPE/TABLE: the loser
+            # sees a unique violation or "already exists"; once the schema is there, retry succeeds
+            race = any(s in str(e) for s in ("UniqueViolation", "already exists", "duplicate key", "IntegrityError"))
+            if not race or i == attempts - 1:
+                raise
+            time.sleep(0.2 * (i + 1))
+    raise AssertionError("unreachable")
+
+
+def create_study(url: str | None, **kwargs: Any) -> optuna.Study:
+    """``optuna.create_study`` on :func:`make_storage`, tolerant of workers creating the same study at once."""
+    storage = make_storage(url)
+    for i in range(8):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.create_study(storage=storage, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            if i == 7 or not any(s in str(e) for s in ("UniqueViolation", "duplicate key", "IntegrityError")):
+                raise
+            time.sleep(0.2 * (i + 1))
+    raise AssertionError("unreachable")
+
+
+def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
+    """Numbers of trials that were re-queued after their worker died."""
+    out: set[int] = set()
+    for t in trials:
+        out.update(t.system_attrs.get("retry_history", ()))
+    return out
+
+
+def counted(trials: list[FrozenTrial]) -> int:
+    """Trials that count toward ``n_trials``: COMPLETE, and FAIL unless re-queued after a killed worker."""
+    retried = retried_numbers(trials)
+    return sum(
+        t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.number not in retried) for t in trials
+    )
+
+
+def started_after(t: FrozenTrial, when: datetime.datetime) -> bool:
+    return t.datetime_start is not None and t.datetime_start >= when
