@@ -199,6 +199,14 @@ def cmd_transform(args: argparse.Namespace) -> int:
             tablefmt="github",
         )
     )
+    if args.numerics:
+        from passes.debug import NumericsPass, numerics_table
+        from passes.debug.views import plot_sqnr
+
+        NumericsPass(prep.graph, split.x[: args.numerics_samples])(res.graph)
+        print(f"\nper-node numerics vs FP32 ({min(len(split), args.numerics_samples)} {args.split} samples)")
+        print(numerics_table(res.graph))
+        print(f"plot: {plot_sqnr(res.graph, out / 'sqnr.png')}")
     res.graph.save(out / "quantized")
     (out / "summary.csv").write_text(summ["nodes_csv"])
     (out / "histogram.csv").write_text(summ["histogram_csv"])
@@ -263,7 +271,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     best = best_trials(study)
     print("\nBest trial(s):")
     print(best_table(best, list(st.metrics)) if best else "(no trial completed)")
-    names = ("best.json", "trials.csv", "trials.json", "trials.jsonl", "best_model", "history.png", "pareto.png")
+    for t in best:
+        weak = t.user_attrs.get("weakest_nodes") or []
+        if weak:
+            desc = ", ".join(f"{w['node']} ({w['sqnr_db']} dB)" for w in weak)
+            print(f"note: trial {t.number}: weakest nodes vs float (output SQNR, one batch): {desc}")
+    names = ("best.json", "trials.csv", "trials.json", "trials.jsonl", "best_model", "history.png", "pareto.png",
+             "sqnr.png")  # fmt: skip
     written = [n for n in names if (out / n).exists()]
     print(f"\ntrials: {summarize(study)}; outputs in {out}/ ({', '.join(written)})")
     if not best and not objective.interrupted:
@@ -305,6 +319,55 @@ def _print_exports(done: list[Any]) -> None:
     for e in done:
         for n in e.notes:
             print(f"note ({e.fmt}): {n}")
+
+
+def _debugged(args: argparse.Namespace) -> Any:
+    """The saved graph with NumericsPass run against its float version on the chosen batch."""
+    from graph import QGraph
+    from passes.analysis import analyze
+    from passes.debug import NumericsPass
+    from passes.transforms.quantize import QuantizePass
+
+    g = QGraph.load(args.graph, trust=args.trust_checkpoint)
+    if args.data:
+        from zoo.data import load_dataset
+
+        x = load_dataset(args.data).split(getattr(args, "split", "test")).x[: args.samples]
+    else:
+        x = g.example_inputs
+    g = analyze(g)
+    if not any(m.quantized for m in g.metas()):
+        raise UsageError(f"{args.graph}: no quantized node: nothing to compare", "save a quantized graph")
+    ref = QuantizePass({"by": "type"})(g).graph  # every node restored to its float op
+    NumericsPass(ref, x)(g)
+    return g
+
+
+def cmd_debug(args: argparse.Namespace) -> int:
+    from passes.debug import numerics_table
+    from passes.debug.views import plot_sqnr, worst_nodes, write_dot, write_model_explorer
+
+    g = _debugged(args)
+    out = Path(args.out) if args.out else Path(args.graph) / "debug"
+    out.mkdir(parents=True, exist_ok=True)
+    print(numerics_table(g))
+    worst = worst_nodes(g)
+    if worst:
+        print("\nweakest nodes: " + ", ".join(f"{w['node']} ({w['sqnr_db']} dB)" for w in worst))
+    from graph.dump import to_json
+
+    (out / "numerics.json").write_text(to_json(g))
+    files = [plot_sqnr(g, out / "sqnr.png"), *write_dot(g, out / "graph.dot")]
+    files += list(write_model_explorer(g, out / "model_explorer").values())
+    print(f"\nwrote {', '.join(str(f) for f in files[:3])} and {len(files) - 3} Model Explorer file(s)")
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from passes.debug.views import serve
+
+    serve(_debugged(args), args.host, args.port, open_browser=not args.no_open)
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -476,7 +539,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: outputs/<config name>)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to compare on")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--numerics", action="store_true", help="per-node SQNR/saturation table and sqnr.png")
+    p.add_argument("--numerics-samples", type=_positive, default=256, help="samples for --numerics (256)")
     p.set_defaults(fn=cmd_transform)
+
+    p = sub.add_parser(
+        "debug",
+        help="per-node numerics of a saved quantized graph vs its float version",
+        description="Load a saved quantized graph, rebuild its float version (every node restored), run both "
+        "on a batch and report per node: output SQNR, max error, cosine, saturation and round-to-zero "
+        "fractions of every quantized tensor. Writes numerics.json, sqnr.png, graph.dot(.svg) and Model "
+        "Explorer files into --out.",
+    )
+    p.add_argument("--graph", required=True, help="directory written by QGraph.save")
+    p.add_argument(
+        "--data", help="dataset for the batch (digits, iris, jsc:PATH ...); default: the graph's example inputs"
+    )
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--samples", type=_positive, default=256, help="batch size from the dataset (256)")
+    p.add_argument("--out", help="output directory (default: GRAPH/debug)")
+    _trust_arg(p)
+    p.set_defaults(fn=cmd_debug)
+
+    p = sub.add_parser(
+        "view",
+        help="open a saved graph in Model Explorer (with numerics overlays)",
+        description="Start Google's Model Explorer on a saved graph: metadata as node attributes and one overlay "
+        "per metric (SQNR, max error, saturation, bits, FLOPs, params). Ctrl-C stops it.",
+    )
+    p.add_argument("--graph", required=True, help="directory written by QGraph.save")
+    p.add_argument("--data", help="dataset for the numerics overlays; default: the graph's example inputs")
+    p.add_argument("--samples", type=_positive, default=256)
+    p.add_argument("--host", default="localhost")
+    p.add_argument("--port", type=_positive, default=8080)
+    p.add_argument("--no-open", action="store_true", help="do not open a browser")
+    _trust_arg(p)
+    p.set_defaults(fn=cmd_view)
 
     p = sub.add_parser(
         "search",

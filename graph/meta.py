@@ -80,6 +80,7 @@ class NodeMeta:
     params: int | None = None
     precision: Mapping[str, TensorPrecision] = field(default_factory=dict)
     quantized: str | None = None  # quantized replacement type name, if any
+    numerics: Mapping[str, Any] | None = None  # NumericsPass: error vs the float graph, saturation
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -88,6 +89,8 @@ class NodeMeta:
         set_(self, "out_shape", _freeze_shape(self.out_shape))
         if not isinstance(self.precision, MappingProxyType):
             set_(self, "precision", MappingProxyType(dict(self.precision)))
+        if self.numerics is not None and not isinstance(self.numerics, MappingProxyType):
+            set_(self, "numerics", MappingProxyType(dict(self.numerics)))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> NodeMeta:
         return self  # immutable: a copy is the record itself
@@ -98,6 +101,7 @@ class NodeMeta:
     def _fields(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["precision"] = dict(self.precision)
+        d["numerics"] = None if self.numerics is None else dict(self.numerics)
         return d
 
     def to_dict(self) -> dict[str, Any]:

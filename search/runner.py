@@ -6,6 +6,7 @@ metric is computed afresh from this trial's predictions only.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -50,6 +51,7 @@ class TrialResult:
     software: dict[str, float]
     hardware: dict[str, float]
     timings: dict[str, float] = field(default_factory=dict)
+    weakest: list[dict[str, Any]] = field(default_factory=list)  # lowest-SQNR nodes vs the float graph
 
     def metric(self, name: str) -> float:
         if name in self.software:
@@ -107,6 +109,28 @@ class Evaluator:
         self._prf = any(m in PRF for m in metrics)  # scikit-learn P/R/F1 only when asked for
         self.x = eval_split.x.to(device)
         self.y = eval_split.y
+        self._ref_outs: dict[str, torch.Tensor] | None = None  # float node outputs on the SQNR batch
+
+    SQNR_BATCH = 32
+
+    def weakest_nodes(self, q: QGraph, k: int = 3) -> list[dict[str, Any]]:
+        """The ``k`` nodes whose outputs have the lowest SQNR vs the float graph on one small batch."""
+        from passes.debug.numerics import record
+
+        xb = (self.x[: self.SQNR_BATCH],)
+        if self._ref_outs is None:
+            self._ref_outs = record(self.pristine.gm, xb).outs
+        rows = []
+        for name, out in record(q.gm, xb).outs.items():
+            ref = self._ref_outs.get(name)
+            if ref is None or ref.shape != out.shape:
+                continue
+            noise = float(((out - ref).double() ** 2).sum())
+            if noise > 0:
+                signal = float((ref.double() ** 2).sum())
+                rows.append((10 * math.log10(signal / noise) if signal > 0 else -math.inf, name))
+        rows.sort()
+        return [{"node": n, "sqnr_db": round(s, 2)} for s, n in rows[:k]]
 
     def _finetune(self, q: QGraph) -> None:
         ts = self.train_split
@@ -151,5 +175,7 @@ class Evaluator:
         t3 = time.perf_counter()
         hw = hw_metrics(q, self.hw.compare_to, self.hw.activations)
         t4 = time.perf_counter()
-        timings = {"rebuild": t1 - t0, "qat": t2 - t1, "evaluate": t3 - t2, "hw": t4 - t3}
-        return TrialResult(sw, hw, timings)
+        weakest = self.weakest_nodes(q)
+        t5 = time.perf_counter()
+        timings = {"rebuild": t1 - t0, "qat": t2 - t1, "evaluate": t3 - t2, "hw": t4 - t3, "sqnr": t5 - t4}
+        return TrialResult(sw, hw, timings, weakest)

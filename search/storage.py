@@ -71,6 +71,33 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return self._stale_callback
 
 
+class HeartbeatRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, whose stale-trial check also catches trials killed before their first
+    heartbeat (Optuna skips trials without a heartbeat row, so those would stay RUNNING forever)."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+        from sqlalchemy import orm
+
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = self.grace_period or 2 * (self.heartbeat_interval or HEARTBEAT_S)
+        now = datetime.datetime.now()
+        with _create_scoped_session(self.scoped_session, True) as session:
+            running = (
+                session.query(models.TrialModel)
+                .options(orm.selectinload(models.TrialModel.heartbeats))
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .filter(models.TrialModel.study_id == study_id)
+                .all()
+            )
+            for t in running:
+                started = t.datetime_start
+                if not t.heartbeats and started is not None and (now - started).total_seconds() > grace:
+                    stale.append(t.trial_id)
+        return stale
+
+
 def make_storage(url: str | None) -> Any:
     """None -> in memory; ``*.log``/``*.jsonl``/``journal:PATH`` -> journal file; else an RDB URL.
 
@@ -101,7 +128,7 @@ def _make_storage(url: str, attempts: int = 8) -> Any:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
+                return HeartbeatRDBStorage(
                     url,
                     heartbeat_interval=HEARTBEAT_S,
                     grace_period=GRACE_S,

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from search.config import MetricSpec, StrategySetup
 from search.runner import METRICS, Evaluator
 from search.space import SearchSpace
-from search.storage import HEARTBEAT_S, counted, create_study, make_storage, started_after
+from search.storage import GRACE_S, HEARTBEAT_S, counted, create_study, make_storage, started_after
 from search.strategies import exhaustive_index, make_sampler
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class Objective:
         trial.set_user_attr("scaled_metrics", scaled)
         trial.set_user_attr("sampled_config", config)
         trial.set_user_attr("timings", {"sample": t_sample, **res.timings})
+        trial.set_user_attr("weakest_nodes", res.weakest)
         return sum(scaled.values()) if self.single else list(scaled.values())
 
 
@@ -117,6 +118,7 @@ def _trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "scaled_metrics": t.user_attrs.get("scaled_metrics", {}),
         "sampled_config": t.user_attrs.get("sampled_config", {}),
         "timings": t.user_attrs.get("timings", {}),
+        "weakest_nodes": t.user_attrs.get("weakest_nodes", []),
         "error": t.user_attrs.get("error"),
         "duration_s": t.duration.total_seconds() if t.duration else None,
     }
@@ -209,16 +211,32 @@ def write_outputs(study: optuna.Study, out: Path, objective: Objective) -> dict[
     best_json = {
         str(i): {
             k: _trial_record(t)[k]
-            for k in ("number", "value", "software_metrics", "hardware_metrics", "scaled_metrics", "sampled_config")
+            for k in (
+                "number",
+                "value",
+                "software_metrics",
+                "hardware_metrics",
+                "scaled_metrics",
+                "sampled_config",
+                "weakest_nodes",
+            )
         }
         for i, t in enumerate(best)
     }
     (out / "best.json").write_text(json.dumps(best_json, indent=1, default=str))
     if best:
+        from passes.debug import NumericsPass
+        from passes.debug.views import plot_sqnr
         from passes.transforms.quantize import QuantizePass
 
         full = QuantizePass(best[0].user_attrs["sampled_config"])(objective.evaluator.pristine).graph
         full.save(out / "best_model")
+        ev = objective.evaluator
+        for t in best:  # quantization error along the graph of every best / Pareto trial
+            q = full if t is best[0] else QuantizePass(t.user_attrs["sampled_config"])(ev.pristine).graph
+            NumericsPass(ev.pristine, ev.x[:256])(q)
+            name = "sqnr.png" if len(best) == 1 else f"sqnr_trial_{t.number}.png"
+            plot_sqnr(q, out / name, f"trial {t.number}: output SQNR vs float, per node")
     try:
         from search.plots import plot_study
 
@@ -239,14 +257,23 @@ class _OneLineFailures(logging.Filter):
         return not msg.endswith("failed with value None.")  # the line above already said it
 
 
-def _await_stale(study: optuna.Study, n_trials: int) -> bool:
+def _await_stale(study: optuna.Study, n_trials: int, patience_s: float = 10 * GRACE_S) -> bool:
     """After this worker's loop ended short of ``n_trials``: wait while other trials are RUNNING (live
     workers finish them; a killed worker's go stale and are re-queued). True when a re-queued trial
-    is waiting for this worker to run it."""
+    is waiting for this worker to run it; False when nothing is left to wait for, or when the same
+    trials stayed RUNNING for ``patience_s`` (long trials of live workers: they finish them)."""
+    seen: set[int] = set()
+    since = time.monotonic()
     while counted(study.get_trials(False)) < n_trials:
         if study.get_trials(False, states=(TrialState.WAITING,)):
             return True
-        if not study.get_trials(False, states=(TrialState.RUNNING,)):
+        running = {t.number for t in study.get_trials(False, states=(TrialState.RUNNING,))}
+        if not running:
+            return False
+        if running != seen:
+            seen, since = running, time.monotonic()
+        elif time.monotonic() - since > patience_s:
+            log.warning("trials %s are still running in other workers; leaving them to finish", sorted(running))
             return False
         time.sleep(HEARTBEAT_S)
         with warnings.catch_warnings():

@@ -36,7 +36,8 @@ def test_fresh_install_and_main_command(tmp_path):
     best = json.loads((out / "best.json").read_text())
     assert best
     for b in best.values():
-        assert set(b) == {"number", "value", "software_metrics", "hardware_metrics", "scaled_metrics", "sampled_config"}
+        mase = {"number", "value", "software_metrics", "hardware_metrics", "scaled_metrics", "sampled_config"}
+        assert set(b) == mase | {"weakest_nodes"}  # MASE's layout plus the lowest-SQNR nodes
         assert {"accuracy", "loss"} <= set(b["software_metrics"])
         assert {"average_bitwidth", "memory_density"} <= set(b["hardware_metrics"])
         assert b["sampled_config"]["linear"]["config"]["name"] == "integer"

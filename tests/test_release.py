@@ -52,7 +52,7 @@ def test_readme_has_two_commands_and_ci_runs_the_test_command():
     assert "pip install torch==2.13.0" in SETUP and "cli.py search --config configs/jsc_tiny_by_type.toml" in SETUP
     assert "pytest" in TEST
     ci = (ROOT / ".ci" / "run").read_text()
-    assert TEST in ci and "pip install -q torch==2.13.0" in ci and "-e '.[dev,deploy]'" in ci
+    assert TEST in ci and "pip install -q torch==2.13.0" in ci and "-e '.[dev,deploy,debug]'" in ci
 
 
 def test_readme_cli_commands_run(tmp_path):
@@ -65,6 +65,8 @@ def test_readme_cli_commands_run(tmp_path):
             continue
         if "postgresql://" in cmd:
             continue  # run against a real server in test_postgres_workers
+        if " view " in cmd:
+            continue  # starts a server until Ctrl-C: test_debug starts it on a free port and stops it
         c = small(cmd).replace("python cli.py", f"{shlex.quote(sys.executable)} cli.py", 1)
         r = subprocess.run(["bash", "-c", c], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, f"{c}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
