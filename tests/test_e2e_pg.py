@@ -97,31 +97,7 @@ def test_postgres_workers_share_one_study(tmp_path, postgres, sampler):
     cfg = tmp_path / "c.toml"
     cfg.write_text(search_toml(sampler, 14))
     optuna.create_study(storage=postgres, study_name=f"pg-{sampler}", directions=["maximize"])
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "cli.py"),
-                "search",
-                "--config",
-                str(cfg),
-                "--checkpoint",
-                str(ck),
-                "--storage",
-                postgres,
-                "--study-name",
-                f"pg-{sampler}",
-                "--out",
-                str(tmp_path / f"w{i}"),
-                "--no-progress",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(3)
-    ]
+    procs = _workers(cfg, ck, postgres, f"pg-{sampler}", tmp_path)
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
