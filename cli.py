@@ -631,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.disable_default_handler()  # Optuna's messages go through the handler above
     optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)  # the CLI's choice
     if args.cmd == "search" and args.storage and not args.study_name:
         args.study_name = "qfx"
     try:

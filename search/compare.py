@@ -159,12 +159,10 @@ def compare_samplers(
 
 
 def _plot(curves: dict[str, list[list[float]]], optimum: float, kind: str, path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
     for i, (s, cs) in enumerate(curves.items()):
         n = min(len(c) for c in cs)
         a = np.array([c[:n] for c in cs])
@@ -176,4 +174,3 @@ def _plot(curves: dict[str, list[list[float]]], optimum: float, kind: str, path:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -1,16 +1,16 @@
-"""Study plots (matplotlib, Agg): optimisation history, Pareto front, metric vs config choice."""
+"""Study plots: optimisation history, Pareto front, metric vs config choice.
+
+Drawn on ``matplotlib.figure.Figure`` objects: no backend switch or pyplot state at import.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from optuna.trial import TrialState
 
 if TYPE_CHECKING:
     import optuna
@@ -39,7 +39,8 @@ def plot_study(study: optuna.Study, objective: Objective, out: Path) -> list[Pat
     label = "sum of scaled metrics" if objective.single else f"scaled {names[0]}"
 
     # history: objective (first) per trial and best so far
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
     v = vals[:, 0]
     best = np.maximum.accumulate(v) if dirs[0] else np.minimum.accumulate(v)
     ax.scatter(nums, v, s=14, label="trial")
@@ -48,7 +49,6 @@ def plot_study(study: optuna.Study, objective: Objective, out: Path) -> list[Pat
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "history.png", dpi=110)
-    plt.close(fig)
     paths.append(out / "history.png")
 
     # Pareto front: the first two objectives, or accuracy vs average bitwidth for a single objective
@@ -59,7 +59,8 @@ def plot_study(study: optuna.Study, objective: Objective, out: Path) -> list[Pat
         xy = np.array([[m["average_bitwidth"], m["accuracy"]] for m in sw], dtype=float)
         xl, yl, mx = "average bitwidth", "accuracy", [False, True]
     mask = _pareto_mask(xy, mx)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.add_subplot()
     ax.scatter(xy[~mask, 0], xy[~mask, 1], s=14, c="0.6", label="dominated")
     order = np.argsort(xy[mask, 0])
     ax.plot(xy[mask, 0][order], xy[mask, 1][order], "o-", c="C3", label="Pareto front")
@@ -67,7 +68,6 @@ def plot_study(study: optuna.Study, objective: Objective, out: Path) -> list[Pat
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "pareto.png", dpi=110)
-    plt.close(fig)
     paths.append(out / "pareto.png")
 
     # metric vs config: the first objective against each free dimension's choice
@@ -76,7 +76,8 @@ def plot_study(study: optuna.Study, objective: Objective, out: Path) -> list[Pat
         n = len(free)
         cols = min(n, 3)
         rows = -(-n // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+        fig = Figure(figsize=(4 * cols, 3.2 * rows))
+        axes = fig.subplots(rows, cols, squeeze=False)
         for ax, d in zip(axes.flat, free, strict=False):
             choices = [str(c) for c in objective.space.dims[d]]
             groups = [[t.values[0] for t in trials if t.params.get(d) == i] for i in range(len(choices))]
@@ -89,6 +90,5 @@ def plot_study(study: optuna.Study, objective: Objective, out: Path) -> list[Pat
             ax.axis("off")
         fig.tight_layout()
         fig.savefig(out / "metric_vs_config.png", dpi=110)
-        plt.close(fig)
         paths.append(out / "metric_vs_config.png")
     return paths

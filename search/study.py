@@ -310,7 +310,6 @@ def run_study(
     )
     directions = [setup.direction] if single else objective.directions
     sampler = make_sampler(setup.sampler, space, setup.seed, len(directions))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = create_study(
         storage, sampler=sampler, study_name=study_name, directions=directions, load_if_exists=study_name is not None
     )
