@@ -73,9 +73,19 @@ class Pipeline:
             avail.update(p.provides)
         info: dict[str, Any] = {}
         modified = False
-        for p in self.passes:
-            res = p(graph)
+        for i, p in enumerate(self.passes):
+            try:
+                res = p(graph)
+            except PassError:
+                raise
+            except Exception as e:
+                before = ", ".join(q.name for q in self.passes[:i]) or "none"
+                raise PassError(
+                    f"pass {p.name!r} (step {i + 1} of {len(self.passes)}; ran before it: {before}) failed: "
+                    f"{type(e).__name__}: {e}"
+                ) from e
             graph = res.graph
             modified |= res.modified
-            info[p.name] = res.info
+            key = p.name if p.name not in info else f"{p.name}#{sum(k.split('#')[0] == p.name for k in info) + 1}"
+            info[key] = res.info  # a pass that appears twice keeps both infos (name, name#2, ...)
         return PassResult(graph, modified, info)

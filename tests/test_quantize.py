@@ -316,3 +316,29 @@ def test_relu_output_uses_the_full_unsigned_range():
     assert ref.max() == 7.5
     for out in q(x):
         assert torch.equal(out, ref)
+
+
+def test_quantize_function_and_pipeline_errors():
+    from passes import Pipeline
+    from passes.analysis import FlopsPass, ShapePass
+    from passes.transforms.quantize import quantize
+
+    model, inputs = ZOO["jsc-toy"]
+    q = quantize(model, {"by": "type", "linear": _cfg(8)}, inputs)
+    assert {m.name for m in q.metas() if m.quantized} == {"seq_blocks_2", "seq_blocks_5", "seq_blocks_8"}
+    assert quantize(q, {"by": "type"}).metas() is not None
+    with pytest.raises(ValueError, match="needs example inputs"):
+        quantize(model, {"by": "type"})
+    res = Pipeline([ShapePass(), FlopsPass(), ShapePass()])(trace(model, inputs))
+    assert set(res.info) == {"shapes", "flops", "shapes#2"}
+
+    class Boom(ShapePass):
+        name = "boom"
+
+        def run(self, graph):
+            raise RuntimeError("bad")
+
+    with pytest.raises(
+        PassError, match=r"pass 'boom' \(step 2 of 2; ran before it: shapes\) failed: RuntimeError: bad"
+    ):
+        Pipeline([ShapePass(), Boom()])(trace(model, inputs))

@@ -1,11 +1,31 @@
 """Quantize transform: config resolution, number formats, quantized modules, the pass."""
 
+from typing import Any
+
+import torch
+
+from graph.trace import QGraph, trace
 from passes.transforms.quantize.config import IntegerQ, MinifloatQ, NoQuant, QuantizeConfig
 from passes.transforms.quantize.quantize_pass import QUANT_RULES, QuantizePass, quantizable_nodes
 from passes.transforms.quantize.quantizers import FORMATS, integer_quantize, minifloat_quantize
 from passes.transforms.quantize.summary import SummaryPass
 
+
+def quantize(
+    model_or_graph: torch.nn.Module | QGraph, config: QuantizeConfig | dict[str, Any], example_inputs: Any = None
+) -> QGraph:
+    """``quantize(nn.Module | QGraph, config, example_inputs=None) -> QGraph``, as torch.ao users expect:
+    a plain module is traced first (``example_inputs`` required); the caller's model is never changed."""
+    g = model_or_graph
+    if not isinstance(g, QGraph):
+        if example_inputs is None:
+            raise ValueError("quantize(model, config, example_inputs): a plain nn.Module needs example inputs to trace")
+        g = trace(g, example_inputs)
+    return QuantizePass(config)(g).graph
+
+
 __all__ = [
+    "quantize",
     "FORMATS",
     "QUANT_RULES",
     "IntegerQ",
