@@ -43,7 +43,7 @@ class Objective:
     metrics: dict[str, MetricSpec]
     single: bool
     exhaustive: bool = False
-    unique: bool = False  # enumerating samplers (bruteforce, grid): never evaluate a point twice
+    unique: bool = False  # enumerating samplers (bruteforce, grid, exhaustive): never evaluate a point twice
     n_trials: int | None = None
     interrupted: bool = False
     started: datetime.datetime = datetime.datetime.min
@@ -306,7 +306,7 @@ def run_study(
         single,
         exhaustive=setup.sampler == "exhaustive",
         n_trials=setup.n_trials,
-        unique=setup.sampler in ("bruteforce", "grid"),
+        unique=setup.sampler in ("bruteforce", "grid", "exhaustive"),
     )
     directions = [setup.direction] if single else objective.directions
     sampler = make_sampler(setup.sampler, space, setup.seed, len(directions))
