@@ -332,7 +332,7 @@ def _debugged(args: argparse.Namespace) -> Any:
     if args.data:
         from zoo.data import load_dataset
 
-        x = load_dataset(args.data).split(getattr(args, "split", "test")).x[: args.samples]
+        x = load_dataset(args.data).split(args.split).x[: args.samples]
     else:
         x = g.example_inputs
     g = analyze(g)
@@ -439,6 +439,17 @@ def _trust_arg(p: argparse.ArgumentParser) -> None:
         help="allow checkpoints/graphs that need full unpickling (that can run code from the file); "
         "by default only plain tensors and values are read",
     )
+
+
+def _graph_batch_args(p: argparse.ArgumentParser) -> None:
+    """A saved graph and the batch its numerics are computed on (debug, view)."""
+    p.add_argument("--graph", required=True, help="directory written by QGraph.save")
+    p.add_argument(
+        "--data", help="dataset for the batch (digits, iris, jsc:PATH ...); default: the graph's example inputs"
+    )
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--samples", type=_positive, default=256, help="batch size from the dataset (256)")
+    _trust_arg(p)
 
 
 def _search_args(p: argparse.ArgumentParser) -> None:
@@ -551,14 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fractions of every quantized tensor. Writes numerics.json, sqnr.png, graph.dot(.svg) and Model "
         "Explorer files into --out.",
     )
-    p.add_argument("--graph", required=True, help="directory written by QGraph.save")
-    p.add_argument(
-        "--data", help="dataset for the batch (digits, iris, jsc:PATH ...); default: the graph's example inputs"
-    )
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--samples", type=_positive, default=256, help="batch size from the dataset (256)")
+    _graph_batch_args(p)
     p.add_argument("--out", help="output directory (default: GRAPH/debug)")
-    _trust_arg(p)
     p.set_defaults(fn=cmd_debug)
 
     p = sub.add_parser(
@@ -567,13 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start Google's Model Explorer on a saved graph: metadata as node attributes and one overlay "
         "per metric (SQNR, max error, saturation, bits, FLOPs, params). Ctrl-C stops it.",
     )
-    p.add_argument("--graph", required=True, help="directory written by QGraph.save")
-    p.add_argument("--data", help="dataset for the numerics overlays; default: the graph's example inputs")
-    p.add_argument("--samples", type=_positive, default=256)
+    _graph_batch_args(p)
     p.add_argument("--host", default="localhost")
     p.add_argument("--port", type=_positive, default=8080)
     p.add_argument("--no-open", action="store_true", help="do not open a browser")
-    _trust_arg(p)
     p.set_defaults(fn=cmd_view)
 
     p = sub.add_parser(
