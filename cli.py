@@ -18,6 +18,15 @@ from typing import Any
 log = logging.getLogger("qfx")
 
 
+_QUIET = [False]  # set per main() call by --quiet
+
+
+def _note(msg: str, about: str = "") -> None:
+    """A side remark on stdout (``note: ...``); --quiet drops it."""
+    if not _QUIET[0]:
+        print(f"note ({about}): {msg}" if about else f"note: {msg}")
+
+
 class UsageError(Exception):
     """A user-facing error: message plus hint."""
 
@@ -88,8 +97,8 @@ def _model_from_spec(spec: str, dataset: str) -> tuple[Any, Any]:
                 "return (model, example_inputs) or set model.example_inputs",
             )
         return built, inputs
-    from zoo.data import load_dataset
-    from zoo.models import MODELS, build_model
+    from qfx.zoo.data import load_dataset
+    from qfx.zoo.models import MODELS, build_model
 
     if spec not in MODELS:
         raise UsageError(f"unknown model {spec!r}", f"zoo models: {', '.join(MODELS)}; or module:function")
@@ -100,28 +109,28 @@ def _model_from_spec(spec: str, dataset: str) -> tuple[Any, Any]:
 
 # ---- commands ---------------------------------------------------------------------
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from graph import trace
-    from passes.analysis import analyze
-    from zoo.train import load_checkpoint
+    from qfx.graph import trace
+    from qfx.passes.analysis import analyze
+    from qfx.zoo.train import load_checkpoint
 
     if args.checkpoint:
         model, ds, _ = load_checkpoint(args.checkpoint, args.trust_checkpoint)
         inputs = ds.val.x[: args.batch]
     else:
         if not args.model:
-            raise UsageError("analyze needs --model or --checkpoint", "e.g. cli.py analyze --model jsc-toy")
+            raise UsageError("analyze needs --model or --checkpoint", "e.g. qfx analyze --model jsc-toy")
         model, inputs = _model_from_spec(args.model, args.dataset)
     g = analyze(trace(model, inputs))
-    print(g if args.format == "table" else __import__("graph.dump", fromlist=["to_json"]).to_json(g))
+    print(g if args.format == "table" else __import__("qfx.graph.dump", fromlist=["to_json"]).to_json(g))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from zoo.data import load_dataset
-    from zoo.models import build_model
-    from zoo.train import evaluate, save_checkpoint, train
+    from qfx.zoo.data import load_dataset
+    from qfx.zoo.models import build_model
+    from qfx.zoo.train import evaluate, save_checkpoint, train
 
     ds = load_dataset(args.dataset, seed=args.seed)
     torch.manual_seed(args.seed)
@@ -159,7 +168,7 @@ def _print_metrics(title: str, m: dict[str, Any], classes: list[str]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from zoo.train import evaluate, load_checkpoint
+    from qfx.zoo.train import evaluate, load_checkpoint
 
     model, ds, info = load_checkpoint(args.checkpoint, args.trust_checkpoint)
     split = ds.split(args.split)
@@ -171,10 +180,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_transform(args: argparse.Namespace) -> int:
-    from passes.transforms.quantize import QuantizePass, SummaryPass
-    from search.config import load_config
-    from search.session import prepare
-    from zoo.train import evaluate
+    from qfx.passes.transforms.quantize import QuantizePass, SummaryPass
+    from qfx.search.config import load_config
+    from qfx.search.session import prepare
+    from qfx.zoo.train import evaluate
 
     cfg = load_config(args.config)
     if cfg.passes.quantize is None:
@@ -183,7 +192,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
     prep = prepare(cfg, args.checkpoint, out, not args.no_progress, args.trust_checkpoint)
     res = QuantizePass(cfg.passes.quantize)(prep.graph)
     for n in res.info["notes"]:
-        print(f"note: {n}")
+        _note(n)
     summ = SummaryPass()(res.graph).info
     print(summ["text"])
     split = prep.dataset.split(args.split)
@@ -200,8 +209,8 @@ def cmd_transform(args: argparse.Namespace) -> int:
         )
     )
     if args.numerics:
-        from passes.debug import NumericsPass, numerics_table
-        from passes.debug.views import plot_sqnr
+        from qfx.passes.debug import NumericsPass, numerics_table
+        from qfx.passes.debug.views import plot_sqnr
 
         NumericsPass(prep.graph, split.x[: args.numerics_samples])(res.graph)
         print(f"\nper-node numerics vs FP32 ({min(len(split), args.numerics_samples)} {args.split} samples)")
@@ -216,8 +225,8 @@ def cmd_transform(args: argparse.Namespace) -> int:
 
 
 def _search_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Path]:
-    from search.config import load_config
-    from search.session import build_search, prepare
+    from qfx.search.config import load_config
+    from qfx.search.session import build_search, prepare
 
     cfg = load_config(args.config, require_search=True)
     st = cfg.search.strategy.setup  # type: ignore[union-attr]
@@ -235,14 +244,14 @@ def _search_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Path]:
     if upd:
         from pydantic import ValidationError
 
-        from search.config import StrategySetup
+        from qfx.search.config import StrategySetup
 
         try:
             new = StrategySetup.model_validate({**st.model_dump(), **upd})
         except ValidationError as e:
             err = e.errors()[0]
             opt = "--" + str(err["loc"][0]).replace("_", "-")
-            raise UsageError(f"{opt}: {err['msg'].removeprefix('Value error, ')}", "see cli.py search --help") from None
+            raise UsageError(f"{opt}: {err['msg'].removeprefix('Value error, ')}", "see qfx search --help") from None
         cfg = cfg.model_copy(
             update={
                 "search": cfg.search.model_copy(  # type: ignore[union-attr]
@@ -257,7 +266,7 @@ def _search_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Path]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from search.study import best_table, best_trials, run_study, summarize, write_outputs
+    from qfx.search.study import best_table, best_trials, run_study, summarize, write_outputs
 
     cfg, prep, space, ev, out = _search_setup(args)
     st = cfg.search.strategy
@@ -275,7 +284,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         weak = t.user_attrs.get("weakest_nodes") or []
         if weak:
             desc = ", ".join(f"{w['node']} ({w['sqnr_db']} dB)" for w in weak)
-            print(f"note: trial {t.number}: weakest nodes vs float (output SQNR, one batch): {desc}")
+            _note(f"trial {t.number}: weakest nodes vs float (output SQNR, one batch): {desc}")
     names = ("best.json", "trials.csv", "trials.json", "trials.jsonl", "best_model", "history.png", "pareto.png",
              "sqnr.png")  # fmt: skip
     written = [n for n in names if (out / n).exists()]
@@ -318,19 +327,19 @@ def _print_exports(done: list[Any]) -> None:
     )
     for e in done:
         for n in e.notes:
-            print(f"note ({e.fmt}): {n}")
+            _note(n, e.fmt)
 
 
 def _debugged(args: argparse.Namespace) -> Any:
     """The saved graph with NumericsPass run against its float version on the chosen batch."""
-    from graph import QGraph
-    from passes.analysis import analyze
-    from passes.debug import NumericsPass
-    from passes.transforms.quantize import QuantizePass
+    from qfx.graph import QGraph
+    from qfx.passes.analysis import analyze
+    from qfx.passes.debug import NumericsPass
+    from qfx.passes.transforms.quantize import QuantizePass
 
     g = QGraph.load(args.graph, trust=args.trust_checkpoint)
     if args.data:
-        from zoo.data import load_dataset
+        from qfx.zoo.data import load_dataset
 
         x = load_dataset(args.data).split(args.split).x[: args.samples]
     else:
@@ -344,8 +353,8 @@ def _debugged(args: argparse.Namespace) -> Any:
 
 
 def cmd_debug(args: argparse.Namespace) -> int:
-    from passes.debug import numerics_table
-    from passes.debug.views import plot_sqnr, worst_nodes, write_dot, write_model_explorer
+    from qfx.passes.debug import numerics_table
+    from qfx.passes.debug.views import plot_sqnr, worst_nodes, write_dot, write_model_explorer
 
     g = _debugged(args)
     out = Path(args.out) if args.out else Path(args.graph) / "debug"
@@ -354,7 +363,7 @@ def cmd_debug(args: argparse.Namespace) -> int:
     worst = worst_nodes(g)
     if worst:
         print("\nweakest nodes: " + ", ".join(f"{w['node']} ({w['sqnr_db']} dB)" for w in worst))
-    from graph.dump import to_json
+    from qfx.graph.dump import to_json
 
     (out / "numerics.json").write_text(to_json(g))
     files = [plot_sqnr(g, out / "sqnr.png"), *write_dot(g, out / "graph.dot")]
@@ -364,15 +373,15 @@ def cmd_debug(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from passes.debug.views import serve
+    from qfx.passes.debug.views import serve
 
     serve(_debugged(args), args.host, args.port, open_browser=not args.no_open)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from graph import QGraph
-    from passes.export.api import export_all, parse_formats
+    from qfx.graph import QGraph
+    from qfx.passes.export.api import export_all, parse_formats
 
     fmts = parse_formats(args.format)
     g = QGraph.load(args.graph, trust=args.trust_checkpoint)
@@ -383,9 +392,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_best(args: argparse.Namespace, study: Any, prep: Any, out: Path, ev: Any) -> None:
-    from passes.export.api import export_all, parse_formats
-    from passes.transforms.quantize import QuantizePass
-    from search.study import best_trials
+    from qfx.passes.export.api import export_all, parse_formats
+    from qfx.passes.transforms.quantize import QuantizePass
+    from qfx.search.study import best_trials
 
     fmts = parse_formats(args.export)
     best = best_trials(study)
@@ -399,12 +408,12 @@ def _export_best(args: argparse.Namespace, study: Any, prep: Any, out: Path, ev:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from search.compare import compare_samplers
+    from qfx.search.compare import compare_samplers
 
     cfg, prep, space, ev, out = _search_setup(args)
     st = cfg.search.strategy
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-    from search.config import StrategySetup
+    from qfx.search.config import StrategySetup
 
     for s in samplers:  # validate names up front
         StrategySetup(sampler=s)
@@ -457,8 +466,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="TOML with a [search] section (see configs/)")
     p.add_argument(
         "--checkpoint",
-        help="trained checkpoint (cli.py train --out); default: config load_name, "
-        "else train a baseline into OUT/baseline",
+        help="trained checkpoint (qfx train --out); default: config load_name, else train a baseline into OUT/baseline",
     )
     p.add_argument("--out", help="output directory (default: outputs/<config name>)")
     p.add_argument("--n-trials", type=_positive, help="override search.strategy.setup.n_trials")
@@ -473,24 +481,27 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 
 
 EPILOG = """examples:
-  python cli.py analyze --model jsc-toy --dataset digits
-  python cli.py train --model jsc-s --dataset digits --out runs/jsc-s
-  python cli.py eval --checkpoint runs/jsc-s
-  python cli.py transform --config configs/jsc_toy_by_name.toml --out runs/toy-q
-  python cli.py search --config configs/jsc_tiny_by_type.toml
-  python cli.py search --config configs/jsc_toy_by_name.toml --storage sqlite:///runs/s.db --study-name toy
-  python cli.py compare-samplers --config configs/jsc_tiny_by_type.toml --samplers tpe,bruteforce --repeats 5
-  python cli.py export --graph outputs/jsc_tiny_by_type/best_model --format qonnx,onnx-qdq,hls4ml --out deploy
+  qfx analyze --model jsc-toy --dataset digits
+  qfx train --model jsc-s --dataset digits --out runs/jsc-s
+  qfx eval --checkpoint runs/jsc-s
+  qfx transform --config jsc_toy_by_name --out runs/toy-q
+  qfx search --config jsc_tiny_by_type
+  qfx search --config jsc_toy_by_name --storage sqlite:///runs/s.db --study-name toy
+  qfx compare-samplers --config jsc_tiny_by_type --samplers tpe,bruteforce --repeats 5
+  qfx export --graph outputs/jsc_tiny_by_type/best_model --format qonnx,onnx-qdq,hls4ml --out deploy
 
-Each command has its own --help. Config schema: README.md."""
+--config takes a path or a shipped config's name. Each command has its own --help. Config schema: README.md."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="cli.py", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="qfx", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument("--version", action="version", version=f"qfx {_version()}")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
-    ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    noise = ap.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    noise.add_argument("-q", "--quiet", action="store_true", help="results and errors only: no progress bars, notes")
 
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
@@ -532,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="accuracy, loss, precision, recall, F1, confusion matrix of a checkpoint",
         description="Evaluate a checkpoint on its dataset split.",
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by cli.py train (directory or .pt)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by qfx train (directory or .pt)")
     _trust_arg(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="dataset split (default test)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
@@ -623,21 +634,29 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _version() -> str:
+    from qfx import __version__
+
+    return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
+    _QUIET[0] = args.quiet
+    if args.quiet and hasattr(args, "no_progress"):
+        args.no_progress = True
     # force: bind the handler to this call's stderr (main() may run several times in one process)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s", force=True
-    )
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s", force=True)
     import optuna
 
     optuna.logging.disable_default_handler()  # Optuna's messages go through the handler above
     optuna.logging.enable_propagation()
-    optuna.logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)  # the CLI's choice
+    optuna.logging.set_verbosity(level)  # the CLI's choice
     if args.cmd == "search" and args.storage and not args.study_name:
         args.study_name = "qfx"
     try:
-        from zoo.train import set_threads
+        from qfx.zoo.train import set_threads
 
         set_threads()
         return args.fn(args)
@@ -663,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _hint(e: Exception) -> str:
-    from search.config import ConfigError
+    from qfx.search.config import ConfigError
 
     if isinstance(e, ConfigError):
         return "fix the key named above; the schema is in README.md ('Config schema'); rerun with --debug for details"
@@ -672,5 +691,25 @@ def _hint(e: Exception) -> str:
     return "rerun with --debug for the traceback"
 
 
+def main_exit() -> None:
+    """Entry point of the ``qfx`` console script."""
+    sys.exit(main())
+
+
+def _checkout_as_package() -> None:
+    """``python cli.py`` in a checkout: import the repository root as ``qfx`` if it is not installed."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent
+    found = importlib.util.find_spec("qfx")
+    if found is not None and found.submodule_search_locations and root in map(Path, found.submodule_search_locations):
+        return
+    spec = importlib.util.spec_from_file_location("qfx", root / "__init__.py", submodule_search_locations=[str(root)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["qfx"] = mod
+    spec.loader.exec_module(mod)
+
+
 if __name__ == "__main__":
+    _checkout_as_package()
     sys.exit(main())

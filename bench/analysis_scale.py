@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 from tabulate import tabulate
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from graph import trace  # noqa: E402
-from passes.analysis import analyze  # noqa: E402
+from qfx.graph import trace
+from qfx.passes.analysis import analyze
 
 
 def mlp(layers: int, width: int = 32) -> nn.Module:

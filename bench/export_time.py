@@ -6,22 +6,19 @@ run the test split, beside one forward of the project's quantized graph (the rat
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from graph import trace  # noqa: E402
-from passes.analysis import analyze  # noqa: E402
-from passes.export.api import export, verify  # noqa: E402
-from passes.transforms.quantize import QuantizePass, quantizable_nodes  # noqa: E402
-from zoo.data import load_dataset  # noqa: E402
-from zoo.models import build_model  # noqa: E402
-from zoo.train import train  # noqa: E402
+from qfx.graph import trace
+from qfx.passes.analysis import analyze
+from qfx.passes.export.api import export, verify
+from qfx.passes.transforms.quantize import QuantizePass, quantizable_nodes
+from qfx.zoo.data import load_dataset
+from qfx.zoo.models import build_model
+from qfx.zoo.train import train
 
 
 def main() -> None:

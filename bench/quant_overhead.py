@@ -14,7 +14,6 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -22,11 +21,10 @@ import torch.nn.functional as F
 from tabulate import tabulate
 from torch.ao.quantization import FakeQuantize, FixedQParamsObserver
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import passes.transforms.quantize.quantizers as qz  # noqa: E402
-from graph import trace  # noqa: E402
-from passes.transforms.quantize import QuantizePass  # noqa: E402
-from zoo.models import build_model  # noqa: E402
+import qfx.passes.transforms.quantize.quantizers as qz
+from qfx.graph import trace
+from qfx.passes.transforms.quantize import QuantizePass
+from qfx.zoo.models import build_model
 
 W, FR = 8, 4
 

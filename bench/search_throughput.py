@@ -12,23 +12,21 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 from tabulate import tabulate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from graph import trace  # noqa: E402
-from passes.analysis import analyze  # noqa: E402
-from passes.transforms.quantize import QuantizePass  # noqa: E402
-from search.config import MetricSpec, StrategySetup  # noqa: E402
-from search.runner import Evaluator  # noqa: E402
-from search.space import SearchSpace  # noqa: E402
-from search.study import run_study  # noqa: E402
-from zoo.data import load_dataset  # noqa: E402
-from zoo.models import build_model  # noqa: E402
-from zoo.train import train  # noqa: E402
+from qfx.graph import trace
+from qfx.passes.analysis import analyze
+from qfx.passes.transforms.quantize import QuantizePass
+from qfx.search.config import MetricSpec, StrategySetup
+from qfx.search.runner import Evaluator
+from qfx.search.space import SearchSpace
+from qfx.search.study import run_study
+from qfx.zoo.data import load_dataset
+from qfx.zoo.models import build_model
+from qfx.zoo.train import train
 
 SEEDS = {
     "linear": {

@@ -1,8 +1,8 @@
 """Graph IR: torch.fx tracing with one typed metadata record per node."""
 
-from graph.meta import META_KEY, NodeMeta, TensorPrecision, get_meta
-from graph.registry import OpRegistry, op_key, op_type
-from graph.trace import QGraph, TracingError, trace
+from qfx.graph.meta import META_KEY, NodeMeta, TensorPrecision, get_meta
+from qfx.graph.registry import OpRegistry, op_key, op_type
+from qfx.graph.trace import QGraph, TracingError, trace
 
 __all__ = [
     "META_KEY",

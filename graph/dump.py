@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 from tabulate import tabulate
 
-from graph.meta import get_meta
+from qfx.graph.meta import get_meta
 
 if TYPE_CHECKING:
-    from graph.trace import QGraph
+    from qfx.graph.trace import QGraph
 
 COLUMNS = ["name", "op", "target", "out shape", "MACs", "FLOPs", "params", "precision"]
 

@@ -76,7 +76,7 @@ def _safe_functions() -> dict[str, Any]:
             for k, v in vars(mod).items():
                 if callable(v) and not k.startswith("_"):
                     fns[_get_qualified_name(v)] = v
-        from graph.registry import OP_TYPES
+        from qfx.graph.registry import OP_TYPES
 
         for keys in OP_TYPES.values():
             for f in keys:
@@ -104,11 +104,17 @@ def _import_path(name: str) -> Any:
 
 
 # modules whose import registers safe types (the quantized replacements)
-REGISTRARS = ["passes.transforms.quantize.modules"]
+REGISTRARS = ["qfx.passes.transforms.quantize.modules"]
+
+
+# graphs saved before the ``qfx`` namespace name our classes by their old top-level modules
+_LEGACY_PREFIXES = ("passes.", "graph.", "zoo.", "hw.", "search.")
 
 
 def resolve(name: str, kind: str, trust: bool, where: str) -> Any:
     """Class (``kind="module"``) or function named in a saved graph, from the allowlist."""
+    if name.startswith(_LEGACY_PREFIXES):
+        name = f"qfx.{name}"
     if name not in _SAFE:
         for mod in REGISTRARS:
             importlib.import_module(mod)
@@ -120,7 +126,7 @@ def resolve(name: str, kind: str, trust: bool, where: str) -> Any:
     if not (allowed or trust):
         raise SerializationError(
             f"{where}: {kind} {name!r} is not on the allowlist of safe names (torch.nn modules, torch tensor "
-            "functions, operator/math, registered qfx types); register it with graph.serialize.register_safe(...) "
+            "functions, operator/math, registered qfx types); register it with qfx.graph.serialize.register_safe(...) "
             "or load with trust=True (--trust-checkpoint) if you trust this file"
         )
     try:

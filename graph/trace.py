@@ -16,9 +16,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from graph.copying import copy_value
-from graph.meta import NodeMeta, get_meta, set_meta
-from graph.registry import op_type, target_name
+from qfx.graph.copying import copy_value
+from qfx.graph.meta import NodeMeta, get_meta, set_meta
+from qfx.graph.registry import op_type, target_name
 
 
 class TracingError(RuntimeError):
@@ -104,7 +104,7 @@ class QGraph:
         return self.gm(*args, **kwargs)
 
     def __str__(self) -> str:
-        from graph.dump import to_table
+        from qfx.graph.dump import to_table
 
         return to_table(self)
 
@@ -121,8 +121,8 @@ class QGraph:
     def save(self, directory: str | Path) -> Path:
         """Write ``graph.json`` + ``weights.pt`` (no pickle, see :mod:`graph.serialize`),
         ``inputs.pt`` and ``meta.json``; every file loads with ``weights_only=True``."""
-        from graph.dump import to_json
-        from graph.serialize import dump_graph_module
+        from qfx.graph.dump import to_json
+        from qfx.graph.serialize import dump_graph_module
 
         spec, tensors = dump_graph_module(self.gm)
         d = Path(directory)
@@ -142,7 +142,7 @@ class QGraph:
         ``trust=True`` also resolves classes/functions outside the allowlist (user leaf
         modules) and reads a legacy pickled ``model.pt``; only use it for files you trust.
         """
-        from graph.serialize import SerializationError, load_graph_module
+        from qfx.graph.serialize import SerializationError, load_graph_module
 
         d = Path(directory)
         if not (d / "graph.json").is_file() and (d / "model.pt").is_file():
@@ -176,7 +176,7 @@ class QGraph:
         return cls(gm, inputs, data.get("analyses", ()))
 
     def to_networkx(self) -> Any:
-        from graph.dump import to_networkx
+        from qfx.graph.dump import to_networkx
 
         return to_networkx(self)
 

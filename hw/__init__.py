@@ -1,6 +1,6 @@
 """Hardware estimates: average bitwidth, memory density, memory bytes, BOPs."""
 
-from hw.estimates import (
+from qfx.hw.estimates import (
     TensorBits,
     average_bitwidth,
     bops,

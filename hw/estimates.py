@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch.fx as fx
 import torch.nn as nn
 
-from graph.meta import get_meta, is_tensor_shape
-from graph.trace import QGraph, node_parameters
+from qfx.graph.meta import get_meta, is_tensor_shape
+from qfx.graph.trace import QGraph, node_parameters
 
 FLOAT_BITS = 32
 
@@ -66,7 +66,7 @@ _VIEW_TYPES = {"transpose", "view", "reshape", "permute", "contiguous", "type_as
 
 def _use_bits(g: QGraph, consumer: fx.Node, value: fx.Node, modules: dict[str, nn.Module]) -> int:
     """Width at which ``consumer`` reads the parameter flowing in as ``value`` (32 if it reads floats)."""
-    from passes.transforms.quantize.quantize_pass import QUANT_RULES
+    from qfx.passes.transforms.quantize.quantize_pass import QUANT_RULES
 
     m = get_meta(consumer)
     if get_meta(consumer).op_type in _VIEW_TYPES:  # follow views of the parameter (w.t() into addmm)
@@ -86,7 +86,7 @@ def tensor_bits(g: QGraph, activations: bool = False) -> list[TensorBits]:
     counted once, at the widest width any use reads it with: the width it must be stored at.
     This does not depend on graph order; the reported node is its first user.
     """
-    from passes.transforms.quantize.quantize_pass import quantizable_nodes
+    from qfx.passes.transforms.quantize.quantize_pass import quantizable_nodes
 
     gm = g.gm
     modules = dict(gm.named_modules())
@@ -121,7 +121,7 @@ def tensor_bits(g: QGraph, activations: bool = False) -> list[TensorBits]:
 def bops(g: QGraph) -> int:
     """Bit operations per sample of MAC ops (FLOP rules marked ``mac``): MACs x operand bits
     (float operands count 32)."""
-    from passes.analysis.flops import FLOP_RULES
+    from qfx.passes.analysis.flops import FLOP_RULES
 
     if "flops" not in g.analyses:
         raise ValueError("BOPs need the flops analysis (run ShapePass and FlopsPass first)")

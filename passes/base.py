@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from graph.trace import QGraph
+from qfx.graph.trace import QGraph
 
 
 class PassError(RuntimeError):

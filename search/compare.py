@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from tabulate import tabulate
 
-from search.config import MetricSpec, StrategySetup
-from search.runner import Evaluator, TrialResult
-from search.space import SearchSpace
-from search.study import run_study
+from qfx.search.config import MetricSpec, StrategySetup
+from qfx.search.runner import Evaluator, TrialResult
+from qfx.search.space import SearchSpace
+from qfx.search.study import run_study
 
 
 class CachingEvaluator:

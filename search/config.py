@@ -7,14 +7,15 @@ and ignored so Lab 3 files run unchanged. Everything else is ``extra="forbid"``.
 
 from __future__ import annotations
 
+import importlib.resources
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from passes.transforms.quantize.config import QuantizeConfig
-from search.space import SpaceError, check_seed
+from qfx.passes.transforms.quantize.config import QuantizeConfig
+from qfx.search.space import SpaceError, check_seed
 
 
 class ConfigError(ValueError):
@@ -110,7 +111,7 @@ class Strategy(_M):
     @field_validator("metrics")
     @classmethod
     def _known(cls, v: dict[str, MetricSpec]) -> dict[str, MetricSpec]:
-        from search.runner import METRICS
+        from qfx.search.runner import METRICS
 
         bad = [k for k in v if k not in METRICS]
         if bad:
@@ -168,7 +169,7 @@ class RunConfig(_M):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        from zoo.models import MODELS
+        from qfx.zoo.models import MODELS
 
         if v not in MODELS:
             raise ValueError(f"unknown model {v!r}; available: {', '.join(MODELS)}")
@@ -198,9 +199,27 @@ class SeedError(ConfigError, SpaceError):
     """An invalid search-space seed in a config file (file, key and value named)."""
 
 
+def packaged_configs() -> dict[str, Path]:
+    """The example configs shipped with qfx (``configs/*.toml`` as package data), by name."""
+    root = Path(str(importlib.resources.files("qfx"))) / "configs"
+    return {f.stem: f for f in sorted(root.glob("*.toml"))}
+
+
+def config_path(spec: str | Path) -> Path:
+    """``spec`` as a file if it exists, else a packaged example config by name (``jsc_tiny_by_type``)."""
+    p = Path(spec)
+    if p.exists():
+        return p
+    shipped = packaged_configs()
+    name = p.stem if p.suffix == ".toml" else p.name
+    if p.parent == Path(".") and name in shipped:
+        return shipped[name]
+    raise ConfigError(f"{p}: no such config file (shipped configs by name: {', '.join(shipped)})")
+
+
 def load_config(path: str | Path, require_search: bool = False) -> RunConfig:
-    """Read and validate a TOML run config; raise :class:`ConfigError` naming file and key."""
-    p = Path(path)
+    """Read and validate a TOML run config (a path, or a shipped config's name); :class:`ConfigError` names file+key."""
+    p = config_path(path)
     try:
         data = tomllib.loads(p.read_text())
     except FileNotFoundError:

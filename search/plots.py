@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 if TYPE_CHECKING:
     import optuna
 
-    from search.study import Objective
+    from qfx.search.study import Objective
 
 
 def _pareto_mask(points: np.ndarray, maximize: list[bool]) -> np.ndarray:

@@ -14,13 +14,13 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from graph.trace import QGraph
-from hw.estimates import hw_metrics
-from passes.transforms.quantize.quantize_pass import QuantizePass
-from search.config import AvgBitwidthRunner, LatencyRunner, QATRunner
-from search.measure import gpu_energy, measure_latency
-from zoo.data import Split
-from zoo.train import PRF, classification_metrics, predict
+from qfx.graph.trace import QGraph
+from qfx.hw.estimates import hw_metrics
+from qfx.passes.transforms.quantize.quantize_pass import QuantizePass
+from qfx.search.config import AvgBitwidthRunner, LatencyRunner, QATRunner
+from qfx.search.measure import gpu_energy, measure_latency
+from qfx.zoo.data import Split
+from qfx.zoo.train import PRF, classification_metrics, predict
 
 Kind = Literal["software", "hardware"]
 # metric -> (kind, natural direction, description)
@@ -115,7 +115,7 @@ class Evaluator:
 
     def weakest_nodes(self, q: QGraph, k: int = 3) -> list[dict[str, Any]]:
         """The ``k`` nodes whose outputs have the lowest SQNR vs the float graph on one small batch."""
-        from passes.debug.numerics import record
+        from qfx.passes.debug.numerics import record
 
         xb = (self.x[: self.SQNR_BATCH],)
         if self._ref_outs is None:

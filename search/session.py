@@ -9,14 +9,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from graph.trace import QGraph, trace
-from passes.analysis import analyze
-from search.config import RunConfig
-from search.runner import Evaluator
-from search.space import SearchSpace
-from zoo.data import Dataset, load_dataset
-from zoo.models import build_model
-from zoo.train import evaluate, load_checkpoint, read_checkpoint, save_checkpoint, train
+from qfx.graph.trace import QGraph, trace
+from qfx.passes.analysis import analyze
+from qfx.search.config import RunConfig
+from qfx.search.runner import Evaluator
+from qfx.search.space import SearchSpace
+from qfx.zoo.data import Dataset, load_dataset
+from qfx.zoo.models import build_model
+from qfx.zoo.train import evaluate, load_checkpoint, read_checkpoint, save_checkpoint, train
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from graph.trace import QGraph
-from passes.transforms.quantize.config import IntegerQ, MinifloatQ, QuantizeConfig
-from passes.transforms.quantize.quantize_pass import quant_types, quantizable_nodes
+from qfx.graph.trace import QGraph
+from qfx.passes.transforms.quantize.config import IntegerQ, MinifloatQ, QuantizeConfig
+from qfx.passes.transforms.quantize.quantize_pass import quant_types, quantizable_nodes
 
 FORMAT_MODELS = {"integer": IntegerQ, "minifloat": MinifloatQ}
 

@@ -15,7 +15,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial
 
-from search.space import SearchSpace
+from qfx.search.space import SearchSpace
 
 
 def exhaustive_index(study: optuna.Study, number: int, system_attrs: dict[str, Any]) -> int:

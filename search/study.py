@@ -23,11 +23,11 @@ from optuna.trial import TrialState
 from tabulate import tabulate
 from tqdm.auto import tqdm
 
-from search.config import MetricSpec, StrategySetup
-from search.runner import METRICS, Evaluator
-from search.space import SearchSpace
-from search.storage import GRACE_S, HEARTBEAT_S, counted, create_study, make_storage, started_after
-from search.strategies import exhaustive_index, make_sampler
+from qfx.search.config import MetricSpec, StrategySetup
+from qfx.search.runner import METRICS, Evaluator
+from qfx.search.space import SearchSpace
+from qfx.search.storage import GRACE_S, HEARTBEAT_S, counted, create_study, make_storage, started_after
+from qfx.search.strategies import exhaustive_index, make_sampler
 
 log = logging.getLogger(__name__)
 _CLAIM = "qfx:claimed"  # user attr: this trial checked its point was free and evaluates it
@@ -225,9 +225,9 @@ def write_outputs(study: optuna.Study, out: Path, objective: Objective) -> dict[
     }
     (out / "best.json").write_text(json.dumps(best_json, indent=1, default=str))
     if best:
-        from passes.debug import NumericsPass
-        from passes.debug.views import plot_sqnr
-        from passes.transforms.quantize import QuantizePass
+        from qfx.passes.debug import NumericsPass
+        from qfx.passes.debug.views import plot_sqnr
+        from qfx.passes.transforms.quantize import QuantizePass
 
         full = QuantizePass(best[0].user_attrs["sampled_config"])(objective.evaluator.pristine).graph
         full.save(out / "best_model")
@@ -238,7 +238,7 @@ def write_outputs(study: optuna.Study, out: Path, objective: Objective) -> dict[
             name = "sqnr.png" if len(best) == 1 else f"sqnr_trial_{t.number}.png"
             plot_sqnr(q, out / name, f"trial {t.number}: output SQNR vs float, per node")
     try:
-        from search.plots import plot_study
+        from qfx.search.plots import plot_study
 
         plot_study(study, objective, out)
     except Exception as e:  # noqa: BLE001 - plots must not lose the results

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from zoo.data import load_dataset
-from zoo.models import build_model
-from zoo.train import save_checkpoint, train
+from qfx.zoo.data import load_dataset
+from qfx.zoo.models import build_model
+from qfx.zoo.train import save_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

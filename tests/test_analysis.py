@@ -15,10 +15,10 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 from zoo_fixtures import zoo
 
-from graph import QGraph, TracingError, trace
-from graph.meta import update_meta
-from passes import PassError, Pipeline
-from passes.analysis import FlopsPass, ParamsPass, ReportPass, ShapePass, analyze
+from qfx.graph import QGraph, TracingError, trace
+from qfx.graph.meta import update_meta
+from qfx.passes import PassError, Pipeline
+from qfx.passes.analysis import FlopsPass, ParamsPass, ReportPass, ShapePass, analyze
 
 ZOO = zoo()
 MAC_OPS = {"linear", "matmul", "bmm", "conv1d", "conv2d", "conv_transpose2d"}
@@ -87,9 +87,9 @@ def test_analysis_idempotent_and_output_unchanged(case):
     before = model(*inputs)
     g = trace(model, inputs)
     analyze(g)
-    first = json.loads(g.gm and __import__("graph.dump", fromlist=["to_json"]).to_json(g))
+    first = json.loads(g.gm and __import__("qfx.graph.dump", fromlist=["to_json"]).to_json(g))
     analyze(g)
-    second = json.loads(__import__("graph.dump", fromlist=["to_json"]).to_json(g))
+    second = json.loads(__import__("qfx.graph.dump", fromlist=["to_json"]).to_json(g))
     assert first == second
     torch.testing.assert_close(g.gm.eval()(*inputs), before, rtol=0, atol=0)
     torch.testing.assert_close(model(*inputs), before, rtol=0, atol=0)

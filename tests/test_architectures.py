@@ -20,15 +20,15 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from graph import QGraph, trace
-from graph.meta import get_meta, update_meta
-from graph.serialize import SerializationError
-from hw import tensor_bits
-from hw.estimates import average_bitwidth
-from passes import Pipeline
-from passes.analysis import FLOP_RULES, FlopsPass, ParamsPass, ShapePass, analyze
-from passes.base import PassError
-from passes.transforms.quantize import QuantizePass, SummaryPass, quantizable_nodes
+from qfx.graph import QGraph, trace
+from qfx.graph.meta import get_meta, update_meta
+from qfx.graph.serialize import SerializationError
+from qfx.hw import tensor_bits
+from qfx.hw.estimates import average_bitwidth
+from qfx.passes import Pipeline
+from qfx.passes.analysis import FLOP_RULES, FlopsPass, ParamsPass, ShapePass, analyze
+from qfx.passes.base import PassError
+from qfx.passes.transforms.quantize import QuantizePass, SummaryPass, quantizable_nodes
 
 ARCH = architectures()
 NAMES = list(ARCH)
@@ -402,7 +402,7 @@ def test_functional_linear_and_addmm_quantized_by_type():
 
 def test_quantized_graph_compiles_and_exports():
     """torch.compile(fullgraph=True) with the default (inductor) backend and torch.export, bit-exact."""
-    from zoo.models import build_model
+    from qfx.zoo.models import build_model
 
     torch.manual_seed(0)
     model = build_model("cnn", 64, 10).eval()

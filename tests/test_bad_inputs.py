@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from search_helpers import ROOT, make_checkpoint, search_toml
 
-import cli
+from qfx import cli
 
 BASE = search_toml(n_trials=1, num_samples=32)
 
@@ -160,7 +160,7 @@ def _files(tmp: Path) -> dict[str, Path]:
     f["garbage_ck"] = tmp / "garbage.pt"
     f["garbage_ck"].write_bytes(b"not a checkpoint at all")
     f["one_row"] = tmp / "one_row.csv"
-    from zoo.data import JSC_FEATURES
+    from qfx.zoo.data import JSC_FEATURES
 
     f["one_row"].write_text(",".join(JSC_FEATURES) + ",class\n" + ",".join("1" for _ in JSC_FEATURES) + ",g\n")
     f["bad_cols"] = tmp / "bad_cols.csv"
@@ -247,9 +247,9 @@ def cli_cases(ck: Path, f: dict[str, Path], tmp: Path) -> list[tuple[str, list[s
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad")
     ck = make_checkpoint(tmp / "ck", epochs=1)
-    from zoo.data import load_dataset
-    from zoo.models import build_model
-    from zoo.train import save_checkpoint
+    from qfx.zoo.data import load_dataset
+    from qfx.zoo.models import build_model
+    from qfx.zoo.train import save_checkpoint
 
     ds = load_dataset("iris")
     m = build_model("jsc-tiny", ds.num_features, ds.num_classes)
@@ -276,7 +276,7 @@ def _judge(rc: int, err: str, expect: str) -> None:
     assert rc != 0, f"accepted silently: {expect}"
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("hint:", "WARNING", "usage:"))]
     assert lines and expect in err, err
-    errors = [ln for ln in lines if ln.startswith(("error:", "cli.py"))]
+    errors = [ln for ln in lines if ln.startswith(("error:", "qfx"))]
     assert len(errors) == 1, err
 
 
@@ -312,7 +312,7 @@ def test_bad_cli_and_data(env, capsys):
 
 def test_memory_error_and_all_trials_failing(env, capsys, monkeypatch):
     tmp, ck, _ = env
-    from search.runner import Evaluator
+    from qfx.search.runner import Evaluator
 
     def boom(self, config):
         raise RuntimeError("simulated evaluation failure")
@@ -336,7 +336,7 @@ def test_memory_error_and_all_trials_failing(env, capsys, monkeypatch):
         raise MemoryError()
 
     monkeypatch.setattr(Evaluator, "evaluate", oom)
-    monkeypatch.setattr("search.study.run_study", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    monkeypatch.setattr("qfx.search.study.run_study", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
     rc, err = _run(
         ["search", "--config", str(p), "--checkpoint", str(ck), "--out", str(tmp / "m"), "--no-progress"], capsys
     )

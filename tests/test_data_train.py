@@ -11,14 +11,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from graph import trace
-from hw import TensorBits, average_bitwidth, hw_metrics, memory_density
-from passes.analysis import analyze
-from passes.transforms.quantize import QuantizePass
-from search.measure import gpu_energy, measure_latency
-from zoo.data import JSC_CLASSES, JSC_FEATURES, JSC_H5_KEY, DatasetError, load_dataset
-from zoo.models import MODELS, build_model
-from zoo.train import evaluate, load_checkpoint, save_checkpoint, train
+from qfx.graph import trace
+from qfx.hw import TensorBits, average_bitwidth, hw_metrics, memory_density
+from qfx.passes.analysis import analyze
+from qfx.passes.transforms.quantize import QuantizePass
+from qfx.search.measure import gpu_energy, measure_latency
+from qfx.zoo.data import JSC_CLASSES, JSC_FEATURES, JSC_H5_KEY, DatasetError, load_dataset
+from qfx.zoo.models import MODELS, build_model
+from qfx.zoo.train import evaluate, load_checkpoint, save_checkpoint, train
 
 
 def linear_int8(weight_frac: int) -> dict:

@@ -13,13 +13,13 @@ import pytest
 import torch
 from search_helpers import ROOT
 
-from graph import trace
-from graph.meta import TensorPrecision
-from passes.analysis import analyze
-from passes.debug import NumericsPass, numerics_table, quant_stats
-from passes.debug.views import plot_sqnr, to_dot, worst_nodes, write_dot, write_model_explorer
-from passes.transforms.quantize import QuantizePass, quantizable_nodes
-from zoo.models import build_model
+from qfx.graph import trace
+from qfx.graph.meta import TensorPrecision
+from qfx.passes.analysis import analyze
+from qfx.passes.debug import NumericsPass, numerics_table, quant_stats
+from qfx.passes.debug.views import plot_sqnr, to_dot, worst_nodes, write_dot, write_model_explorer
+from qfx.passes.transforms.quantize import QuantizePass, quantizable_nodes
+from qfx.zoo.models import build_model
 
 
 def graph_of(name: str, features: int):
@@ -69,8 +69,8 @@ def test_32_16_bits_every_sqnr_above_80db(name, features):
     """jsc-s at the JSC size (16 inputs, initial weights); the cnn trained on digits (a random-init cnn has
     activations ~0.1 whose 16 fractional bits give ~79 dB after three convs: 32/16 is not lossless)."""
     if name == "cnn":
-        from zoo.data import load_dataset
-        from zoo.train import train
+        from qfx.zoo.data import load_dataset
+        from qfx.zoo.train import train
 
         ds = load_dataset("digits")
         torch.manual_seed(0)
@@ -149,7 +149,7 @@ def test_cli_debug_and_model_explorer_server(tmp_path):
     g, x = graph_of("jsc-toy", 16)
     q = QuantizePass({"by": "type", "linear": {"name": "integer", "weight_width": 4}})(g).graph
     q.save(tmp_path / "g")
-    import cli
+    from qfx import cli
 
     assert cli.main(["debug", "--graph", str(tmp_path / "g"), "--out", str(tmp_path / "d")]) == 0
     for f in ("sqnr.png", "graph.dot", "numerics.json", "model_explorer/graph.json"):

@@ -159,7 +159,7 @@ def test_workers_started_together_on_an_empty_database(tmp_path, backend, reques
         _, err = p.communicate(timeout=300)
         errs.append((p.returncode, err[-1500:]))
     assert all(rc == 0 for rc, _ in errs), errs
-    from search.storage import make_storage
+    from qfx.search.storage import make_storage
 
     st = optuna.load_study(study_name="together", storage=make_storage(url))
     done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from graph import QGraph, trace
-from passes.analysis import analyze
-from passes.export import ExportError
-from passes.export.api import export, verify
-from passes.transforms.quantize import QuantizePass, quantizable_nodes
-from zoo.data import load_dataset
-from zoo.models import build_model
-from zoo.train import train
+from qfx.graph import QGraph, trace
+from qfx.passes.analysis import analyze
+from qfx.passes.export import ExportError
+from qfx.passes.export.api import export, verify
+from qfx.passes.transforms.quantize import QuantizePass, quantizable_nodes
+from qfx.zoo.data import load_dataset
+from qfx.zoo.models import build_model
+from qfx.zoo.train import train
 
 DS = load_dataset("digits")
 X = DS.test.x  # 360 samples
@@ -186,7 +186,7 @@ def test_unsupported_ops_give_clear_errors(tmp_path):
 
 
 def test_cli_export_and_search_export(tmp_path, capsys):
-    import cli
+    from qfx import cli
 
     q = quantized("jsc-toy", "all")
     q.save(tmp_path / "g")

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from search_helpers import ROOT, make_checkpoint, search_toml
 
-from search.storage import make_storage
+from qfx.search.storage import make_storage
 
 SPACE = """
 [search.search_space.seed.linear.config]

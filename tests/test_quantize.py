@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zoo_fixtures import zoo
 
-from graph import trace
-from passes import PassError
-from passes.analysis import analyze
-from passes.transforms.quantize import (
+from qfx.graph import trace
+from qfx.passes import PassError
+from qfx.passes.analysis import analyze
+from qfx.passes.transforms.quantize import (
     QuantizeConfig,
     QuantizePass,
     SummaryPass,
@@ -87,8 +87,8 @@ def test_minifloat_saturates_and_has_subnormals():
 
 
 def test_ste_gradient_passes_through():
-    from graph.meta import TensorPrecision
-    from passes.transforms.quantize.quantizers import make_quantizer
+    from qfx.graph.meta import TensorPrecision
+    from qfx.passes.transforms.quantize.quantizers import make_quantizer
 
     q = make_quantizer(TensorPrecision("integer", 4, 2))
     x = torch.linspace(-5, 5, 11, requires_grad=True)
@@ -267,7 +267,7 @@ def test_quantized_graph_save_load_and_qat(tmp_path):
     q = QuantizePass({"by": "type", "linear": _cfg(8), "relu": _cfg(8)})(trace(model, inputs)).graph
     out = q(*inputs)
     q.save(tmp_path / "q")
-    from graph import QGraph
+    from qfx.graph import QGraph
 
     q2 = QGraph.load(tmp_path / "q")
     assert torch.equal(q2(*inputs), out)
@@ -319,9 +319,9 @@ def test_relu_output_uses_the_full_unsigned_range():
 
 
 def test_quantize_function_and_pipeline_errors():
-    from passes import Pipeline
-    from passes.analysis import FlopsPass, ShapePass
-    from passes.transforms.quantize import quantize
+    from qfx.passes import Pipeline
+    from qfx.passes.analysis import FlopsPass, ShapePass
+    from qfx.passes.transforms.quantize import quantize
 
     model, inputs = ZOO["jsc-toy"]
     q = quantize(model, {"by": "type", "linear": _cfg(8)}, inputs)

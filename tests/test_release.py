@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from search_helpers import ROOT
 
-import cli
-from search.config import load_config
-from search.session import build_search, prepare
-from search.study import run_study
+from qfx import cli
+from qfx.search.config import load_config
+from qfx.search.session import build_search, prepare
+from qfx.search.study import run_study
 
 README = (ROOT / "README.md").read_text()
 
@@ -49,26 +49,25 @@ def small(cmd: str) -> str:
 
 
 def test_readme_has_two_commands_and_ci_runs_the_test_command():
-    assert "pip install torch==2.13.0" in SETUP and "cli.py search --config configs/jsc_tiny_by_type.toml" in SETUP
+    assert "pip install torch==2.13.0" in SETUP and SETUP.endswith("&& qfx search --config jsc_tiny_by_type")
     assert "pytest" in TEST
     ci = (ROOT / ".ci" / "run").read_text()
     assert TEST in ci and "pip install -q torch==2.13.0" in ci and "-e '.[dev,deploy,debug]'" in ci
 
 
 def test_readme_cli_commands_run(tmp_path):
-    (tmp_path / "configs").symlink_to(ROOT / "configs")
-    (tmp_path / "cli.py").symlink_to(ROOT / "cli.py")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    """From an empty directory: configs by name, the installed console script."""
+    qfx = shlex.quote(str(Path(sys.executable).parent / "qfx"))
     ran = 0
     for cmd in commands()[2:]:
-        if not cmd.startswith("python cli.py"):
+        if not cmd.startswith("qfx "):
             continue
         if "postgresql://" in cmd:
             continue  # run against a real server in test_postgres_workers
         if " view " in cmd:
             continue  # starts a server until Ctrl-C: test_debug starts it on a free port and stops it
-        c = small(cmd).replace("python cli.py", f"{shlex.quote(sys.executable)} cli.py", 1)
-        r = subprocess.run(["bash", "-c", c], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        c = qfx + small(cmd)[3:]
+        r = subprocess.run(["bash", "-c", c], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, f"{c}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
         ran += 1
     assert ran >= 9
@@ -102,7 +101,7 @@ def test_config_validates_and_dry_runs(tmp_path, path):
     st, _ = run_study(space, ev, cfg.search.strategy.metrics, setup, tmp_path / "o", progress=False)
     assert sum(t.state.name == "COMPLETE" for t in st.trials) == 2
     if cfg.passes.quantize is not None:
-        from passes.transforms.quantize import QuantizePass
+        from qfx.passes.transforms.quantize import QuantizePass
 
         assert QuantizePass(cfg.passes.quantize)(prep.graph).modified
 
@@ -206,8 +205,8 @@ def test_malicious_checkpoint_never_runs(tmp_path):
 def test_graph_load_refuses_pickled_model_and_unknown_code(tmp_path):
     import torch
 
-    from graph import QGraph
-    from graph.serialize import SerializationError
+    from qfx.graph import QGraph
+    from qfx.graph.serialize import SerializationError
 
     marker = tmp_path / "pwned"
     d = tmp_path / "legacy"
@@ -220,8 +219,8 @@ def test_graph_load_refuses_pickled_model_and_unknown_code(tmp_path):
     # a graph.json naming a dangerous function is refused by the allowlist
     import json
 
-    from graph import trace
-    from zoo.models import build_model
+    from qfx.graph import trace
+    from qfx.zoo.models import build_model
 
     g = trace(build_model("jsc-tiny", 16, 5), torch.randn(4, 16))
     g.save(tmp_path / "g")

@@ -16,11 +16,11 @@ import optuna
 import pytest
 from search_helpers import ROOT, make_checkpoint, search_toml
 
-import cli
-from search.config import ConfigError, load_config
-from search.session import build_search, prepare
-from search.space import SpaceError
-from search.study import run_study, write_outputs
+from qfx import cli
+from qfx.search.config import ConfigError, load_config
+from qfx.search.session import build_search, prepare
+from qfx.search.space import SpaceError
+from qfx.search.study import run_study, write_outputs
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_space_round_trip_and_by_type_really_quantizes(tmp_path, ckpt):
         assert space.to_point(cfg_i) == pt
         seen.add(json.dumps(cfg_i, sort_keys=True))
     assert len(seen) == 18
-    from passes.transforms.quantize import QuantizePass
+    from qfx.passes.transforms.quantize import QuantizePass
 
     r = QuantizePass(space.to_config(space.point(0)))(prep.graph)
     assert set(r.info["quantized"]) == {"seq_blocks_2"}  # MASE's by-type search quantizes nothing
@@ -221,7 +221,7 @@ def test_two_workers_share_storage_without_duplicates(tmp_path, ckpt, sampler, s
     for p in ps:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
-    from search.study import make_storage
+    from qfx.search.study import make_storage
 
     st = optuna.load_study(study_name="w", storage=make_storage(url))
     done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -384,8 +384,8 @@ def test_best_model_loads_for_every_zoo_model(tmp_path, model):
     """A 3-trial search quantizing every quantizable node (relu/add/matmul ... too); best_model/ reloads."""
     import torch
 
-    from graph import QGraph
-    from passes.transforms.quantize import QuantizePass
+    from qfx.graph import QGraph
+    from qfx.passes.transforms.quantize import QuantizePass
 
     ck = make_checkpoint(tmp_path / "ck", model=model, epochs=1)
     text = search_toml(sampler="random", n_trials=3, space=SPACE_ALL, model=model, num_samples=64)

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.models import build_model
+from qfx.zoo.models import build_model
 
 
 class OpsCNN(nn.Module):

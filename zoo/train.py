@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
-from zoo.data import Dataset, Split, load_dataset
-from zoo.models import build_model
+from qfx.zoo.data import Dataset, Split, load_dataset
+from qfx.zoo.models import build_model
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
@@ -135,7 +135,7 @@ def read_checkpoint(p: Path, trust: bool = False) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         unsafe = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln]  # code it would import
         if not unsafe:
-            raise ValueError(f"{p}: not a checkpoint written by cli.py train (unreadable: {str(e)[-120:]})") from None
+            raise ValueError(f"{p}: not a checkpoint written by qfx train (unreadable: {str(e)[-120:]})") from None
         if not trust:
             raise UnsafeCheckpointError(
                 f"{p}: refusing to load: it is not a plain tensors-and-values checkpoint and unpickling it could "
@@ -143,9 +143,9 @@ def read_checkpoint(p: Path, trust: bool = False) -> dict[str, Any]:
             ) from None
         ck = torch.load(p, weights_only=False, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - not a torch file at all
-        raise ValueError(f"{p}: not a checkpoint written by cli.py train ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{p}: not a checkpoint written by qfx train ({type(e).__name__}: {e})") from e
     if not isinstance(ck, dict):
-        raise ValueError(f"{p}: not a checkpoint written by cli.py train (holds a {type(ck).__name__})")
+        raise ValueError(f"{p}: not a checkpoint written by qfx train (holds a {type(ck).__name__})")
     return ck
 
 
@@ -155,12 +155,12 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> tuple[nn.Module, D
     if p.is_dir():
         p = p / "model.pt"
     if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {p} does not exist (make one with: cli.py train --out DIR)")
+        raise FileNotFoundError(f"checkpoint {p} does not exist (make one with: qfx train --out DIR)")
     ck = read_checkpoint(p, trust)
     try:
         name, dsname = ck["model"], ck["dataset"]
     except KeyError as e:
-        raise ValueError(f"{p}: not a checkpoint written by cli.py train (no {e} entry)") from e
+        raise ValueError(f"{p}: not a checkpoint written by qfx train (no {e} entry)") from e
     ds = load_dataset(dsname, seed=ck.get("seed", 0))
     model = build_model(name, ds.num_features, ds.num_classes, image_shape=ds.image_shape)
     model.load_state_dict(ck["state_dict"])

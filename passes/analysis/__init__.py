@@ -1,10 +1,10 @@
 """Analysis passes: annotate metadata, never change the model."""
 
-from passes.analysis.flops import FLOP_RULES, FlopsPass
-from passes.analysis.params import ParamsPass
-from passes.analysis.report import ReportPass
-from passes.analysis.shapes import ShapePass
-from passes.base import Pipeline
+from qfx.passes.analysis.flops import FLOP_RULES, FlopsPass
+from qfx.passes.analysis.params import ParamsPass
+from qfx.passes.analysis.report import ReportPass
+from qfx.passes.analysis.shapes import ShapePass
+from qfx.passes.base import Pipeline
 
 __all__ = ["FLOP_RULES", "FlopsPass", "ParamsPass", "ReportPass", "ShapePass", "analyze"]
 

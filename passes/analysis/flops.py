@@ -30,10 +30,10 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from graph.meta import NodeMeta, get_meta, is_tensor_shape, update_meta
-from graph.registry import OpKey, OpRegistry
-from graph.trace import QGraph
-from passes.base import Pass, PassResult
+from qfx.graph.meta import NodeMeta, get_meta, is_tensor_shape, update_meta
+from qfx.graph.registry import OpKey, OpRegistry
+from qfx.graph.trace import QGraph
+from qfx.passes.base import Pass, PassResult
 
 
 @dataclass(frozen=True)

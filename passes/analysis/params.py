@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from graph.meta import update_meta
-from graph.trace import QGraph, node_parameters
-from passes.base import Pass, PassResult
+from qfx.graph.meta import update_meta
+from qfx.graph.trace import QGraph, node_parameters
+from qfx.passes.base import Pass, PassResult
 
 
 class ParamsPass(Pass):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from graph.dump import to_dict, to_table
-from graph.trace import QGraph
-from passes.base import Pass, PassResult
+from qfx.graph.dump import to_dict, to_table
+from qfx.graph.trace import QGraph
+from qfx.passes.base import Pass, PassResult
 
 
 class ReportPass(Pass):
@@ -19,7 +19,7 @@ class ReportPass(Pass):
         self.fmt = fmt
 
     def run(self, graph: QGraph) -> PassResult:
-        from graph.dump import to_json
+        from qfx.graph.dump import to_json
 
         text = to_table(graph) if self.fmt == "table" else to_json(graph)
         return PassResult(graph, False, {"text": text, "data": to_dict(graph)})

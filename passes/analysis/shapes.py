@@ -8,9 +8,9 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from graph.meta import update_meta
-from graph.trace import QGraph, no_gc
-from passes.base import Pass, PassError, PassResult
+from qfx.graph.meta import update_meta
+from qfx.graph.trace import QGraph, no_gc
+from qfx.passes.base import Pass, PassError, PassResult
 
 
 def _shape(v: Any) -> Any:

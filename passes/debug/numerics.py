@@ -12,9 +12,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from graph.meta import TensorPrecision, get_meta, update_meta
-from graph.trace import QGraph
-from passes.base import Pass, PassResult
+from qfx.graph.meta import TensorPrecision, get_meta, update_meta
+from qfx.graph.trace import QGraph
+from qfx.passes.base import Pass, PassResult
 
 
 def quant_stats(x: torch.Tensor, p: TensorPrecision) -> dict[str, float]:
@@ -88,7 +88,7 @@ def _role_tensors(n: fx.Node, module: nn.Module | None, ins: list[Any]) -> dict[
         out["weight"] = module.weight
         if getattr(module, "bias", None) is not None:
             out["bias"] = module.bias
-    from passes.transforms.quantize.modules import QReLU
+    from qfx.passes.transforms.quantize.modules import QReLU
 
     roles = getattr(module, "arg_roles", None)
     if getattr(module, "unsigned_out", False) or isinstance(module, QReLU):

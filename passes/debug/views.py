@@ -15,9 +15,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from graph.meta import get_meta
-from graph.trace import QGraph
-from passes.debug.numerics import saturation
+from qfx.graph.meta import get_meta
+from qfx.graph.trace import QGraph
+from qfx.passes.debug.numerics import saturation
 
 SQNR_CAP = 150.0  # where "exact" (no error) is drawn
 

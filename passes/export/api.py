@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from graph.trace import QGraph
+from qfx.graph.trace import QGraph
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Exported:
 
 
 def _qonnx(graph: QGraph, out: Path, batch: int | None) -> Exported:
-    from passes.export.onnx_export import export_onnx
+    from qfx.passes.export.onnx_export import export_onnx
 
     p = export_onnx(graph, out, "qonnx", batch)
     note = "model.onnx as written; model_clean.onnx after qonnx's cleanup (what FINN/hls4ml read)"
@@ -33,20 +33,20 @@ def _qonnx(graph: QGraph, out: Path, batch: int | None) -> Exported:
 
 
 def _qdq(graph: QGraph, out: Path, batch: int | None) -> Exported:
-    from passes.export.onnx_export import export_onnx
+    from qfx.passes.export.onnx_export import export_onnx
 
     return Exported("onnx-qdq", export_onnx(graph, out, "onnx-qdq", batch))
 
 
 def _hls(graph: QGraph, out: Path, batch: int | None) -> Exported:
-    from passes.export.hls4ml_export import export_hls4ml
+    from qfx.passes.export.hls4ml_export import export_hls4ml
 
     hm, pl = export_hls4ml(graph, out)
     return Exported("hls4ml", out, pl.notes, hm)
 
 
 def _torch(graph: QGraph, out: Path, batch: int | None) -> Exported:
-    from passes.export.portable import export_portable
+    from qfx.passes.export.portable import export_portable
 
     return Exported("torch", export_portable(graph, out))
 
@@ -71,21 +71,21 @@ def _target_outputs(e: Exported, x: np.ndarray) -> np.ndarray:
     if e.fmt == "qonnx":
         import onnx
 
-        from passes.export.onnx_export import run_qonnx
+        from qfx.passes.export.onnx_export import run_qonnx
 
         m = onnx.load(str(e.path))
         dim = m.graph.input[0].type.tensor_type.shape.dim[0]
         b = dim.dim_value or len(x)
         return np.concatenate([run_qonnx(m, x[i : i + b]) for i in range(0, len(x), b)]).reshape(len(x), -1)
     if e.fmt == "onnx-qdq":
-        from passes.export.onnx_export import run_onnxruntime
+        from qfx.passes.export.onnx_export import run_onnxruntime
 
         return run_onnxruntime(e.path, x).reshape(len(x), -1)
     if e.fmt == "hls4ml":
-        from passes.export.hls4ml_export import predict
+        from qfx.passes.export.hls4ml_export import predict
 
         return predict(e.handle, x)
-    from passes.export.portable import run_portable
+    from qfx.passes.export.portable import run_portable
 
     return run_portable(e.path, torch.from_numpy(x)).numpy().reshape(len(x), -1)
 

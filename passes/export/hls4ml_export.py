@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from graph.meta import TensorPrecision
-from graph.trace import QGraph
-from passes.export.ir import ExportError, Layer, build_ir
+from qfx.graph.meta import TensorPrecision
+from qfx.graph.trace import QGraph
+from qfx.passes.export.ir import ExportError, Layer, build_ir
 
 HLS_OPS = ("linear", "affine", "relu", "identity")
 

@@ -17,8 +17,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from graph.meta import TensorPrecision, get_meta
-from graph.trace import QGraph
+from qfx.graph.meta import TensorPrecision, get_meta
+from qfx.graph.trace import QGraph
 
 SUPPORTED = (
     "linear (nn.Linear), conv1d/conv2d (nn.Conv*), batch norm (nn.BatchNorm1d/2d, folded to a per-channel "
@@ -87,7 +87,7 @@ def _module_layer(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
         attrs["kernel"] = list(m.kernel_size)
         return Layer(n.name, "conv", [src], attrs, p, prec)  # type: ignore[arg-type]
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        from passes.transforms.quantize.modules import _QBatchNorm
+        from qfx.passes.transforms.quantize.modules import _QBatchNorm
 
         if m.running_mean is None:
             raise _unsupported(n, "batch norm without running statistics", fmt)
@@ -131,7 +131,7 @@ _VIEWS = {"view", "reshape", "flatten", "unflatten", "contiguous"}
 def build_ir(graph: QGraph, fmt: str) -> list[Layer]:
     """The graph as a list of :class:`Layer` (requires the shapes analysis)."""
     if "shapes" not in graph.analyses:
-        from passes.analysis import ShapePass
+        from qfx.passes.analysis import ShapePass
 
         ShapePass()(graph)
     modules = dict(graph.gm.named_modules())

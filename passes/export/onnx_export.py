@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from graph.meta import TensorPrecision
-from graph.trace import QGraph
-from passes.export.ir import ExportError, Layer, build_ir
+from qfx.graph.meta import TensorPrecision
+from qfx.graph.trace import QGraph
+from qfx.passes.export.ir import ExportError, Layer, build_ir
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
 

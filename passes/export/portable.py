@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from graph.meta import TensorPrecision
-from graph.trace import SAVE_HOOKS, QGraph
-from passes.export.ir import build_ir
+from qfx.graph.meta import TensorPrecision
+from qfx.graph.trace import SAVE_HOOKS, QGraph
+from qfx.passes.export.ir import build_ir
 
 FORMAT = "qfx-portable/1"
 
@@ -92,7 +92,7 @@ def export_portable(graph: QGraph, out: str | Path) -> Path:
 
 def save_beside(graph: QGraph, directory: Path) -> None:
     """``QGraph.save`` hook: write ``quantized.pt`` for graphs that quantize something and can be exported."""
-    from passes.export.ir import ExportError
+    from qfx.passes.export.ir import ExportError
 
     if not any(m.quantized for m in graph.metas()):
         return

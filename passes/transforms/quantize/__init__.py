@@ -4,11 +4,11 @@ from typing import Any
 
 import torch
 
-from graph.trace import QGraph, trace
-from passes.transforms.quantize.config import IntegerQ, MinifloatQ, NoQuant, QuantizeConfig
-from passes.transforms.quantize.quantize_pass import QUANT_RULES, QuantizePass, quantizable_nodes
-from passes.transforms.quantize.quantizers import FORMATS, integer_quantize, minifloat_quantize
-from passes.transforms.quantize.summary import SummaryPass
+from qfx.graph.trace import QGraph, trace
+from qfx.passes.transforms.quantize.config import IntegerQ, MinifloatQ, NoQuant, QuantizeConfig
+from qfx.passes.transforms.quantize.quantize_pass import QUANT_RULES, QuantizePass, quantizable_nodes
+from qfx.passes.transforms.quantize.quantizers import FORMATS, integer_quantize, minifloat_quantize
+from qfx.passes.transforms.quantize.summary import SummaryPass
 
 
 def quantize(

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from graph.meta import TensorPrecision
+from qfx.graph.meta import TensorPrecision
 
 Width = Annotated[int, Field(ge=1, le=32)]
 Frac = Annotated[int, Field(ge=0, le=32)] | None  # None ("NA"): width // 2

@@ -16,10 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from graph.meta import TensorPrecision
-from graph.registry import INPLACE_TWIN, OpKey
-from graph.serialize import register_safe
-from passes.transforms.quantize.quantizers import Quantizer, make_quantizer
+from qfx.graph.meta import TensorPrecision
+from qfx.graph.registry import INPLACE_TWIN, OpKey
+from qfx.graph.serialize import register_safe
+from qfx.passes.transforms.quantize.quantizers import Quantizer, make_quantizer
 
 
 def clone_as(cls: type[nn.Module], m: nn.Module) -> Any:

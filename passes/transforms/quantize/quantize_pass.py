@@ -17,12 +17,12 @@ from typing import Any
 import torch.fx as fx
 import torch.nn as nn
 
-from graph.meta import TensorPrecision, get_meta, update_meta
-from graph.registry import OP_TYPES, OpKey, OpRegistry, inplace_call, target_name
-from graph.trace import QGraph, copy_graph, private_root, referenced
-from passes.base import Pass, PassError, PassResult
-from passes.transforms.quantize.config import NoQuant, QuantizeConfig
-from passes.transforms.quantize.modules import (
+from qfx.graph.meta import TensorPrecision, get_meta, update_meta
+from qfx.graph.registry import OP_TYPES, OpKey, OpRegistry, inplace_call, target_name
+from qfx.graph.trace import QGraph, copy_graph, private_root, referenced
+from qfx.passes.base import Pass, PassError, PassResult
+from qfx.passes.transforms.quantize.config import NoQuant, QuantizeConfig
+from qfx.passes.transforms.quantize.modules import (
     QBatchNorm1d,
     QBatchNorm2d,
     QConv1d,

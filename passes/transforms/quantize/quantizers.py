@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from graph.meta import TensorPrecision
-from graph.serialize import register_codec
+from qfx.graph.meta import TensorPrecision
+from qfx.graph.serialize import register_codec
 
 
 class _STE(torch.autograd.Function):

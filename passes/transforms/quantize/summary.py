@@ -8,9 +8,9 @@ from collections import Counter
 
 from tabulate import tabulate
 
-from graph.meta import get_meta
-from graph.trace import QGraph
-from passes.base import Pass, PassResult
+from qfx.graph.meta import get_meta
+from qfx.graph.trace import QGraph
+from qfx.passes.base import Pass, PassResult
 
 NODE_COLS = ["node", "op", "original type", "quantized type", "data_in", "weight", "bias"]
 HIST_COLS = ["op type", "total", "changed", "unchanged"]
