@@ -174,7 +174,3 @@ def counted(trials: list[FrozenTrial]) -> int:
     return sum(
         t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.number not in retried) for t in trials
     )
-
-
-def started_after(t: FrozenTrial, when: datetime.datetime) -> bool:
-    return t.datetime_start is not None and t.datetime_start >= when

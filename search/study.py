@@ -8,7 +8,6 @@ best quantized graph), ``history.png``, ``pareto.png``, ``metric_vs_config.png``
 from __future__ import annotations
 
 import csv
-import datetime
 import json
 import logging
 import time
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 from qfx.search.config import MetricSpec, StrategySetup
 from qfx.search.runner import METRICS, Evaluator
 from qfx.search.space import SearchSpace
-from qfx.search.storage import GRACE_S, HEARTBEAT_S, counted, create_study, make_storage, started_after
+from qfx.search.storage import GRACE_S, HEARTBEAT_S, counted, create_study, make_storage
 from qfx.search.strategies import exhaustive_index, make_sampler
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,6 @@ class Objective:
     unique: bool = False  # enumerating samplers (bruteforce, grid, exhaustive): never evaluate a point twice
     n_trials: int | None = None
     interrupted: bool = False
-    started: datetime.datetime = datetime.datetime.min
 
     @staticmethod
     def _claim(trial: optuna.Trial, point: dict[str, int]) -> None:
@@ -76,15 +74,11 @@ class Objective:
         if self.n_trials is not None:
             # Exact total across workers: finished trials plus those running ahead of this one.
             # Checked after sampling so that a pruned trial carries a full point (BruteForceSampler
-            # builds its tree from all trials and rejects partial ones). RUNNING trials older than
-            # this worker are left out: a killed worker's trial that died before its first
-            # heartbeat stays RUNNING forever and must not block the study.
-            # Trials failed because their worker died are re-queued and not counted (see search.storage).
+            # builds its tree from all trials and rejects partial ones). A killed worker's RUNNING
+            # trial counts too: this worker then stops early and waits in _await_stale until the
+            # stale check fails and re-queues it (not counted, see search.storage), then runs it.
             trials = trial.study.get_trials(False)
-            taken = counted(trials) + sum(
-                t.state == TrialState.RUNNING and t.number < trial.number and started_after(t, self.started)
-                for t in trials
-            )
+            taken = counted(trials) + sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
             if taken >= self.n_trials:
                 trial.study.stop()
                 raise optuna.TrialPruned(f"the study already has {self.n_trials} trials")
@@ -257,11 +251,14 @@ class _OneLineFailures(logging.Filter):
         return not msg.endswith("failed with value None.")  # the line above already said it
 
 
-def _await_stale(study: optuna.Study, n_trials: int, patience_s: float = 10 * GRACE_S) -> bool:
+def _await_stale(
+    study: optuna.Study, n_trials: int, points: int | None = None, patience_s: float = 10 * GRACE_S
+) -> bool:
     """After this worker's loop ended short of ``n_trials``: wait while other trials are RUNNING (live
-    workers finish them; a killed worker's go stale and are re-queued). True when a re-queued trial
-    is waiting for this worker to run it; False when nothing is left to wait for, or when the same
-    trials stayed RUNNING for ``patience_s`` (long trials of live workers: they finish them)."""
+    workers finish them; a killed worker's go stale and are re-queued). True when this worker must go on:
+    a re-queued trial is waiting, or nothing runs and trials are missing (a running trial it counted was
+    pruned) while the space (``points``, for enumerating samplers) has points left; False when nothing is
+    left to do, or when the same trials stayed RUNNING for ``patience_s`` (long trials of live workers)."""
     seen: set[int] = set()
     since = time.monotonic()
     while counted(study.get_trials(False)) < n_trials:
@@ -269,7 +266,7 @@ def _await_stale(study: optuna.Study, n_trials: int, patience_s: float = 10 * GR
             return True
         running = {t.number for t in study.get_trials(False, states=(TrialState.RUNNING,))}
         if not running:
-            return False
+            return points is None or len(study.get_trials(False, states=(TrialState.COMPLETE,))) < points
         if running != seen:
             seen, since = running, time.monotonic()
         elif time.monotonic() - since > patience_s:
@@ -344,7 +341,6 @@ def run_study(
             lambda s, t: s.stop() if len(s.get_trials(False, states=(TrialState.COMPLETE,))) >= space.size else None
         )
     objective.interrupted = False
-    objective.started = datetime.datetime.now()
     one_line = _OneLineFailures()
     opt_log = logging.getLogger("optuna.study._optimize")
     if not tracebacks:
@@ -368,7 +364,7 @@ def run_study(
                     catch=(Exception,),
                     gc_after_trial=False,
                 )
-            if storage is None or not _await_stale(study, n_trials):
+            if storage is None or not _await_stale(study, n_trials, space.size if objective.unique else None):
                 break
     except KeyboardInterrupt:  # Optuna marks the running trial failed; finished ones are stored
         objective.interrupted = True
