@@ -6,7 +6,7 @@ so two graphs (a pristine graph and a quantized copy) can share records without 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
@@ -14,6 +14,9 @@ from typing import Any
 import torch.fx as fx
 
 META_KEY = "qfx"
+
+# analysis names: what passes provide/require and what each node's record lists in ``analyses``
+SHAPES, FLOPS, PARAMS, NUMERICS = "shapes", "flops", "params", "numerics"
 
 Shape = tuple[int, ...]
 
@@ -34,11 +37,12 @@ class TensorPrecision:
     def __str__(self) -> str:
         if self.fmt == "float32":
             return "fp32"
-        if self.fmt == "integer":
-            return f"int{self.width}.{self.frac}"
-        if self.fmt == "uinteger":
-            return f"uint{self.width}.{self.frac}"
-        return f"{self.fmt}{self.width}e{self.frac}"
+        label = PRECISION_LABELS.get(self.fmt)
+        return label(self) if label else f"{self.fmt}{self.width}.{self.frac}"
+
+
+# printed form per number format, filled by the format registry (passes.transforms.quantize.formats)
+PRECISION_LABELS: dict[str, Callable[[TensorPrecision], str]] = {}
 
 
 def _freeze_shape(s: Any) -> Any:
@@ -81,12 +85,14 @@ class NodeMeta:
     precision: Mapping[str, TensorPrecision] = field(default_factory=dict)
     quantized: str | None = None  # quantized replacement type name, if any
     numerics: Mapping[str, Any] | None = None  # NumericsPass: error vs the float graph, saturation
+    analyses: frozenset[str] = frozenset()  # the analyses that wrote this record (see annotate)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "in_shapes", tuple(_freeze_shape(s) for s in self.in_shapes))
         set_(self, "in_dtypes", tuple(self.in_dtypes))
         set_(self, "out_shape", _freeze_shape(self.out_shape))
+        set_(self, "analyses", frozenset(self.analyses))
         if not isinstance(self.precision, MappingProxyType):
             set_(self, "precision", MappingProxyType(dict(self.precision)))
         if self.numerics is not None and not isinstance(self.numerics, MappingProxyType):
@@ -113,6 +119,7 @@ class NodeMeta:
         d["in_dtypes"] = list(self.in_dtypes)
         d["out_shape"] = plain(self.out_shape)
         d["precision"] = {k: {"fmt": v.fmt, "width": v.width, "frac": v.frac} for k, v in self.precision.items()}
+        d["analyses"] = sorted(self.analyses)
         return d
 
     @classmethod
@@ -142,3 +149,9 @@ def set_meta(node: fx.Node, meta: NodeMeta) -> NodeMeta:
 def update_meta(node: fx.Node, **changes: Any) -> NodeMeta:
     """Replace the node's record by a copy with ``changes`` (records are immutable)."""
     return set_meta(node, replace(get_meta(node), **changes))
+
+
+def annotate(node: fx.Node, analysis: str, **changes: Any) -> NodeMeta:
+    """``update_meta`` by an analysis pass: also records ``analysis`` in the node's ``analyses``."""
+    meta = get_meta(node)
+    return set_meta(node, replace(meta, analyses=meta.analyses | {analysis}, **changes))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, fields
+from types import UnionType
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
+from qfx.graph.meta import get_meta
 from qfx.graph.trace import QGraph
 
 
@@ -23,19 +25,49 @@ class PassResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def _check_option(owner: str, name: str, hint: Any, value: Any) -> None:
+    """Simple typed options (bool/int/float/str/Literal and their Optional forms) are checked at construction."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        if value is None and type(None) in args:
+            return
+        simple = [a for a in args if a is not type(None)]
+        if len(simple) == 1:
+            _check_option(owner, name, simple[0], value)
+        return
+    if origin is Literal:
+        if value not in args:
+            raise TypeError(f"{owner}({name}={value!r}): allowed values are {', '.join(map(repr, args))}")
+    elif hint in (bool, str) or (hint in (int, float) and not isinstance(value, bool)):
+        ok = isinstance(value, (int, float)) if hint is float else isinstance(value, hint)
+        if not ok:
+            raise TypeError(f"{owner}({name}={value!r}): expected {hint.__name__}, got {type(value).__name__}")
+    elif hint in (int, float):
+        raise TypeError(f"{owner}({name}={value!r}): expected {hint.__name__}, got bool")
+
+
+@dataclass(frozen=True)
 class Pass(ABC):
-    """One step of a pipeline.
+    """One step of a pipeline: a frozen dataclass whose fields are its typed options.
 
     ``requires``: analyses that must have run on the input graph.
-    ``provides``: analyses this pass adds to ``graph.analyses``.
-    ``in_place``: True when the pass annotates the input graph's metadata
-    (analysis passes); transform passes return a new graph and leave the input alone.
+    ``provides``: analyses this pass adds; checked after it runs (every node's record must list them
+    in ``analyses``, see :func:`qfx.graph.meta.annotate`), like torch.fx's ``ensures``.
+    ``in_place``: True when the pass annotates the input graph's metadata and returns that graph
+    (analysis passes); False for transforms, which return a new graph and leave the input alone.
+    Both are enforced by ``__call__``.
     """
 
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
     provides: ClassVar[tuple[str, ...]] = ()
     in_place: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            if f.init:
+                _check_option(type(self).__name__, f.name, hints.get(f.name, Any), getattr(self, f.name))
 
     def check(self, available: Iterable[str]) -> None:
         missing = [r for r in self.requires if r not in set(available)]
@@ -48,6 +80,14 @@ class Pass(ABC):
     def __call__(self, graph: QGraph) -> PassResult:
         self.check(graph.analyses)
         res = self.run(graph)
+        if (res.graph is graph) != self.in_place:
+            said = "annotates its input" if self.in_place else "returns a new graph"
+            raise PassError(f"pass {self.name!r} says it {said} but did not")
+        for a in self.provides:
+            missing = [n.name for n in res.graph.gm.graph.nodes if a not in get_meta(n).analyses]
+            if missing:
+                raise PassError(f"pass {self.name!r} provides {a!r} but left {len(missing)} node(s) unannotated: "
+                                f"{', '.join(missing[:5])}")  # fmt: skip
         res.graph.analyses.update(self.provides)
         return res
 

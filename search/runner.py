@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from qfx.graph.meta import FLOPS, PARAMS, SHAPES
 from qfx.graph.trace import QGraph
 from qfx.hw.estimates import hw_metrics
 from qfx.passes.transforms.quantize.quantize_pass import QuantizePass
@@ -80,7 +81,7 @@ class Evaluator:
         bad = [m for m in metrics if m not in METRICS]
         if bad:
             raise KeyError(f"unknown metric(s) {bad}; available: {', '.join(METRICS)}")
-        missing = {"shapes", "flops", "params"} - pristine.analyses
+        missing = {SHAPES, FLOPS, PARAMS} - pristine.analyses
         if missing:
             raise ValueError(f"the pristine graph lacks analyses {sorted(missing)}; run analyze(graph) first")
         self.pristine = pristine

@@ -15,10 +15,14 @@ from typing import Annotated, Any
 from pydantic import TypeAdapter, ValidationError
 
 from qfx.graph.trace import QGraph
-from qfx.passes.transforms.quantize.config import IntegerQ, MinifloatQ, QuantizeConfig
+from qfx.passes.transforms.quantize.config import QuantizeConfig
+from qfx.passes.transforms.quantize.formats import NumberFormat, config_formats
 from qfx.passes.transforms.quantize.quantize_pass import quant_types, quantizable_nodes
 
-FORMAT_MODELS = {"integer": IntegerQ, "minifloat": MinifloatQ}
+
+def _models() -> dict[str, type]:
+    """Config model of every format a config can name (the format registry decides)."""
+    return {n: f.config for n, f in config_formats().items()}
 
 
 class SpaceError(ValueError):
@@ -66,43 +70,51 @@ def check_seed(key: str, fields: dict[str, list[Any]]) -> list[str]:
             notes.append(f"{where}.{f}: duplicate choices in {ch} merged")
     allowed = {"name", "bypass"}
     formats = []
+    registered = config_formats()
     for nm in fields["name"]:
         if _is_na(nm):
             continue
-        if not isinstance(nm, str) or nm not in FORMAT_MODELS:
-            raise SpaceError(f"{where}.name: unknown format {nm!r}; allowed: NA, {', '.join(FORMAT_MODELS)}")
-        formats.append(FORMAT_MODELS[nm])
-        allowed |= set(FORMAT_MODELS[nm].model_fields)
+        if not isinstance(nm, str) or nm not in registered:
+            raise SpaceError(f"{where}.name: unknown format {nm!r}; allowed: NA, {', '.join(registered)}")
+        formats.append(registered[nm])
+        allowed |= set(registered[nm].config.model_fields)
     for f in fields:
         if f not in allowed:
             raise SpaceError(f"{where}.{f}: unknown field; allowed: {', '.join(sorted(allowed))}")
-    for model in formats:
-        for f, ch in fields.items():
-            if f == "name" or f not in model.model_fields:
-                continue
-            ad = _field_adapter(model, f)
-            for v in ch:
-                if f.endswith("_frac_width") and _is_na(v):
-                    continue
-                try:
-                    ad.validate_python(v, strict=True)
-                except ValidationError as e:
-                    msg = e.errors()[0]["msg"].removeprefix("Value error, ")
-                    raise SpaceError(f"{where}.{f}: invalid choice {v!r} ({msg})") from None
-        for role in ("data_in", "weight", "bias"):
-            widths = fields.get(f"{role}_width", [model.model_fields[f"{role}_width"].default])
-            lo_w = min(widths)
-            for sub, lo, hi in (("frac_width", 0, lo_w), ("exponent_width", 1, lo_w - 1)):
-                f = f"{role}_{sub}"
-                if f not in model.model_fields:
-                    continue
-                for v in fields.get(f, []):
-                    if not _is_na(v) and not lo <= v <= hi:
-                        raise SpaceError(
-                            f"{where}.{f}: choice {v!r} does not fit every {role}_width choice {widths} "
-                            f"(must be in {lo}..{hi})"
-                        )
+    for fmt in formats:
+        _check_choices(where, fmt, fields)
     return notes
+
+
+def _check_choices(where: str, fmt: NumberFormat, fields: dict[str, list[Any]]) -> None:
+    """Every choice valid for ``fmt``'s config field, and its per-role parameter fitting every width choice."""
+    model = fmt.config
+    param = f"_{fmt.param}" if fmt.param else None
+    for f, ch in fields.items():
+        if f == "name" or f not in model.model_fields:
+            continue
+        ad = _field_adapter(model, f)
+        for v in ch:
+            if fmt.param_na and param and f.endswith(param) and _is_na(v):
+                continue
+            try:
+                ad.validate_python(v, strict=True)
+            except ValidationError as e:
+                msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+                raise SpaceError(f"{where}.{f}: invalid choice {v!r} ({msg})") from None
+    if not (fmt.param and fmt.param_range):
+        return
+    for role in ("data_in", "weight", "bias"):
+        f = f"{role}_{fmt.param}"
+        if f not in model.model_fields or f"{role}_width" not in model.model_fields:
+            continue
+        widths = fields.get(f"{role}_width", [model.model_fields[f"{role}_width"].default])
+        lo, hi = fmt.param_range(min(widths))
+        for v in fields.get(f, []):
+            if not _is_na(v) and not lo <= v <= hi:
+                raise SpaceError(
+                    f"{where}.{f}: choice {v!r} does not fit every {role}_width choice {widths} (must be in {lo}..{hi})"
+                )
 
 
 class SearchSpace:
@@ -170,14 +182,14 @@ class SearchSpace:
         if len(names) == 1:
             if _is_na(names[0]):
                 return {f"{u}/name": ["NA"]}
-            own = FORMAT_MODELS[names[0]].model_fields
+            own = _models()[names[0]].model_fields
             return {f"{u}/{f}": ch for f, ch in fields.items() if f == "name" or f in own}
         combos: list[dict[str, Any]] = []
         for nm in names:
             if _is_na(nm):
                 combos.append({"name": "NA"})
                 continue
-            rel = [f for f in fields if f != "name" and f in FORMAT_MODELS[nm].model_fields]
+            rel = [f for f in fields if f != "name" and f in _models()[nm].model_fields]
             for vals in itertools.product(*(fields[f] for f in rel)):
                 combos.append({"name": nm, **dict(zip(rel, vals, strict=True))})
         return {f"{u}/config": combos}
@@ -218,7 +230,7 @@ class SearchSpace:
             if _is_na(name):
                 cfg[u] = {"config": {"name": "NA"}}
                 continue
-            allowed = set(FORMAT_MODELS[name].model_fields)
+            allowed = set(_models()[name].model_fields)
             cfg[u] = {"config": {f: vals[f"{u}/{f}"] for f in fields if f in allowed}}
         return cfg
 

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qfx.graph.meta import NodeMeta, get_meta, is_tensor_shape, update_meta
+from qfx.graph.meta import FLOPS, SHAPES, NodeMeta, annotate, get_meta, is_tensor_shape
 from qfx.graph.registry import OpKey, OpRegistry
 from qfx.graph.trace import QGraph
 from qfx.passes.base import Pass, PassResult
@@ -266,6 +266,7 @@ def node_flop_rule(
     return FLOP_RULES.lookup(node, modules)
 
 
+@dataclass(frozen=True)
 class FlopsPass(Pass):
     """Requires: shapes. Writes: ``macs`` and ``flops`` of every node with a rule.
 
@@ -274,16 +275,20 @@ class FlopsPass(Pass):
     Info: totals and ``no_rule`` (names of nodes whose op has no FLOP rule).
     """
 
-    name = "flops"
-    requires = ("shapes",)
-    provides = ("flops",)
+    name = FLOPS
+    requires = (SHAPES,)
+    provides = (FLOPS,)
 
-    def __init__(self, rules: Mapping[OpKey, FlopRule | Callable[[FlopCtx], tuple[int, int]]] | None = None) -> None:
-        self.extra: OpRegistry[FlopRule] | None = None
-        if rules:
-            self.extra = OpRegistry("flops (extra)")
-            for k, r in rules.items():
-                self.extra.register(k)(r if isinstance(r, FlopRule) else FlopRule(r))
+    rules: Mapping[OpKey, FlopRule | Callable[[FlopCtx], tuple[int, int]]] | None = None
+    extra: OpRegistry[FlopRule] | None = field(init=False, default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rules:
+            extra: OpRegistry[FlopRule] = OpRegistry("flops (extra)")
+            for k, r in self.rules.items():
+                extra.register(k)(r if isinstance(r, FlopRule) else FlopRule(r))
+            object.__setattr__(self, "extra", extra)
 
     def run(self, graph: QGraph) -> PassResult:
         modules = graph.modules
@@ -295,10 +300,10 @@ class FlopsPass(Pass):
             if rule is not None:
                 counted = rule.count(FlopCtx(get_meta(n), modules.get(n.target) if n.op == "call_module" else None, n))
             if counted is None:
-                update_meta(n, macs=None, flops=None)
+                annotate(n, FLOPS, macs=None, flops=None)
                 no_rule.append(n.name)
                 continue
-            update_meta(n, macs=counted[0], flops=counted[1])
+            annotate(n, FLOPS, macs=counted[0], flops=counted[1])
             macs += counted[0]
             flops += counted[1]
         return PassResult(graph, False, {"macs": macs, "flops": flops, "no_rule": no_rule})

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from qfx.graph.meta import update_meta
+from dataclasses import dataclass
+
+from qfx.graph.meta import PARAMS, annotate
 from qfx.graph.trace import QGraph, node_parameters
 from qfx.passes.base import Pass, PassResult
 
 
+@dataclass(frozen=True)
 class ParamsPass(Pass):
     """Writes ``params`` of every node: the parameters its module (or get_attr) owns.
 
@@ -14,8 +17,8 @@ class ParamsPass(Pass):
     node in graph order only, so the total equals ``sum(p.numel() for p in model.parameters())``.
     """
 
-    name = "params"
-    provides = ("params",)
+    name = PARAMS
+    provides = (PARAMS,)
 
     def run(self, graph: QGraph) -> PassResult:
         seen: set[int] = set()
@@ -28,6 +31,6 @@ class ParamsPass(Pass):
                 if id(p) not in seen:
                     seen.add(id(p))
                     count += p.numel()
-            update_meta(n, params=count)
+            annotate(n, PARAMS, params=count)
             total += count
         return PassResult(graph, False, {"params": total})

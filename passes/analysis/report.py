@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from qfx.graph.dump import to_dict, to_table
+from qfx.graph.meta import SHAPES
 from qfx.graph.trace import QGraph
 from qfx.passes.base import Pass, PassResult
 
 
+@dataclass(frozen=True)
 class ReportPass(Pass):
     """Reads all metadata; writes nothing. Info: ``text`` (table or JSON) and ``data`` (dict)."""
 
     name = "report"
-    requires = ("shapes",)
+    requires = (SHAPES,)
 
-    def __init__(self, fmt: Literal["table", "json"] = "table") -> None:
-        self.fmt = fmt
+    fmt: Literal["table", "json"] = "table"
 
     def run(self, graph: QGraph) -> PassResult:
         from qfx.graph.dump import to_json

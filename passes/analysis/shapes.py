@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx as fx
 
-from qfx.graph.meta import update_meta
+from qfx.graph.meta import SHAPES, annotate
 from qfx.graph.trace import QGraph, no_gc
 from qfx.passes.base import Pass, PassError, PassResult
 
@@ -48,10 +49,11 @@ class _Recorder(fx.Interpreter):
                 f"({type(e).__name__}: {e}); it depends on tensor values: use ShapePass() (real tensors) "
                 "or mark it as a leaf with a shape you can compute"
             ) from e
-        update_meta(n, in_shapes=in_shapes, in_dtypes=in_dtypes, out_shape=_shape(out), out_dtype=_dtype(out))
+        annotate(n, SHAPES, in_shapes=in_shapes, in_dtypes=in_dtypes, out_shape=_shape(out), out_dtype=_dtype(out))
         return out
 
 
+@dataclass(frozen=True)
 class ShapePass(Pass):
     """Reads: example inputs. Writes: in/out shapes and dtypes of every node.
 
@@ -61,11 +63,10 @@ class ShapePass(Pass):
     models and batches cost almost nothing.
     """
 
-    name = "shapes"
-    provides = ("shapes",)
+    name = SHAPES
+    provides = (SHAPES,)
 
-    def __init__(self, fake: bool = False) -> None:
-        self.fake = fake
+    fake: bool = False
 
     def run(self, graph: QGraph) -> PassResult:
         modes = {m: m.training for m in graph.gm.modules()}

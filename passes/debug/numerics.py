@@ -6,23 +6,26 @@ quantized tensor the fraction of values that saturate at the range limits and th
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from qfx.graph.meta import TensorPrecision, get_meta, update_meta
+from qfx.graph.meta import NUMERICS, TensorPrecision, annotate, get_meta
 from qfx.graph.trace import QGraph
 from qfx.passes.base import Pass, PassResult
+from qfx.passes.transforms.quantize.formats import code_range
 
 
 def quant_stats(x: torch.Tensor, p: TensorPrecision) -> dict[str, float]:
     """``saturated``: fraction of values clipped to the range limits; ``zeroed``: fraction of nonzero
-    values that round to 0 (integer / unsigned fixed point; other formats report nothing)."""
-    if p.fmt not in ("integer", "uinteger") or x.numel() == 0:
+    values that round to 0 (fixed-point formats; others report nothing)."""
+    codes = code_range(p)
+    if codes is None or x.numel() == 0:
         return {}
-    lo, hi = (-(2 ** (p.width - 1)), 2 ** (p.width - 1) - 1) if p.fmt == "integer" else (0, 2**p.width - 1)
+    lo, hi = codes
     t = torch.round(x.detach().double() * 2.0 ** (p.frac or 0))
     n = x.numel()
     return {
@@ -104,6 +107,7 @@ def _role_tensors(n: fx.Node, module: nn.Module | None, ins: list[Any]) -> dict[
     return out
 
 
+@dataclass(frozen=True)
 class NumericsPass(Pass):
     """Reads: a quantized graph, the float graph it was derived from (same node names) and inputs.
     Writes: ``numerics`` of every node: output error vs the float node (``sqnr_db``, ``exact``,
@@ -111,12 +115,16 @@ class NumericsPass(Pass):
     Info: ``worst`` (nodes by ascending SQNR) and ``rows`` (a table).
     """
 
-    name = "numerics"
-    provides = ("numerics",)
+    name = NUMERICS
+    provides = (NUMERICS,)
 
-    def __init__(self, reference: QGraph, inputs: tuple[Any, ...] | torch.Tensor | None = None) -> None:
-        self.reference = reference
-        self.inputs = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
+    reference: QGraph
+    inputs: tuple[Any, ...] | torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.inputs, torch.Tensor):
+            object.__setattr__(self, "inputs", (self.inputs,))
 
     def run(self, graph: QGraph) -> PassResult:
         inputs = self.inputs if self.inputs is not None else graph.example_inputs
@@ -127,6 +135,7 @@ class NumericsPass(Pass):
         for n in graph.gm.graph.nodes:
             meta = get_meta(n)
             if n.op in ("placeholder", "output", "get_attr"):
+                annotate(n, NUMERICS)
                 continue
             stats: dict[str, Any] = {}
             if n.name in ref and n.name in rec.outs and ref[n.name].shape == rec.outs[n.name].shape:
@@ -139,8 +148,8 @@ class NumericsPass(Pass):
                     if role in values:
                         for k, v in quant_stats(values[role], p).items():
                             stats[f"{role}_{k}"] = v
+            annotate(n, NUMERICS, numerics=stats or None)
             if stats:
-                update_meta(n, numerics=stats)
                 if "sqnr_db" in stats:
                     ranked.append((math.inf if stats["exact"] else stats["sqnr_db"], n.name))
         ranked.sort()

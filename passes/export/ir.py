@@ -17,8 +17,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from qfx.graph.meta import TensorPrecision, get_meta
+from qfx.graph.meta import SHAPES, TensorPrecision, get_meta
 from qfx.graph.trace import QGraph
+from qfx.passes.transforms.quantize.formats import code_range
 
 SUPPORTED = (
     "linear (nn.Linear), conv1d/conv2d (nn.Conv*), batch norm (nn.BatchNorm1d/2d, folded to a per-channel "
@@ -130,7 +131,7 @@ _VIEWS = {"view", "reshape", "flatten", "unflatten", "contiguous"}
 
 def build_ir(graph: QGraph, fmt: str) -> list[Layer]:
     """The graph as a list of :class:`Layer` (requires the shapes analysis)."""
-    if "shapes" not in graph.analyses:
+    if SHAPES not in graph.analyses:
         from qfx.passes.analysis import ShapePass
 
         ShapePass()(graph)
@@ -138,11 +139,11 @@ def build_ir(graph: QGraph, fmt: str) -> list[Layer]:
     layers: list[Layer] = []
     for n in graph.gm.graph.nodes:
         meta = get_meta(n)
-        if any(p.fmt not in ("integer", "uinteger") for p in meta.precision.values()):
-            bad = {r: str(p) for r, p in meta.precision.items() if p.fmt not in ("integer", "uinteger")}
+        bad = {r: str(p) for r, p in meta.precision.items() if code_range(p) is None}
+        if bad:
             raise ExportError(f"{fmt}: node {n.name!r} uses {bad}; only integer fixed point can be exported")
         for r, p in meta.precision.items():
-            if p.fmt == "integer" and p.width < 2:
+            if code_range(p)[0] < 0 and p.width < 2:
                 raise ExportError(f"{fmt}: node {n.name!r} {r} is a 1-bit signed integer; exports need width >= 2")
         if n.op == "placeholder":
             layers.append(Layer(n.name, "input", [], out_shape=meta.out_shape))

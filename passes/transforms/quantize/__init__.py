@@ -6,8 +6,9 @@ import torch
 
 from qfx.graph.trace import QGraph, trace
 from qfx.passes.transforms.quantize.config import IntegerQ, MinifloatQ, NoQuant, QuantizeConfig
+from qfx.passes.transforms.quantize.formats import FORMATS, NumberFormat, register_format
 from qfx.passes.transforms.quantize.quantize_pass import QUANT_RULES, QuantizePass, quantizable_nodes
-from qfx.passes.transforms.quantize.quantizers import FORMATS, integer_quantize, minifloat_quantize
+from qfx.passes.transforms.quantize.quantizers import integer_quantize, minifloat_quantize
 from qfx.passes.transforms.quantize.summary import SummaryPass
 
 
@@ -27,6 +28,8 @@ def quantize(
 __all__ = [
     "quantize",
     "FORMATS",
+    "NumberFormat",
+    "register_format",
     "QUANT_RULES",
     "IntegerQ",
     "MinifloatQ",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator, model_validator
 
 from qfx.graph.meta import TensorPrecision
 
@@ -100,9 +100,6 @@ class MinifloatQ(_Strict):
         }
 
 
-NodeQ = Annotated[NoQuant | IntegerQ | MinifloatQ, Field(discriminator="name")]
-
-
 def _unwrap(v: Any) -> Any:
     """MASE wraps each entry as ``{"config": {...}}``; accept both forms."""
     if isinstance(v, dict) and set(v) == {"config"}:
@@ -111,6 +108,37 @@ def _unwrap(v: Any) -> Any:
         # MASE writes other fields next to name = "NA"; they mean nothing then
         return {"name": None}
     return v
+
+
+def _node_q(v: Any) -> BaseModel:
+    """One node's format config, dispatched on ``name`` to the registered format's config model."""
+    from qfx.passes.transforms.quantize.formats import config_formats
+
+    if isinstance(v, BaseModel):
+        return v
+    v = _unwrap(v)
+    if not isinstance(v, dict):
+        raise ValueError(f"expected a table with a 'name' key, got {v!r}")
+    name = v.get("name")
+    if name is None:
+        return NoQuant()
+    formats = config_formats()
+    if not isinstance(name, str) or name not in formats:
+        raise ValueError(f"unknown format name {name!r}; allowed: NA, {', '.join(formats)}")
+    try:
+        return formats[name].config.model_validate(v)
+    except ValidationError as e:
+        errs = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            msg = f"unknown key ({msg})" if err["type"] == "extra_forbidden" else msg
+            errs.append(f"{loc}: {msg}" if loc else msg)
+        raise ValueError("; ".join(errs)) from None
+
+
+# any registered format's config (see formats.register_format); "NA"/None = not quantized
+NodeQ = Annotated[Any, PlainValidator(_node_q)]
 
 
 class QuantizeConfig(BaseModel):

@@ -237,7 +237,7 @@ class QFunction(nn.Module):
             q = self.quantizers
             qargs = tuple(
                 q[r](a) if r in q and isinstance(a, torch.Tensor) and a.is_floating_point() else a
-                for a, r in zip(args, self.arg_roles + (None,) * (len(args) - len(self.arg_roles)), strict=True)
+                for a, r in zip(args, (self.arg_roles + (None,) * len(args))[: len(args)], strict=True)  # F.linear(x,w)
             )
             out = self._call(qargs, kwargs)
         return _write_back(args[0], out) if self.inplace else out

@@ -22,6 +22,7 @@ from qfx.graph.registry import OP_TYPES, OpKey, OpRegistry, inplace_call, target
 from qfx.graph.trace import QGraph, copy_graph, private_root, referenced
 from qfx.passes.base import Pass, PassError, PassResult
 from qfx.passes.transforms.quantize.config import NoQuant, QuantizeConfig
+from qfx.passes.transforms.quantize.formats import unsigned_variant
 from qfx.passes.transforms.quantize.modules import (
     QBatchNorm1d,
     QBatchNorm2d,
@@ -70,7 +71,7 @@ class QuantRule:
         """What the node's metadata records: unsigned integer where the output is unsigned."""
         if not self.unsigned_out:
             return roles
-        return {r: TensorPrecision("uinteger", p.width, p.frac) if p.fmt == "integer" else p for r, p in roles.items()}
+        return {r: unsigned_variant(p) for r, p in roles.items()}
 
 
 QUANT_RULES: OpRegistry[QuantRule] = OpRegistry("quantize")
@@ -182,6 +183,7 @@ def _site_target(node: fx.Node, uses: Counter[str], root: dict[str, Any]) -> str
     return t
 
 
+@dataclass(frozen=True)
 class QuantizePass(Pass):
     """Reads: op types (from trace). Writes: a NEW graph with quantized modules and node precision.
 
@@ -197,9 +199,13 @@ class QuantizePass(Pass):
     name = "quantize"
     in_place = False
 
-    def __init__(self, config: QuantizeConfig | dict[str, Any], copy_weights: bool = True) -> None:
-        self.config = config if isinstance(config, QuantizeConfig) else QuantizeConfig.model_validate(config)
-        self.copy_weights = copy_weights
+    config: QuantizeConfig | dict[str, Any]
+    copy_weights: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.config, QuantizeConfig):  # validated once; the caller's dict is not kept
+            object.__setattr__(self, "config", QuantizeConfig.model_validate(self.config))
 
     def run(self, graph: QGraph) -> PassResult:
         plan, notes = resolve(graph, self.config)

@@ -19,6 +19,8 @@ import torch
 
 from qfx.graph.meta import TensorPrecision
 from qfx.graph.serialize import register_codec
+from qfx.passes.transforms.quantize.config import IntegerQ, MinifloatQ
+from qfx.passes.transforms.quantize.formats import NumberFormat, get_format, register_format
 
 
 class _STE(torch.autograd.Function):
@@ -88,19 +90,50 @@ def _mf_fn(w: int, e: int, b: int | None) -> Callable[[torch.Tensor], torch.Tens
     return lambda x: minifloat_quantize(x, w, e, b)
 
 
-# format name -> factory(width, frac-or-exponent, extra) ; extend by registering a new entry
-FORMATS: dict[str, Callable[[TensorPrecision], Callable[[torch.Tensor], torch.Tensor]]] = {
-    "integer": lambda p: _int_fn(p.width, p.frac or 0, True),
-    "uinteger": lambda p: _int_fn(p.width, p.frac or 0, False),
-    "minifloat": lambda p: _mf_fn(p.width, p.frac or 0, None),
-}
-
-
 def make_quantizer(p: TensorPrecision) -> Quantizer:
     """Quantizer for a precision record (``fmt`` must be a registered format)."""
-    if p.fmt not in FORMATS:
-        raise KeyError(f"unknown number format {p.fmt!r}; registered: {', '.join(FORMATS)}")
-    return Quantizer(FORMATS[p.fmt](p), p)
+    return Quantizer(get_format(p.fmt).values(p), p)
+
+
+def _integer_range(width: int) -> tuple[int, int]:
+    return 0, width
+
+
+def _exponent_range(width: int) -> tuple[int, int]:
+    return 1, width - 1
+
+
+register_format(
+    NumberFormat(
+        "integer",
+        values=lambda p: _int_fn(p.width, p.frac or 0, True),
+        label=lambda p: f"int{p.width}.{p.frac}",
+        config=IntegerQ,
+        param="frac_width",
+        param_range=_integer_range,
+        param_na=True,
+        unsigned="uinteger",
+        codes=lambda w: (-(2 ** (w - 1)), 2 ** (w - 1) - 1),
+    )
+)
+register_format(
+    NumberFormat(
+        "uinteger",
+        values=lambda p: _int_fn(p.width, p.frac or 0, False),
+        label=lambda p: f"uint{p.width}.{p.frac}",
+        codes=lambda w: (0, 2**w - 1),
+    )
+)
+register_format(
+    NumberFormat(
+        "minifloat",
+        values=lambda p: _mf_fn(p.width, p.frac or 0, None),
+        label=lambda p: f"minifloat{p.width}e{p.frac}",
+        config=MinifloatQ,
+        param="exponent_width",
+        param_range=_exponent_range,
+    )
+)
 
 
 register_codec(

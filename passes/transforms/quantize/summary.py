@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
+from dataclasses import dataclass
 
 from tabulate import tabulate
 
@@ -24,6 +25,7 @@ def _csv(header: list[str], rows: list[list[object]]) -> str:
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
 class SummaryPass(Pass):
     """Reads node metadata (op type, quantized type, precision). Writes nothing.
 
