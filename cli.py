@@ -126,30 +126,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
+    from qfx.search.session import train_and_save
 
-    from qfx.zoo.data import load_dataset
-    from qfx.zoo.models import build_model
-    from qfx.zoo.train import evaluate, save_checkpoint, train
-
-    ds = load_dataset(args.dataset, seed=args.seed)
-    torch.manual_seed(args.seed)
-    model = build_model(args.model, ds.num_features, ds.num_classes, image_shape=ds.image_shape)
     t0 = time.perf_counter()
-    hist = train(model, ds, args.epochs, args.batch_size, args.lr, args.seed, not args.no_progress)
-    metrics = evaluate(model, ds.test, ds.num_classes)
-    p = save_checkpoint(
-        args.out,
-        model,
-        {
-            "model": args.model,
-            "dataset": args.dataset,
-            "seed": args.seed,
-            "epochs": args.epochs,
-            "metrics": metrics,
-            "history": hist,
-        },
-    )
+    p, metrics, _ = train_and_save(args.out, args.model, args.dataset, args.epochs, args.batch_size, args.lr,
+                                   args.seed, progress=not args.no_progress)  # fmt: skip
     print(
         f"trained {args.model} on {args.dataset} in {time.perf_counter() - t0:.1f}s: "
         f"test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}; checkpoint {p}"
@@ -182,8 +163,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_transform(args: argparse.Namespace) -> int:
     from qfx.passes.transforms.quantize import QuantizePass, SummaryPass
     from qfx.search.config import load_config
-    from qfx.search.session import prepare
-    from qfx.zoo.train import evaluate
+    from qfx.search.session import fp32_vs_quantized, prepare
 
     cfg = load_config(args.config)
     if cfg.passes.quantize is None:
@@ -195,25 +175,16 @@ def cmd_transform(args: argparse.Namespace) -> int:
         _note(n)
     summ = SummaryPass()(res.graph).info
     print(summ["text"])
-    split = prep.dataset.split(args.split)
-    fp = evaluate(prep.graph.gm, split, prep.dataset.num_classes)
-    q = evaluate(res.graph.gm, split, prep.dataset.num_classes)
-    from tabulate import tabulate
-
-    print(f"\n{args.split} set, {len(split)} samples")
-    print(
-        tabulate(
-            [[k, f"{fp[k]:.4f}", f"{q[k]:.4f}", f"{q[k] - fp[k]:+.4f}"] for k in ("accuracy", "loss", "f1")],
-            headers=["metric", "fp32", "quantized", "delta"],
-            tablefmt="github",
-        )
-    )
+    cmp = fp32_vs_quantized(prep, res.graph, args.split)
+    fp, q = cmp["fp32"], cmp["quantized"]
+    print(f"\n{args.split} set, {cmp['samples']} samples")
+    print(cmp["table"])
     if args.numerics:
         from qfx.passes.debug import NumericsPass, numerics_table
         from qfx.passes.debug.views import plot_sqnr
 
-        NumericsPass(prep.graph, split.x[: args.numerics_samples])(res.graph)
-        print(f"\nper-node numerics vs FP32 ({min(len(split), args.numerics_samples)} {args.split} samples)")
+        NumericsPass(prep.graph, prep.dataset.split(args.split).x[: args.numerics_samples])(res.graph)
+        print(f"\nper-node numerics vs FP32 ({min(cmp['samples'], args.numerics_samples)} {args.split} samples)")
         print(numerics_table(res.graph))
         print(f"plot: {plot_sqnr(res.graph, out / 'sqnr.png')}")
     res.graph.save(out / "quantized")
@@ -225,40 +196,19 @@ def cmd_transform(args: argparse.Namespace) -> int:
 
 
 def _search_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Path]:
+    from pydantic import ValidationError
+
     from qfx.search.config import load_config
-    from qfx.search.session import build_search, prepare
+    from qfx.search.session import build_search, prepare, with_overrides
 
     cfg = load_config(args.config, require_search=True)
-    st = cfg.search.strategy.setup  # type: ignore[union-attr]
-    upd = {
-        k: v
-        for k, v in {
-            "n_trials": args.n_trials,
-            "sampler": args.sampler,
-            "seed": args.seed,
-            "n_jobs": args.n_jobs,
-            "timeout": args.timeout,
-        }.items()
-        if v is not None
-    }
-    if upd:
-        from pydantic import ValidationError
-
-        from qfx.search.config import StrategySetup
-
-        try:
-            new = StrategySetup.model_validate({**st.model_dump(), **upd})
-        except ValidationError as e:
-            err = e.errors()[0]
-            opt = "--" + str(err["loc"][0]).replace("_", "-")
-            raise UsageError(f"{opt}: {err['msg'].removeprefix('Value error, ')}", "see qfx search --help") from None
-        cfg = cfg.model_copy(
-            update={
-                "search": cfg.search.model_copy(  # type: ignore[union-attr]
-                    update={"strategy": cfg.search.strategy.model_copy(update={"setup": new})}  # type: ignore[union-attr]
-                )
-            }
-        )
+    upd = {k: getattr(args, k) for k in ("n_trials", "sampler", "seed", "n_jobs", "timeout")}
+    try:
+        cfg = with_overrides(cfg, **upd)
+    except ValidationError as e:
+        err = e.errors()[0]
+        opt = "--" + str(err["loc"][0]).replace("_", "-")
+        raise UsageError(f"{opt}: {err['msg'].removeprefix('Value error, ')}", "see qfx search --help") from None
     out = _out_dir(args, args.config, "search")
     prep = prepare(cfg, args.checkpoint, out, not args.no_progress, args.trust_checkpoint)
     space, ev = build_search(cfg, prep)
@@ -429,13 +379,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         n,
         out / "compare",
         args.tolerance,
-        progress=not args.no_progress,
     )
     print(
-        f"objective (maximised): {res['objective']}; optimum ({res['optimum_kind']}): {res['optimum']:.4f}; "
+        f"objective (maximised): {res['objective']}; reference: {res['optimum']:.4f} ({res['reference']}); "
         f"one evaluation: {res['evaluation_ms']:.1f} ms\n"
     )
-    print(res["table"])
+    print(res["table"].split("\n", 1)[1])
     print(f"\nplot: {out / 'compare' / 'compare.png'}; data: {out / 'compare' / 'compare.json'}")
     return 0
 
@@ -461,6 +410,18 @@ def _graph_batch_args(p: argparse.ArgumentParser) -> None:
     _trust_arg(p)
 
 
+def _tables_help() -> str:
+    """Samplers and metrics as registered (the same tables config validation reads)."""
+    from qfx.search.metrics import METRICS
+    from qfx.search.samplers import SAMPLERS
+
+    samplers = "\n".join(
+        f"  {n:<11} {s.description}{'' if s.multi_objective else ' (single objective)'}" for n, s in SAMPLERS.items()
+    )
+    metrics = "\n".join(f"  {n:<19} {m.direction:<8} {m.description}" for n, m in METRICS.items())
+    return f"samplers ([search.strategy.setup] sampler):\n{samplers}\n\nmetrics ([search.strategy.metrics]):\n{metrics}"
+
+
 def _search_args(p: argparse.ArgumentParser) -> None:
     _trust_arg(p)
     p.add_argument("--config", required=True, help="TOML with a [search] section (see configs/)")
@@ -470,10 +431,9 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", help="output directory (default: outputs/<config name>)")
     p.add_argument("--n-trials", type=_positive, help="override search.strategy.setup.n_trials")
-    p.add_argument(
-        "--sampler",
-        help="override the sampler (tpe, random, nsgaii, nsgaiii, qmc, gp, cmaes, grid, bruteforce, exhaustive)",
-    )
+    from qfx.search.samplers import SAMPLERS
+
+    p.add_argument("--sampler", help=f"override the sampler: {', '.join(SAMPLERS)} (see below)")
     p.add_argument("--seed", type=int, help="override the sampler seed")
     p.add_argument("--n-jobs", type=_positive, help="parallel trials in this process")
     p.add_argument("--timeout", type=_positive_float, help="stop after this many seconds")
@@ -595,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the config's search; print the Best trial(s) table and write best.json, "
         "trials.csv/json, best_model/ and plots. With --storage, the study persists: "
         "re-running resumes it and several workers (--study-name) share it.",
+        epilog=_tables_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _search_args(p)
     p.add_argument("--storage", help="sqlite:///f.db, journal:FILE (or *.log), postgresql://user:pw@host/db")

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import networkx as nx
+import torch.fx as fx
 from tabulate import tabulate
 
 from qfx.graph.meta import get_meta
 
-if TYPE_CHECKING:
-    from qfx.graph.trace import QGraph
+
+class QGraph(Protocol):
+    """What the views read of a :class:`qfx.graph.trace.QGraph` (no import of it: trace uses these views)."""
+
+    gm: fx.GraphModule
+    analyses: set[str]
+
 
 COLUMNS = ["name", "op", "target", "out shape", "MACs", "FLOPs", "params", "precision"]
 

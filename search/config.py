@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from qfx.passes.transforms.quantize.config import QuantizeConfig
+from qfx.search.metrics import check_metrics
+from qfx.search.samplers import sampler_spec
 from qfx.search.space import SpaceError, check_seed
 
 
@@ -62,21 +64,6 @@ class HwRunner(_M):
     average_bitwidth: AvgBitwidthRunner = AvgBitwidthRunner()
 
 
-SAMPLERS = (
-    "tpe",
-    "random",
-    "nsgaii",
-    "nsgaiii",
-    "qmc",
-    "gp",
-    "cmaes",
-    "grid",
-    "bruteforce",
-    "exhaustive",
-)
-SAMPLER_ALIASES = {"brute": "bruteforce", "brute_force": "bruteforce", "brute-force": "bruteforce"}
-
-
 class StrategySetup(_M):
     n_jobs: int = Field(1, ge=1)
     n_trials: int = Field(20, ge=1)
@@ -89,10 +76,7 @@ class StrategySetup(_M):
     @field_validator("sampler")
     @classmethod
     def _sampler(cls, v: str) -> str:
-        v = SAMPLER_ALIASES.get(v.lower(), v.lower())
-        if v not in SAMPLERS:
-            raise ValueError(f"unknown sampler {v!r}; choose one of {', '.join(SAMPLERS)}")
-        return v
+        return sampler_spec(v).name  # the sampler table decides
 
 
 class MetricSpec(_M):
@@ -111,11 +95,7 @@ class Strategy(_M):
     @field_validator("metrics")
     @classmethod
     def _known(cls, v: dict[str, MetricSpec]) -> dict[str, MetricSpec]:
-        from qfx.search.runner import METRICS
-
-        bad = [k for k in v if k not in METRICS]
-        if bad:
-            raise ValueError(f"unknown metric(s) {bad}; available: {', '.join(METRICS)}")
+        check_metrics(v)  # the metric registry decides
         return v
 
 

@@ -1,21 +1,39 @@
-"""Study plots: optimisation history, Pareto front, metric vs config choice.
+"""Study plots from plain data: optimisation history, Pareto front, metric vs config choice.
 
-Drawn on ``matplotlib.figure.Figure`` objects: no backend switch or pyplot state at import.
+Every plot is in real units: metric values as measured (accuracy, bits, bytes), not scaled
+objectives; one history panel per objective; integer trial ticks. Drawn on
+``matplotlib.figure.Figure`` objects: no backend switch or pyplot state at import.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from optuna.trial import TrialState
+from matplotlib.ticker import MaxNLocator
 
-if TYPE_CHECKING:
-    import optuna
 
-    from qfx.search.study import Objective
+@dataclass(frozen=True)
+class StudyData:
+    """Completed trials of a study as plain data (what the plots read).
+
+    ``metrics``: measured value of every metric per trial; ``objectives``: metric names the study
+    optimises with their direction (True = maximise); ``single``: one summed objective, whose value per
+    trial is ``values``; ``choices``: the chosen value of every free dim per trial; ``dims``: free dim ->
+    its choices; ``feasible``: per trial, False when it violated a budget.
+    """
+
+    numbers: list[int]
+    values: list[float]
+    metrics: list[dict[str, float]]
+    objectives: dict[str, bool]
+    single: bool
+    choices: list[dict[str, Any]]
+    dims: dict[str, list[Any]]
+    feasible: list[bool]
 
 
 def _pareto_mask(points: np.ndarray, maximize: list[bool]) -> np.ndarray:
@@ -27,68 +45,89 @@ def _pareto_mask(points: np.ndarray, maximize: list[bool]) -> np.ndarray:
     return mask
 
 
-def plot_study(study: optuna.Study, objective: Objective, out: Path) -> list[Path]:
-    trials = study.get_trials(False, states=(TrialState.COMPLETE,))
-    if not trials:
-        return []
-    paths = []
-    names = list(objective.metrics)
-    nums = np.array([t.number for t in trials])
-    vals = np.array([t.values for t in trials], dtype=float)
-    dirs = [d.name.lower() == "maximize" for d in study.directions]
-    label = "sum of scaled metrics" if objective.single else f"scaled {names[0]}"
-
-    # history: objective (first) per trial and best so far
-    fig = Figure(figsize=(7, 4))
-    ax = fig.add_subplot()
-    v = vals[:, 0]
-    best = np.maximum.accumulate(v) if dirs[0] else np.minimum.accumulate(v)
-    ax.scatter(nums, v, s=14, label="trial")
-    ax.step(nums, best, where="post", color="C3", label="best so far")
-    ax.set(xlabel="trial", ylabel=label, title="Optimisation history")
-    ax.legend()
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(out / "history.png", dpi=110)
-    paths.append(out / "history.png")
+    fig.savefig(path, dpi=110)
+    return path
 
-    # Pareto front: the first two objectives, or accuracy vs average bitwidth for a single objective
-    if len(names) >= 2 and not objective.single:
-        xy, xl, yl, mx = vals[:, :2], f"scaled {names[0]}", f"scaled {names[1]}", dirs[:2]
+
+def plot_history(data: StudyData, path: Path) -> Path:
+    """One panel per objective (the summed objective, or each metric in its own units): trials and best so far."""
+    series = {"sum of scaled metrics": (data.values, True)} if data.single else {
+        m: ([t[m] for t in data.metrics], mx) for m, mx in data.objectives.items()
+    }  # fmt: skip
+    fig = Figure(figsize=(7, 3.2 * len(series)))
+    axes = fig.subplots(len(series), 1, squeeze=False)[:, 0]
+    nums = np.array(data.numbers)
+    ok = np.array(data.feasible, bool)
+    for ax, (name, (vals, mx)) in zip(axes, series.items(), strict=True):
+        v = np.array(vals, float)
+        best = np.where(ok, v, -np.inf if mx else np.inf)
+        best = np.maximum.accumulate(best) if mx else np.minimum.accumulate(best)
+        ax.scatter(nums[ok], v[ok], s=14, label="trial")
+        if (~ok).any():
+            ax.scatter(nums[~ok], v[~ok], s=14, marker="x", c="0.5", label="infeasible")
+        ax.step(nums, np.where(np.isfinite(best), best, np.nan), where="post", color="C3", label="best so far")
+        ax.set(xlabel="trial", ylabel=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+    axes[0].set_title("Optimisation history")
+    return _save(fig, path)
+
+
+def plot_pareto(data: StudyData, path: Path) -> Path:
+    """The first two objectives in their units, or accuracy vs average bitwidth (bits) for a single objective."""
+    if len(data.objectives) >= 2 and not data.single:
+        (xl, xm), (yl, ym) = list(data.objectives.items())[:2]
     else:
-        sw = [{**t.user_attrs["software_metrics"], **t.user_attrs["hardware_metrics"]} for t in trials]
-        xy = np.array([[m["average_bitwidth"], m["accuracy"]] for m in sw], dtype=float)
-        xl, yl, mx = "average bitwidth", "accuracy", [False, True]
-    mask = _pareto_mask(xy, mx)
+        (xl, xm), (yl, ym) = ("average_bitwidth", False), ("accuracy", True)
+    xy = np.array([[t[xl], t[yl]] for t in data.metrics], float)
+    ok = np.array(data.feasible, bool)
+    mask = np.zeros(len(xy), bool)
+    if ok.any():
+        mask[np.flatnonzero(ok)] = _pareto_mask(xy[ok], [xm, ym])
     fig = Figure(figsize=(6, 4.5))
     ax = fig.add_subplot()
-    ax.scatter(xy[~mask, 0], xy[~mask, 1], s=14, c="0.6", label="dominated")
+    dom = ok & ~mask
+    ax.scatter(xy[dom, 0], xy[dom, 1], s=14, c="0.6", label="dominated")
+    if (~ok).any():
+        ax.scatter(xy[~ok, 0], xy[~ok, 1], s=14, marker="x", c="0.75", label="infeasible (over budget)")
     order = np.argsort(xy[mask, 0])
     ax.plot(xy[mask, 0][order], xy[mask, 1][order], "o-", c="C3", label="Pareto front")
-    ax.set(xlabel=xl, ylabel=yl, title="Pareto front")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "pareto.png", dpi=110)
-    paths.append(out / "pareto.png")
+    unit = {"average_bitwidth": " (bits)", "memory_bytes": " (bytes)", "model_size": " (bytes)"}
+    ax.set(xlabel=xl + unit.get(xl, ""), ylabel=yl + unit.get(yl, ""), title="Pareto front")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
-    # metric vs config: the first objective against each free dimension's choice
-    free = list(objective.space.free_dims)
-    if free:
-        n = len(free)
-        cols = min(n, 3)
-        rows = -(-n // cols)
-        fig = Figure(figsize=(4 * cols, 3.2 * rows))
-        axes = fig.subplots(rows, cols, squeeze=False)
-        for ax, d in zip(axes.flat, free, strict=False):
-            choices = [str(c) for c in objective.space.dims[d]]
-            groups = [[t.values[0] for t in trials if t.params.get(d) == i] for i in range(len(choices))]
-            for i, g in enumerate(groups):
-                ax.scatter(np.full(len(g), i), g, s=12, alpha=0.6)
-            ax.plot(range(len(choices)), [np.mean(g) if g else np.nan for g in groups], "k_", ms=20, mew=2)
-            ax.set_xticks(range(len(choices)), choices)
-            ax.set(title=d, ylabel=label if ax in axes[:, 0] else None)
-        for ax in list(axes.flat)[n:]:
-            ax.axis("off")
-        fig.tight_layout()
-        fig.savefig(out / "metric_vs_config.png", dpi=110)
-        paths.append(out / "metric_vs_config.png")
-    return paths
+
+def plot_metric_vs_config(data: StudyData, path: Path) -> Path | None:
+    """The first objective (its measured value) against each free dimension's choice."""
+    if not data.dims:
+        return None
+    name = "sum of scaled metrics" if data.single else next(iter(data.objectives))
+    ys = data.values if data.single else [t[name] for t in data.metrics]
+    n = len(data.dims)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(4 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, (d, choices) in zip(axes.flat, data.dims.items(), strict=False):
+        labels = [str(c) for c in choices]
+        groups = [[y for y, c in zip(ys, data.choices, strict=True) if str(c.get(d)) == lab] for lab in labels]
+        for i, g in enumerate(groups):
+            ax.scatter(np.full(len(g), i), g, s=12, alpha=0.6)
+        ax.plot(range(len(labels)), [np.mean(g) if g else np.nan for g in groups], "k_", ms=20, mew=2)
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set(title=d, ylabel=name if ax in axes[:, 0] else None)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def plot_study(data: StudyData, out: Path) -> list[Path]:
+    """history.png, pareto.png and metric_vs_config.png in ``out`` (nothing when no trial completed)."""
+    if not data.numbers:
+        return []
+    paths = [plot_history(data, out / "history.png"), plot_pareto(data, out / "pareto.png")]
+    extra = plot_metric_vs_config(data, out / "metric_vs_config.png")
+    return paths + ([extra] if extra else [])

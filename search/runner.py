@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,31 +20,9 @@ from qfx.hw.estimates import hw_metrics
 from qfx.passes.transforms.quantize.quantize_pass import QuantizePass
 from qfx.search.config import AvgBitwidthRunner, LatencyRunner, QATRunner
 from qfx.search.measure import gpu_energy, measure_latency
+from qfx.search.metrics import METRICS, MetricContext, check_metrics
 from qfx.zoo.data import Split
 from qfx.zoo.train import PRF, classification_metrics, predict
-
-Kind = Literal["software", "hardware"]
-# metric -> (kind, natural direction, description)
-METRICS: dict[str, tuple[Kind, str, str]] = {
-    "accuracy": ("software", "maximize", "top-1 accuracy on the evaluation samples"),
-    "loss": ("software", "minimize", "mean cross-entropy"),
-    "precision": ("software", "maximize", "precision, support-weighted over classes"),
-    "recall": ("software", "maximize", "recall, support-weighted"),
-    "f1": ("software", "maximize", "F1, support-weighted"),
-    "precision_macro": ("software", "maximize", "precision, unweighted class mean"),
-    "recall_macro": ("software", "maximize", "recall, unweighted class mean"),
-    "f1_macro": ("software", "maximize", "F1, unweighted class mean"),
-    "latency": ("software", "minimize", "median forward time of one batch (ms)"),
-    "latency_per_sample": ("software", "minimize", "median forward time per sample (ms)"),
-    "energy_per_sample": ("software", "minimize", "GPU energy per sample (J) from NVML; CUDA runs only"),
-    "flops": ("software", "minimize", "FLOPs of one forward pass over one sample"),
-    "macs": ("software", "minimize", "MACs of one forward pass over one sample"),
-    "average_bitwidth": ("hardware", "minimize", "element-weighted mean width (see hw/)"),
-    "memory_density": ("hardware", "maximize", "compare_to / average_bitwidth"),
-    "memory_bytes": ("hardware", "minimize", "bit-packed bytes of the counted tensors"),
-    "model_size": ("hardware", "minimize", "bit-packed bytes of the parameters at their precision"),
-    "bops": ("hardware", "minimize", "bit operations per sample of MAC ops"),
-}
 
 
 @dataclass
@@ -78,9 +56,7 @@ class Evaluator:
         device: str = "cpu",
         seed: int = 0,
     ) -> None:
-        bad = [m for m in metrics if m not in METRICS]
-        if bad:
-            raise KeyError(f"unknown metric(s) {bad}; available: {', '.join(METRICS)}")
+        check_metrics(metrics)
         missing = {SHAPES, FLOPS, PARAMS} - pristine.analyses
         if missing:
             raise ValueError(f"the pristine graph lacks analyses {sorted(missing)}; run analyze(graph) first")
@@ -175,6 +151,11 @@ class Evaluator:
             sw["power_w"] = e["power_w"]
         t3 = time.perf_counter()
         hw = hw_metrics(q, self.hw.compare_to, self.hw.activations)
+        ctx = MetricContext(q, logits, self.y, self)
+        for name in self.metrics:  # registered metrics with their own measure function
+            m = METRICS[name]
+            if m.measure is not None:
+                (sw if m.kind == "software" else hw)[name] = float(m.measure(ctx))
         t4 = time.perf_counter()
         weakest = self.weakest_nodes(q)
         t5 = time.perf_counter()

@@ -1,19 +1,26 @@
-"""Glue for the CLI: model + dataset (checkpoint or a freshly trained baseline) -> analysed graph."""
+"""The library API the CLI is a thin layer over: prepare a model (checkpoint or a freshly trained baseline),
+train and save, compare FP32 with quantized, override a config, build and run a search.
+
+From Python: ``run_search("jsc_tiny_by_type", n_trials=10)`` returns the study and its best trials.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import optuna
 import torch
 import torch.nn as nn
 
 from qfx.graph.trace import QGraph, trace
 from qfx.passes.analysis import analyze
-from qfx.search.config import RunConfig
+from qfx.search.config import ConfigError, RunConfig, StrategySetup, load_config
 from qfx.search.runner import Evaluator
 from qfx.search.space import SearchSpace
+from qfx.search.study import Objective, best_trials, run_study, write_outputs
 from qfx.zoo.data import Dataset, load_dataset
 from qfx.zoo.models import build_model
 from qfx.zoo.train import evaluate, load_checkpoint, read_checkpoint, save_checkpoint, train
@@ -27,6 +34,21 @@ class Prepared:
     dataset: Dataset
     graph: QGraph
     checkpoint: Path
+
+
+def train_and_save(
+    out: str | Path, model: str, dataset: str, epochs: int, batch_size: int = 32, lr: float = 1e-2, seed: int = 0,
+    weight_decay: float = 0.0, progress: bool = True,
+) -> tuple[Path, dict[str, Any], list[dict[str, float]]]:  # fmt: skip
+    """Train zoo ``model`` on ``dataset`` (seeded) and save a checkpoint holding model, dataset, seed, epochs,
+    test metrics and the training history. Returns (checkpoint path, test metrics, history)."""
+    ds = load_dataset(dataset, seed=seed)
+    torch.manual_seed(seed)
+    m = build_model(model, ds.num_features, ds.num_classes, image_shape=ds.image_shape)
+    hist = train(m, ds, epochs, batch_size, lr, seed, progress, weight_decay)
+    metrics = evaluate(m, ds.test, ds.num_classes)
+    info = {"model": model, "dataset": dataset, "seed": seed, "epochs": epochs, "metrics": metrics, "history": hist}
+    return save_checkpoint(out, m, info), metrics, hist
 
 
 def prepare(cfg: RunConfig, checkpoint: str | None, out: Path, progress: bool = True, trust: bool = False) -> Prepared:
@@ -47,23 +69,9 @@ def prepare(cfg: RunConfig, checkpoint: str | None, out: Path, progress: bool = 
                 and info.get("epochs") == cfg.max_epochs
             )
         if not reuse:
-            ds = load_dataset(cfg.dataset, seed=cfg.seed)
-            torch.manual_seed(cfg.seed)
-            model = build_model(cfg.model, ds.num_features, ds.num_classes, image_shape=ds.image_shape)
             log.info("no checkpoint given: training %s on %s for %d epochs", cfg.model, cfg.dataset, cfg.max_epochs)
-            train(model, ds, cfg.max_epochs, cfg.batch_size, cfg.learning_rate, cfg.seed, progress, cfg.weight_decay)
-            metrics = evaluate(model, ds.test, ds.num_classes)
-            save_checkpoint(
-                base,
-                model,
-                {
-                    "model": cfg.model,
-                    "dataset": cfg.dataset,
-                    "seed": cfg.seed,
-                    "epochs": cfg.max_epochs,
-                    "metrics": metrics,
-                },
-            )
+            train_and_save(base, cfg.model, cfg.dataset, cfg.max_epochs, cfg.batch_size, cfg.learning_rate, cfg.seed,
+                           cfg.weight_decay, progress)  # fmt: skip
         ck = str(base)
     model, ds, info = load_checkpoint(ck, trust)
     if info["model"] != cfg.model:
@@ -80,23 +88,88 @@ def prepare(cfg: RunConfig, checkpoint: str | None, out: Path, progress: bool = 
 
 
 def build_search(cfg: RunConfig, prep: Prepared) -> tuple[SearchSpace, Evaluator]:
+    """The config's search space over the prepared graph and its evaluator."""
     assert cfg.search is not None
     ss, st = cfg.search.search_space, cfg.search.strategy
     space = SearchSpace(prep.graph, ss.setup.by, ss.seed)
     for note in space.notes:
         log.warning("search space: %s", note)
     be = st.sw_runner.basic_evaluation
-    split = prep.dataset.split(be.data_loader).head(be.num_samples)
     ev = Evaluator(
         prep.graph,
-        split,
-        prep.dataset.num_classes,
-        list(st.metrics),
-        st.hw_runner.average_bitwidth,
-        st.sw_runner.latency,
-        st.sw_runner.qat,
-        prep.dataset.train,
-        cfg.device,
-        cfg.seed,
+        eval_split=prep.dataset.split(be.data_loader).head(be.num_samples),
+        num_classes=prep.dataset.num_classes,
+        metrics=list(st.metrics),
+        hw=st.hw_runner.average_bitwidth,
+        latency=st.sw_runner.latency,
+        qat=st.sw_runner.qat,
+        train_split=prep.dataset.train,
+        device=cfg.device,
+        seed=cfg.seed,
     )
     return space, ev
+
+
+def with_overrides(cfg: RunConfig, **setup: Any) -> RunConfig:
+    """A new, validated config with ``[search.strategy.setup]`` keys replaced (None values ignored); the
+    given config is not changed. Raises pydantic's ValidationError naming the key."""
+    upd = {k: v for k, v in setup.items() if v is not None}
+    if not upd:
+        return cfg
+    if cfg.search is None:
+        raise ConfigError("the config has no [search] section to override")
+    st = cfg.search.strategy
+    new = StrategySetup.model_validate({**st.setup.model_dump(), **upd})
+    strategy = st.model_copy(update={"setup": new})
+    return cfg.model_copy(update={"search": cfg.search.model_copy(update={"strategy": strategy})})
+
+
+def fp32_vs_quantized(prep: Prepared, quantized: QGraph, split: str = "test") -> dict[str, Any]:
+    """Accuracy, loss and F1 of the float and the quantized graph on one split: ``{"fp32", "quantized",
+    "table", "samples"}`` (the table has a delta column)."""
+    from tabulate import tabulate
+
+    data = prep.dataset.split(split)
+    fp = evaluate(prep.graph.gm, data, prep.dataset.num_classes)
+    q = evaluate(quantized.gm, data, prep.dataset.num_classes)
+    rows = [[k, f"{fp[k]:.4f}", f"{q[k]:.4f}", f"{q[k] - fp[k]:+.4f}"] for k in ("accuracy", "loss", "f1")]
+    table = tabulate(rows, headers=["metric", "fp32", "quantized", "delta"], tablefmt="github")
+    return {"fp32": fp, "quantized": q, "table": table, "samples": len(data)}
+
+
+@dataclass
+class SearchRun:
+    """What :func:`run_search` returns: the study, its best trials (Pareto front when multi-objective),
+    the objective (space, evaluator, metrics) and where the outputs were written."""
+
+    study: optuna.Study
+    best: list[optuna.trial.FrozenTrial]
+    objective: Objective
+    out: Path | None
+
+
+def run_search(
+    config: RunConfig | str | Path, checkpoint: str | None = None, out: str | Path | None = None,
+    storage: str | None = None, study_name: str | None = None, progress: bool = False, trust: bool = False,
+    **overrides: Any,
+) -> SearchRun:  # fmt: skip
+    """Run a config's search from Python. ``config``: a RunConfig, a TOML path or a shipped config's name;
+    ``overrides``: ``[search.strategy.setup]`` keys (``n_trials=10, sampler="random"``). Without
+    ``checkpoint`` (or ``load_name``) a baseline is trained into ``out/baseline`` (a temporary directory when
+    ``out`` is None). With ``out`` the usual outputs (best.json, trials.csv, best_model/, plots) are written."""
+    import tempfile
+
+    cfg = config if isinstance(config, RunConfig) else load_config(config, require_search=True)
+    cfg = with_overrides(cfg, **overrides)
+    if cfg.search is None:
+        raise ConfigError("the config has no [search] section")
+    st = cfg.search.strategy
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(out) if out is not None else Path(tmp)
+        prep = prepare(cfg, checkpoint, work, progress, trust)
+        space, ev = build_search(cfg, prep)
+        study, objective = run_study(space, ev, st.metrics, st.setup, work if out else None, storage, study_name,
+                                     progress)  # fmt: skip
+        if out is not None:
+            write_outputs(study, work, objective)
+    return SearchRun(study, best_trials(study), objective, Path(out) if out is not None else None)

@@ -23,10 +23,12 @@ from tabulate import tabulate
 from tqdm.auto import tqdm
 
 from qfx.search.config import MetricSpec, StrategySetup
-from qfx.search.runner import METRICS, Evaluator
+from qfx.search.metrics import scalarize
+from qfx.search.plots import StudyData, plot_study
+from qfx.search.runner import Evaluator
+from qfx.search.samplers import exhaustive_index, make_sampler, sampler_spec
 from qfx.search.space import SearchSpace
 from qfx.search.storage import GRACE_S, HEARTBEAT_S, counted, create_study, make_storage
-from qfx.search.strategies import exhaustive_index, make_sampler
 
 log = logging.getLogger(__name__)
 _CLAIM = "qfx:claimed"  # user attr: this trial checked its point was free and evaluates it
@@ -98,7 +100,7 @@ class Objective:
         trial.set_user_attr("sampled_config", config)
         trial.set_user_attr("timings", {"sample": t_sample, **res.timings})
         trial.set_user_attr("weakest_nodes", res.weakest)
-        return sum(scaled.values()) if self.single else list(scaled.values())
+        return scalarize(res.metric, self.metrics) if self.single else list(scaled.values())
 
 
 def _trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -178,63 +180,67 @@ def best_table(trials: list[optuna.trial.FrozenTrial], metric_names: list[str]) 
     )
 
 
-def write_outputs(study: optuna.Study, out: Path, objective: Objective) -> dict[str, Any]:
-    """best.json, trials.csv/json, best_model/, plots; returns best.json's content."""
-    out.mkdir(parents=True, exist_ok=True)
-    trials = study.get_trials(False)
+def study_data(study: optuna.Study, objective: Objective) -> StudyData:
+    """The completed trials as the plain data the plots read (measured metrics, chosen values)."""
+    trials = study.get_trials(False, states=(TrialState.COMPLETE,))
+    free = objective.space.free_dims
+    return StudyData(
+        numbers=[t.number for t in trials],
+        values=[t.values[0] for t in trials],
+        metrics=[{**t.user_attrs["software_metrics"], **t.user_attrs["hardware_metrics"]} for t in trials],
+        objectives={k: m.direction == "maximize" for k, m in objective.metrics.items()},
+        single=objective.single,
+        choices=[objective.space.values(t.params) for t in trials],
+        dims={d: objective.space.dims[d] for d in free},
+        feasible=[t.user_attrs.get("feasible", True) for t in trials],
+    )
+
+
+def _write_trials(trials: list[optuna.trial.FrozenTrial], out: Path, objective: Objective) -> None:
     records = [_trial_record(t) for t in trials]
     (out / "trials.json").write_text(json.dumps(records, indent=1, default=str))
     metric_keys = sorted({k for r in records for k in {**r["software_metrics"], **r["hardware_metrics"]}})
+    free = objective.space.free_dims
     with open(out / "trials.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["number", "state", "value", *metric_keys, *objective.space.free_dims, "duration_s"])
+        w.writerow(["number", "state", "value", *metric_keys, *free, "duration_s"])
         for r, t in zip(records, trials, strict=True):
             m = {**r["software_metrics"], **r["hardware_metrics"]}
             vals = objective.space.values(t.params) if t.params else {}
-            w.writerow(
-                [
-                    r["number"],
-                    r["state"],
-                    json.dumps(r["value"]),
-                    *(m.get(k, "") for k in metric_keys),
-                    *(vals.get(d, "") for d in objective.space.free_dims),
-                    r["duration_s"],
-                ]
-            )
+            w.writerow([r["number"], r["state"], json.dumps(r["value"]), *(m.get(k, "") for k in metric_keys),
+                        *(vals.get(d, "") for d in free), r["duration_s"]])  # fmt: skip
+
+
+BEST_KEYS = ("number", "value", "software_metrics", "hardware_metrics", "scaled_metrics", "sampled_config",
+             "weakest_nodes")  # fmt: skip
+
+
+def _write_best_graphs(best: list[optuna.trial.FrozenTrial], out: Path, ev: Evaluator) -> None:
+    """best_model/ (the first best trial's quantized graph) and the SQNR plot of every best / Pareto trial."""
+    from qfx.passes.debug import NumericsPass
+    from qfx.passes.debug.views import plot_sqnr
+    from qfx.passes.transforms.quantize import QuantizePass
+
+    for t in best:
+        q = QuantizePass(t.user_attrs["sampled_config"])(ev.pristine).graph
+        if t is best[0]:
+            q.save(out / "best_model")
+        NumericsPass(ev.pristine, ev.x[:256])(q)
+        name = "sqnr.png" if len(best) == 1 else f"sqnr_trial_{t.number}.png"
+        plot_sqnr(q, out / name, f"trial {t.number}: output SQNR vs float, per node")
+
+
+def write_outputs(study: optuna.Study, out: Path, objective: Objective) -> dict[str, Any]:
+    """best.json, trials.csv/json, best_model/, plots; returns best.json's content."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write_trials(study.get_trials(False), out, objective)
     best = best_trials(study)
-    best_json = {
-        str(i): {
-            k: _trial_record(t)[k]
-            for k in (
-                "number",
-                "value",
-                "software_metrics",
-                "hardware_metrics",
-                "scaled_metrics",
-                "sampled_config",
-                "weakest_nodes",
-            )
-        }
-        for i, t in enumerate(best)
-    }
+    best_json = {str(i): {k: _trial_record(t)[k] for k in BEST_KEYS} for i, t in enumerate(best)}
     (out / "best.json").write_text(json.dumps(best_json, indent=1, default=str))
     if best:
-        from qfx.passes.debug import NumericsPass
-        from qfx.passes.debug.views import plot_sqnr
-        from qfx.passes.transforms.quantize import QuantizePass
-
-        full = QuantizePass(best[0].user_attrs["sampled_config"])(objective.evaluator.pristine).graph
-        full.save(out / "best_model")
-        ev = objective.evaluator
-        for t in best:  # quantization error along the graph of every best / Pareto trial
-            q = full if t is best[0] else QuantizePass(t.user_attrs["sampled_config"])(ev.pristine).graph
-            NumericsPass(ev.pristine, ev.x[:256])(q)
-            name = "sqnr.png" if len(best) == 1 else f"sqnr_trial_{t.number}.png"
-            plot_sqnr(q, out / name, f"trial {t.number}: output SQNR vs float, per node")
+        _write_best_graphs(best, out, objective.evaluator)
     try:
-        from qfx.search.plots import plot_study
-
-        plot_study(study, objective, out)
+        plot_study(study_data(study, objective), out)
     except Exception as e:  # noqa: BLE001 - plots must not lose the results
         log.warning("plots failed: %s", e)
     return best_json
@@ -279,6 +285,54 @@ def _await_stale(
     return False
 
 
+def _open_study(
+    objective: Objective, setup: StrategySetup, storage: str | None, study_name: str | None
+) -> optuna.Study:
+    """Create (or load, for a named persistent study) the study with the configured sampler; stale trials of
+    killed workers are failed and re-queued before this worker starts."""
+    directions = [setup.direction] if objective.single else objective.directions
+    sampler = make_sampler(setup.sampler, objective.space, setup.seed, len(directions))
+    study = create_study(
+        storage, sampler=sampler, study_name=study_name, directions=directions, load_if_exists=study_name is not None
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if not objective.single:
+            study.set_metric_names(list(objective.metrics))
+        if storage is not None:
+            optuna.storages.fail_stale_trials(study)
+    return study
+
+
+def _optimize(study: optuna.Study, objective: Objective, setup: StrategySetup, persistent: bool,
+              callbacks: list[Any]) -> None:  # fmt: skip
+    """Run trials until the cap, the timeout or the space stops the study; a persistent study's worker also
+    waits for (and then runs) re-queued trials of killed workers."""
+    deadline = None if setup.timeout is None else time.monotonic() + setup.timeout
+    n_trials = objective.n_trials or setup.n_trials
+    remaining = max(n_trials - counted(study.get_trials(False)), 0)
+    while remaining:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(
+                objective,
+                # persistent studies may need more trials than `remaining` (re-queued ones of killed
+                # workers); the callbacks and the objective's cap stop the loop at n_trials
+                n_trials=None if persistent else remaining,
+                timeout=left,
+                n_jobs=setup.n_jobs,
+                callbacks=callbacks,
+                catch=(Exception,),
+                gc_after_trial=False,
+            )
+        points = objective.space.size if objective.unique else None
+        if not persistent or not _await_stale(study, n_trials, points):
+            break
+
+
 def run_study(
     space: SearchSpace,
     evaluator: Evaluator,
@@ -295,33 +349,11 @@ def run_study(
     Trials that raise are recorded as FAIL and the study continues; Ctrl-C stops the study,
     keeps the trials finished so far and sets ``objective.interrupted``.
     """
-    single = setup.sum_scaled_metrics
-    objective = Objective(
-        space,
-        evaluator,
-        metrics,
-        single,
-        exhaustive=setup.sampler == "exhaustive",
-        n_trials=setup.n_trials,
-        unique=setup.sampler in ("bruteforce", "grid", "exhaustive"),
-    )
-    directions = [setup.direction] if single else objective.directions
-    sampler = make_sampler(setup.sampler, space, setup.seed, len(directions))
-    study = create_study(
-        storage, sampler=sampler, study_name=study_name, directions=directions, load_if_exists=study_name is not None
-    )
-    if not single:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(metrics))
-    if storage is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-    n_trials = setup.n_trials
-    if setup.sampler == "exhaustive":
-        n_trials = min(n_trials, space.size)
-    objective.n_trials = n_trials
+    spec = sampler_spec(setup.sampler)
+    n_trials = min(setup.n_trials, space.size) if spec.name == "exhaustive" else setup.n_trials
+    objective = Objective(space, evaluator, metrics, setup.sum_scaled_metrics, exhaustive=spec.name == "exhaustive",
+                          n_trials=n_trials, unique=spec.enumerates)  # fmt: skip
+    study = _open_study(objective, setup, storage, study_name)
     finished = counted(study.get_trials(False))
     remaining = max(n_trials - finished, 0)
     if finished:
@@ -332,45 +364,19 @@ def run_study(
         jsonl = out / "trials.jsonl"
         if storage is None:  # a fresh in-memory study: do not mix in trials of an earlier run
             jsonl.unlink(missing_ok=True)
-    callbacks: list[Any] = [
-        lambda s, t: s.stop() if counted(s.get_trials(False)) >= n_trials else None,
-        _Progress(remaining, jsonl, single, progress),
-    ]
-    if setup.sampler in ("grid", "bruteforce"):
-        callbacks.append(
-            lambda s, t: s.stop() if len(s.get_trials(False, states=(TrialState.COMPLETE,))) >= space.size else None
-        )
-    objective.interrupted = False
+    bar = _Progress(remaining, jsonl, objective.single, progress)
+    callbacks: list[Any] = [lambda s, t: s.stop() if counted(s.get_trials(False)) >= n_trials else None, bar]
     one_line = _OneLineFailures()
     opt_log = logging.getLogger("optuna.study._optimize")
     if not tracebacks:
         opt_log.addFilter(one_line)
-    deadline = None if setup.timeout is None else time.monotonic() + setup.timeout
     try:
-        while remaining:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.optimize(
-                    objective,
-                    # persistent studies may need more trials than `remaining` (re-queued ones of killed
-                    # workers); the callbacks and the objective's cap stop the loop at n_trials
-                    n_trials=None if storage is not None else remaining,
-                    timeout=left,
-                    n_jobs=setup.n_jobs,
-                    callbacks=callbacks,
-                    catch=(Exception,),
-                    gc_after_trial=False,
-                )
-            if storage is None or not _await_stale(study, n_trials, space.size if objective.unique else None):
-                break
+        _optimize(study, objective, setup, storage is not None, callbacks)
     except KeyboardInterrupt:  # Optuna marks the running trial failed; finished ones are stored
         objective.interrupted = True
     finally:
         opt_log.removeFilter(one_line)
-    callbacks[1].bar.close()
+    bar.bar.close()
     return study, objective
 
 
@@ -379,4 +385,4 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
     return {s.name.lower(): states.count(s) for s in TrialState if states.count(s)}
 
 
-__all__ = ["METRICS", "Objective", "best_table", "best_trials", "make_storage", "run_study", "write_outputs"]
+__all__ = ["Objective", "best_table", "best_trials", "make_storage", "run_study", "write_outputs"]

@@ -102,31 +102,68 @@ def _chain(layers: list[Layer]) -> list[Layer]:
     return body
 
 
+def _plain_module(lay: Layer) -> nn.Module:
+    """The float torch layer hls4ml's PyTorch converter reads for one IR layer."""
+    if lay.op == "linear":
+        w = lay.params["weight"]
+        m: nn.Module = nn.Linear(w.shape[1], w.shape[0], bias="bias" in lay.params)
+        with torch.no_grad():
+            m.weight.copy_(w)
+            if m.bias is not None:
+                m.bias.copy_(lay.params["bias"])
+    elif lay.op == "affine":
+        m = nn.BatchNorm1d(lay.params["weight"].numel(), eps=0.0)  # scale = gamma / sqrt(1 + 0) exactly
+        with torch.no_grad():
+            m.weight.copy_(lay.params["weight"])
+            m.bias.copy_(lay.params["bias"])
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0)
+    else:
+        m = nn.ReLU()
+    return m.eval()
+
+
+def _mac_types(lay: Layer, cur: Fx, notes: list[str]) -> tuple[dict[str, str], Fx]:
+    """Weight/bias/accumulator types of a linear or affine layer and its exact output type."""
+    wp, bp = lay.precision.get("weight"), lay.precision.get("bias")
+    wt = _fx(wp) if wp else _wide(_mag_bits(lay.params["weight"]), 24)
+    bt = _fx(bp) if bp else _wide(_mag_bits(lay.params["bias"]), 24) if "bias" in lay.params else None
+    if not wp or (bt is not None and not bp):
+        notes.append(f"{lay.name}: float weight/bias represented as wide fixed point (24 fractional bits)")
+    fan = lay.params["weight"].shape[1] if lay.op == "linear" else 1
+    grow = math.ceil(math.log2(fan + 1)) + 1
+    frac = max(cur.frac + wt.frac, bt.frac if bt else 0)
+    exact = _wide(max(cur.integer + wt.integer + grow, (bt.integer + 1) if bt else 0), frac)
+    p = {"scale" if lay.op == "affine" else "weight": str(wt)}
+    if bt is not None:
+        p["bias"] = str(bt)
+    if lay.op == "linear":
+        p["accum"] = str(exact)
+    return p, exact
+
+
+def _relu_type(lay: Layer, nxt: Layer | None, cur: Fx, notes: list[str]) -> Fx:
+    """The type a ReLU's value has when it leaves the layer (before its reader quantizes it)."""
+    out = lay.precision.get("data_out")
+    rd = nxt.precision.get("data_in") if nxt is not None else None
+    if out and rd:
+        o, r = _fx(out), _fx(rd)
+        if o.frac == r.frac:
+            return Fx(min(o.width, r.width - 1 if r.signed else r.width), o.frac, False)
+        notes.append(
+            f"{lay.name} -> {nxt.name}: the unsigned ReLU output ({o}) is requantized to {r} at another "  # type: ignore[union-attr]
+            "frac width; hls4ml keeps the ReLU type (results can differ by one step)"
+        )
+        return o
+    if out or rd:
+        return _fx(out or rd)
+    return Fx(cur.width, cur.frac, cur.signed, exact=True)  # float relu: the input type holds it exactly
+
+
 def plan(graph: QGraph) -> HlsPlan:
     """The plain model and the per-layer hls4ml precisions (see the module docstring)."""
     body = _chain(build_ir(graph, "hls4ml"))
     notes: list[str] = []
-    mods: list[nn.Module] = []
-    for lay in body:
-        if lay.op == "linear":
-            w = lay.params["weight"]
-            m = nn.Linear(w.shape[1], w.shape[0], bias="bias" in lay.params)
-            with torch.no_grad():
-                m.weight.copy_(w)
-                if m.bias is not None:
-                    m.bias.copy_(lay.params["bias"])
-        elif lay.op == "affine":
-            s, t = lay.params["weight"], lay.params["bias"]
-            m = nn.BatchNorm1d(s.numel(), eps=0.0)  # scale = gamma / sqrt(1 + 0) exactly
-            with torch.no_grad():
-                m.weight.copy_(s)
-                m.bias.copy_(t)
-                m.running_mean.zero_()
-                m.running_var.fill_(1.0)
-        else:
-            m = nn.ReLU()
-        mods.append(m.eval())
-    # the type each layer's value has when it leaves the layer, before any reader quantizes it
     first_in = body[0].precision.get("data_in")
     in_type = _fx(first_in) if first_in else Fx(32, 16, exact=True)
     if not first_in:
@@ -135,49 +172,15 @@ def plan(graph: QGraph) -> HlsPlan:
     precs: list[dict[str, str]] = []
     for i, lay in enumerate(body):
         nxt = body[i + 1] if i + 1 < len(body) else None
-        reader = nxt.precision.get("data_in") if nxt is not None and nxt.op != "relu" else None
-        p: dict[str, str] = {}
         if lay.op in ("linear", "affine"):
-            wp, bp = lay.precision.get("weight"), lay.precision.get("bias")
-            wt = _fx(wp) if wp else _wide(_mag_bits(lay.params["weight"]), 24)
-            bt = _fx(bp) if bp else _wide(_mag_bits(lay.params["bias"]), 24) if "bias" in lay.params else None
-            if not wp or (bt is not None and not bp):
-                notes.append(f"{lay.name}: float weight/bias represented as wide fixed point (24 fractional bits)")
-            fan = lay.params["weight"].shape[1] if lay.op == "linear" else 1
-            grow = math.ceil(math.log2(fan + 1)) + 1
-            frac = max(cur.frac + wt.frac, bt.frac if bt else 0)
-            ints = max(cur.integer + wt.integer + grow, (bt.integer + 1) if bt else 0)
-            exact = _wide(ints, frac)
-            key = "scale" if lay.op == "affine" else "weight"
-            p[key] = str(wt)
-            if bt is not None:
-                p["bias"] = str(bt)
-            if lay.op == "linear":
-                p["accum"] = str(exact)
+            p, exact = _mac_types(lay, cur, notes)
+            reader = nxt.precision.get("data_in") if nxt is not None and nxt.op != "relu" else None
             cur = _fx(reader) if reader else exact
-        else:  # relu
-            out = lay.precision.get("data_out")
-            rd = nxt.precision.get("data_in") if nxt is not None else None
-            if out and rd:
-                o, r = _fx(out), _fx(rd)
-                if o.frac == r.frac:
-                    w = min(o.width, r.width - 1 if r.signed else r.width)
-                    cur = Fx(w, o.frac, False)
-                else:
-                    cur = o
-                    notes.append(
-                        f"{lay.name} -> {nxt.name}: the unsigned ReLU output ({o}) is requantized to {r} at another "
-                        "frac width; hls4ml keeps the ReLU type (results can differ by one step)"
-                    )
-            elif out:
-                cur = _fx(out)
-            elif rd:
-                cur = _fx(rd)
-            else:  # float relu: the input type holds it exactly
-                cur = Fx(cur.width, cur.frac, cur.signed, exact=True)
+        else:
+            p, cur = {}, _relu_type(lay, nxt, cur, notes)
         p["result"] = str(cur)
         precs.append(p)
-    return HlsPlan(nn.Sequential(*mods).eval(), precs, in_type, notes)
+    return HlsPlan(nn.Sequential(*[_plain_module(lay) for lay in body]).eval(), precs, in_type, notes)
 
 
 @contextlib.contextmanager

@@ -103,37 +103,24 @@ def _exponent_range(width: int) -> tuple[int, int]:
     return 1, width - 1
 
 
-register_format(
-    NumberFormat(
-        "integer",
-        values=lambda p: _int_fn(p.width, p.frac or 0, True),
-        label=lambda p: f"int{p.width}.{p.frac}",
-        config=IntegerQ,
-        param="frac_width",
-        param_range=_integer_range,
-        param_na=True,
-        unsigned="uinteger",
-        codes=lambda w: (-(2 ** (w - 1)), 2 ** (w - 1) - 1),
-    )
+_INTEGER = NumberFormat(
+    "integer",
+    values=lambda p: _int_fn(p.width, p.frac or 0, True),
+    label=lambda p: f"int{p.width}.{p.frac}",
+    config=IntegerQ,
+    param="frac_width",
+    param_range=_integer_range,
+    param_na=True,
+    unsigned="uinteger",
+    codes=lambda w: (-(2 ** (w - 1)), 2 ** (w - 1) - 1),
 )
-register_format(
-    NumberFormat(
-        "uinteger",
-        values=lambda p: _int_fn(p.width, p.frac or 0, False),
-        label=lambda p: f"uint{p.width}.{p.frac}",
-        codes=lambda w: (0, 2**w - 1),
-    )
-)
-register_format(
-    NumberFormat(
-        "minifloat",
-        values=lambda p: _mf_fn(p.width, p.frac or 0, None),
-        label=lambda p: f"minifloat{p.width}e{p.frac}",
-        config=MinifloatQ,
-        param="exponent_width",
-        param_range=_exponent_range,
-    )
-)
+_UINTEGER = NumberFormat("uinteger", values=lambda p: _int_fn(p.width, p.frac or 0, False),
+                         label=lambda p: f"uint{p.width}.{p.frac}", codes=lambda w: (0, 2**w - 1))  # fmt: skip
+_MINIFLOAT = NumberFormat("minifloat", values=lambda p: _mf_fn(p.width, p.frac or 0, None),
+                          label=lambda p: f"minifloat{p.width}e{p.frac}", config=MinifloatQ,
+                          param="exponent_width", param_range=_exponent_range)  # fmt: skip
+for _f in (_INTEGER, _UINTEGER, _MINIFLOAT):
+    register_format(_f)
 
 
 register_codec(

@@ -1,0 +1,100 @@
+"""Metric registry: every metric a search can score, registered once.
+
+A :class:`Metric` names its kind (``software``: measured by running the model; ``hardware``:
+estimated from the quantized graph's metadata), its natural direction and a description (shown by
+``qfx search --help`` and the README). Built-in metrics are measured by the evaluator's measurement
+groups (classification, per-sample FLOPs, latency, GPU energy, hw estimates); a registered metric
+with ``measure`` is computed by that function, only in searches that ask for it. Config validation,
+the evaluator and the CLI help all read this table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+    from qfx.graph.trace import QGraph
+
+Kind = Literal["software", "hardware"]
+
+
+@dataclass(frozen=True)
+class MetricContext:
+    """What a ``measure`` function sees for one trial: the quantized graph, its logits on the evaluation
+    samples, the labels, and the evaluator (its pristine graph, split, device)."""
+
+    graph: QGraph
+    logits: torch.Tensor
+    labels: torch.Tensor
+    evaluator: Any
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: Kind
+    direction: Literal["maximize", "minimize"]
+    description: str
+    measure: Callable[[MetricContext], float] | None = None  # None: a built-in measurement group fills it
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add a metric; a second registration under the same name raises."""
+    if metric.name in METRICS:
+        raise ValueError(f"metric {metric.name!r} is already registered")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def unregister_metric(name: str) -> Metric:
+    return METRICS.pop(name)
+
+
+def check_metrics(names: list[str] | dict[str, Any]) -> None:
+    """ValueError naming unknown metrics and listing the registered ones."""
+    bad = [k for k in names if k not in METRICS]
+    if bad:
+        raise ValueError(f"unknown metric(s) {bad}; available: {', '.join(METRICS)}")
+
+
+for _m in (
+    Metric("accuracy", "software", "maximize", "top-1 accuracy on the evaluation samples"),
+    Metric("loss", "software", "minimize", "mean cross-entropy"),
+    Metric("precision", "software", "maximize", "precision, support-weighted over classes"),
+    Metric("recall", "software", "maximize", "recall, support-weighted"),
+    Metric("f1", "software", "maximize", "F1, support-weighted"),
+    Metric("precision_macro", "software", "maximize", "precision, unweighted class mean"),
+    Metric("recall_macro", "software", "maximize", "recall, unweighted class mean"),
+    Metric("f1_macro", "software", "maximize", "F1, unweighted class mean"),
+    Metric("latency", "software", "minimize", "median forward time of one batch (ms)"),
+    Metric("latency_per_sample", "software", "minimize", "median forward time per sample (ms)"),
+    Metric("energy_per_sample", "software", "minimize", "GPU energy per sample (J) from NVML; CUDA runs only"),
+    Metric("flops", "software", "minimize", "FLOPs of one forward pass over one sample"),
+    Metric("macs", "software", "minimize", "MACs of one forward pass over one sample"),
+    Metric("average_bitwidth", "hardware", "minimize", "element-weighted mean width (see hw/)"),
+    Metric("memory_density", "hardware", "maximize", "compare_to / average_bitwidth"),
+    Metric("memory_bytes", "hardware", "minimize", "bit-packed bytes of the counted tensors"),
+    Metric("model_size", "hardware", "minimize", "bit-packed bytes of the parameters at their precision"),
+    Metric("bops", "hardware", "minimize", "bit operations per sample of MAC ops"),
+):
+    register_metric(_m)
+
+
+def scalarize(values: Callable[[str], float], metrics: dict[str, Any], signed: bool = False) -> float:
+    """The one scalar objective: sum of ``scale * value`` over the configured metrics (``sum_scaled_metrics``).
+
+    ``values(name)`` returns a metric's value; ``metrics`` maps names to specs with ``scale`` and
+    ``direction``. ``signed=True`` negates metrics to minimise, giving one higher-is-better number for a
+    multi-objective config (what compare-samplers ranks).
+    """
+    return sum(
+        (-1.0 if signed and spec.direction == "minimize" else 1.0) * spec.scale * values(k)
+        for k, spec in metrics.items()
+    )
