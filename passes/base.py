@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -46,6 +47,13 @@ def _check_option(owner: str, name: str, hint: Any, value: Any) -> None:
         raise TypeError(f"{owner}({name}={value!r}): expected {hint.__name__}, got bool")
 
 
+@functools.cache
+def _options(cls: type) -> tuple[tuple[str, Any], ...]:
+    """A pass class's init fields and their resolved types (resolved once per class: passes are built per trial)."""
+    hints = get_type_hints(cls)
+    return tuple((f.name, hints.get(f.name, Any)) for f in fields(cls) if f.init)
+
+
 @dataclass(frozen=True)
 class Pass(ABC):
     """One step of a pipeline: a frozen dataclass whose fields are its typed options.
@@ -64,10 +72,8 @@ class Pass(ABC):
     in_place: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        hints = get_type_hints(type(self))
-        for f in fields(self):
-            if f.init:
-                _check_option(type(self).__name__, f.name, hints.get(f.name, Any), getattr(self, f.name))
+        for name, hint in _options(type(self)):
+            _check_option(type(self).__name__, name, hint, getattr(self, name))
 
     def check(self, available: Iterable[str]) -> None:
         missing = [r for r in self.requires if r not in set(available)]

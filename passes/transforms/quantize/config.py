@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator, model_validator
 
 from qfx.graph.meta import TensorPrecision
+from qfx.passes.transforms.quantize.formats import config_formats
 
 Width = Annotated[int, Field(ge=1, le=32)]
 Frac = Annotated[int, Field(ge=0, le=32)] | None  # None ("NA"): width // 2
@@ -112,8 +113,6 @@ def _unwrap(v: Any) -> Any:
 
 def _node_q(v: Any) -> BaseModel:
     """One node's format config, dispatched on ``name`` to the registered format's config model."""
-    from qfx.passes.transforms.quantize.formats import config_formats
-
     if isinstance(v, BaseModel):
         return v
     v = _unwrap(v)

@@ -45,10 +45,6 @@ class NumberFormat:
     unsigned: str | None = None
     codes: Callable[[int], tuple[int, int]] | None = None
 
-    @property
-    def fixed_point(self) -> bool:
-        return self.codes is not None
-
 
 FORMATS: dict[str, NumberFormat] = {}
 
