@@ -27,6 +27,15 @@ def _note(msg: str, about: str = "") -> None:
         print(f"note ({about}): {msg}" if about else f"note: {msg}")
 
 
+def _threads(args: argparse.Namespace, model: Any) -> None:
+    """The thread policy, applied by the CLI only: --threads, else chosen from the model's size."""
+    import torch
+
+    from qfx.zoo.train import auto_threads
+
+    torch.set_num_threads(args.threads or auto_threads(model))
+
+
 class UsageError(Exception):
     """A user-facing error: message plus hint."""
 
@@ -152,6 +161,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from qfx.zoo.train import evaluate, load_checkpoint
 
     model, ds, info = load_checkpoint(args.checkpoint, args.trust_checkpoint)
+    _threads(args, model)
     split = ds.split(args.split)
     m = evaluate(model, split, ds.num_classes)
     _print_metrics(f"{info['model']} on {info['dataset']} ({args.split}, {len(split)} samples)", m, ds.classes)
@@ -170,6 +180,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.config}: no [passes.quantize] section", "see configs/jsc_toy_by_name.toml")
     out = _out_dir(args, args.config, "transform")
     prep = prepare(cfg, args.checkpoint, out, not args.no_progress, args.trust_checkpoint)
+    _threads(args, prep.model)
     res = QuantizePass(cfg.passes.quantize)(prep.graph)
     for n in res.info["notes"]:
         _note(n)
@@ -211,6 +222,7 @@ def _search_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Path]:
         raise UsageError(f"{opt}: {err['msg'].removeprefix('Value error, ')}", "see qfx search --help") from None
     out = _out_dir(args, args.config, "search")
     prep = prepare(cfg, args.checkpoint, out, not args.no_progress, args.trust_checkpoint)
+    _threads(args, prep.model)
     space, ev = build_search(cfg, prep)
     return cfg, prep, space, ev, out
 
@@ -459,6 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action="version", version=f"qfx {_version()}")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    ap.add_argument(
+        "--threads",
+        type=_positive,
+        help="CPU threads for torch (default: 1 for models under 1M parameters, every core above)",
+    )
     noise = ap.add_mutually_exclusive_group()
     noise.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     noise.add_argument("-q", "--quiet", action="store_true", help="results and errors only: no progress bars, notes")
@@ -618,9 +635,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "search" and args.storage and not args.study_name:
         args.study_name = "qfx"
     try:
-        from qfx.zoo.train import set_threads
+        import torch
 
-        set_threads()
+        torch.set_num_threads(args.threads or 1)  # raised for large models once the model is known (_threads)
         return args.fn(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
