@@ -1,4 +1,5 @@
-"""Runtime measurements: latency (CPU perf_counter / CUDA events) and GPU energy through NVML.
+"""Runtime measurements: latency (CPU perf_counter / CUDA events), GPU energy through NVML, CPU energy
+through the Linux powercap (RAPL) counters, CPU time/utilisation and peak memory of one evaluation.
 
 Nothing here invents a number: where a GPU or NVML is absent, energy is reported as
 absent with the reason.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,3 +86,94 @@ def gpu_energy(fn: Callable[[], Any], repeats: int = 50, device_index: int = 0) 
             pynvml.nvmlShutdown()
         except Exception:  # noqa: BLE001
             pass
+
+
+RAPL = Path("/sys/class/powercap")
+
+
+def _rapl_packages() -> list[Path]:
+    """Package-level RAPL zones (``intel-rapl:N``; AMD exposes the same interface)."""
+    return sorted(p for p in RAPL.glob("intel-rapl:*") if p.name.count(":") == 1) if RAPL.is_dir() else []
+
+
+def rapl_status() -> dict[str, Any]:
+    """Whether CPU energy can be measured here: ``{"available": True, "zones": [...]}`` or the reason it cannot."""
+    zones = _rapl_packages()
+    if not zones:
+        return {"available": False, "reason": f"no RAPL powercap zones under {RAPL} (not an Intel/AMD host, or a VM)"}
+    try:
+        for z in zones:
+            int((z / "energy_uj").read_text())
+    except OSError as e:
+        return {"available": False, "reason": f"RAPL counters not readable ({e.strerror}: {e.filename}); needs root"}
+    return {"available": True, "zones": [str(z) for z in zones]}
+
+
+def _rapl_read(zones: list[Path]) -> list[int]:
+    return [int((z / "energy_uj").read_text()) for z in zones]
+
+
+def cpu_energy(fn: Callable[[], Any], repeats: int = 20) -> dict[str, Any]:
+    """Energy (J) of ``repeats`` calls from the RAPL package counters (all packages, counter wrap handled).
+
+    The counters measure the whole package, so other load on the machine is included: a measurement,
+    not an attribution. ``{"available": False, "reason": ...}`` where the counters cannot be read.
+    """
+    status = rapl_status()
+    if not status["available"]:
+        return status
+    zones = _rapl_packages()
+    ranges = [int((z / "max_energy_range_uj").read_text()) for z in zones]
+    e0, t0 = _rapl_read(zones), time.perf_counter()
+    with torch.no_grad():
+        for _ in range(repeats):
+            fn()
+    e1, dt = _rapl_read(zones), time.perf_counter() - t0
+    uj = sum((b - a) % r for a, b, r in zip(e0, e1, ranges, strict=True))
+    return {"available": True, "energy_j": uj / 1e6, "energy_per_call_j": uj / 1e6 / repeats,
+            "power_w": uj / 1e6 / dt if dt > 0 else float("nan"), "seconds": dt}  # fmt: skip
+
+
+def _proc_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_resources(fn: Callable[[], Any], device: str = "cpu") -> tuple[Any, dict[str, float]]:
+    """Run ``fn`` once; return its result and what it cost: ``cpu_time_s`` (process CPU time, all threads),
+    ``wall_s``, ``cpu_utilization`` (cpu_time / wall: 1.0 = one core busy) and ``peak_memory_bytes``
+    (CUDA: peak allocated by torch's caching allocator above the start; CPU: the process's peak resident
+    set above its resident set at the start, from /proc, with the peak mark reset first)."""
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base_kb = _proc_kb("VmRSS") if _reset_peak_rss() else None
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    if cuda:
+        torch.cuda.synchronize()
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    if cuda:
+        peak = float(torch.cuda.max_memory_allocated() - base)
+    else:
+        hwm = _proc_kb("VmHWM")
+        peak = float(max(hwm - base_kb, 0) * 1024) if hwm is not None and base_kb is not None else float("nan")
+    return out, {"cpu_time_s": cpu, "wall_s": wall, "cpu_utilization": cpu / wall if wall > 0 else float("nan"),
+                 "peak_memory_bytes": peak}  # fmt: skip

@@ -57,6 +57,9 @@ def unregister_metric(name: str) -> Metric:
     return METRICS.pop(name)
 
 
+RESOURCE_METRICS = ("cpu_time", "cpu_utilization", "peak_memory")
+
+
 def check_metrics(names: list[str] | dict[str, Any]) -> None:
     """ValueError naming unknown metrics and listing the registered ones."""
     bad = [k for k in names if k not in METRICS]
@@ -76,6 +79,10 @@ for _m in (
     Metric("latency", "software", "minimize", "median forward time of one batch (ms)"),
     Metric("latency_per_sample", "software", "minimize", "median forward time per sample (ms)"),
     Metric("energy_per_sample", "software", "minimize", "GPU energy per sample (J) from NVML; CUDA runs only"),
+    Metric("cpu_time", "software", "minimize", "process CPU time of the evaluation forward pass, all threads (ms)"),
+    Metric("cpu_utilization", "software", "minimize", "CPU time / wall time of that pass (1.0 = one core busy)"),
+    Metric("peak_memory", "software", "minimize", "bytes allocated during evaluation (CUDA allocator / CPU RSS)"),
+    Metric("cpu_energy", "software", "minimize", "CPU package energy per sample (J) from RAPL, where readable"),
     Metric("flops", "software", "minimize", "FLOPs of one forward pass over one sample"),
     Metric("macs", "software", "minimize", "MACs of one forward pass over one sample"),
     Metric("average_bitwidth", "hardware", "minimize", "element-weighted mean width (see hw/)"),

@@ -19,8 +19,8 @@ from qfx.graph.trace import QGraph
 from qfx.hw.estimates import hw_metrics
 from qfx.passes.transforms.quantize.quantize_pass import QuantizePass
 from qfx.search.config import AvgBitwidthRunner, LatencyRunner, QATRunner
-from qfx.search.measure import gpu_energy, measure_latency
-from qfx.search.metrics import METRICS, MetricContext, check_metrics
+from qfx.search.measure import cpu_energy, gpu_energy, measure_latency, measure_resources, rapl_status
+from qfx.search.metrics import METRICS, RESOURCE_METRICS, MetricContext, check_metrics
 from qfx.zoo.data import Split
 from qfx.zoo.train import PRF, classification_metrics, predict
 
@@ -75,6 +75,8 @@ class Evaluator:
                 "metric 'energy_per_sample' needs a CUDA GPU with NVML (accelerator = \"cuda\"); "
                 f"this run is on {device}"
             )
+        if "cpu_energy" in metrics and not (rapl := rapl_status())["available"]:
+            raise ValueError(f"metric 'cpu_energy' cannot be measured on this machine: {rapl['reason']}")
         if self.qat.steps and train_split is None:
             raise ValueError("QAT fine-tuning needs a training split")
         batch = pristine.meta(next(n for n in pristine.nodes if n.op == "placeholder")).out_shape[0]
@@ -132,10 +134,23 @@ class Evaluator:
         if self.qat.steps:
             self._finetune(q)
         t2 = time.perf_counter()
-        logits = predict(q.gm, self.x).cpu()
+        if any(m in RESOURCE_METRICS for m in self.metrics):
+            logits, cost = measure_resources(lambda: predict(q.gm, self.x), self.device)
+        else:
+            logits, cost = predict(q.gm, self.x), {}
+        logits = logits.cpu()
         sw = classification_metrics(logits, self.y, self.num_classes, full=self._prf)
         sw.pop("confusion_matrix", None)
         sw.update(self._per_sample)
+        if cost:
+            sw.update(cpu_time=1e3 * cost["cpu_time_s"], cpu_utilization=cost["cpu_utilization"],
+                      peak_memory=cost["peak_memory_bytes"])  # fmt: skip
+        if "cpu_energy" in self.metrics:
+            xb = self.x[: self.latency.batch_size]
+            e = cpu_energy(lambda: q.gm(xb), repeats=max(self.latency.repeats, 20))
+            if not e["available"]:
+                raise RuntimeError(f"CPU energy not measured: {e['reason']}")
+            sw["cpu_energy"] = e["energy_per_call_j"] / len(xb)
         if "latency" in self.metrics or "latency_per_sample" in self.metrics:
             xb = self.x[: self.latency.batch_size]
             lat = measure_latency(lambda: q.gm(xb), self.latency.warmup, self.latency.repeats, self.device)
