@@ -227,6 +227,12 @@ def _search_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Path]:
     return cfg, prep, space, ev, out
 
 
+def _budgets(constraints: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k} {op} {v:g}" for k, b in constraints.items() for op, v in (("<=", b.max), (">=", b.min)) if v is not None
+    )
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from qfx.search.study import best_table, best_trials, run_study, summarize, write_outputs
 
@@ -234,14 +240,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     st = cfg.search.strategy
     print(f"{prep.graph.gm.__class__.__name__} from {prep.checkpoint}; {space.describe()}")
     study, objective = run_study(
-        space, ev, st.metrics, st.setup, out, args.storage, args.study_name, not args.no_progress, args.debug
+        space,
+        ev,
+        st.metrics,
+        st.setup,
+        out,
+        args.storage,
+        args.study_name,
+        not args.no_progress,
+        args.debug,
+        constraints=st.constraints,
     )
     if objective.interrupted:
         print("interrupted: writing the outputs of the finished trials", file=sys.stderr)
     write_outputs(study, out, objective)
     best = best_trials(study)
     print("\nBest trial(s):")
-    print(best_table(best, list(st.metrics)) if best else "(no trial completed)")
+    done = [t for t in study.get_trials(False) if t.state.name == "COMPLETE"]
+    print(best_table(best, list(st.metrics)) if best else "(no feasible trial: every trial broke a budget)" if done
+          else "(no trial completed)")  # fmt: skip
+    if st.constraints:
+        infeasible = sum(not t.user_attrs.get("feasible", True) for t in done)
+        _note(f"budgets {_budgets(st.constraints)}: {infeasible} of {len(done)} completed trial(s) infeasible")
     for t in best:
         weak = t.user_attrs.get("weakest_nodes") or []
         if weak:

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qfx.passes.transforms.quantize.config import QuantizeConfig
 from qfx.search.metrics import check_metrics
@@ -84,6 +84,21 @@ class MetricSpec(_M):
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
+class Bound(_M):
+    """A budget on one metric: ``max`` and/or ``min`` in the metric's own units."""
+
+    max: float | None = None
+    min: float | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Bound:
+        if self.max is None and self.min is None:
+            raise ValueError("give max and/or min")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
 class Strategy(_M):
     name: Literal["optuna"] = "optuna"
     eval_mode: bool = True
@@ -91,10 +106,11 @@ class Strategy(_M):
     hw_runner: HwRunner = HwRunner()
     setup: StrategySetup = StrategySetup()
     metrics: dict[str, MetricSpec] = Field(min_length=1)
+    constraints: dict[str, Bound] = {}  # budgets: trials outside them are infeasible (Optuna constraints_func)
 
-    @field_validator("metrics")
+    @field_validator("metrics", "constraints")
     @classmethod
-    def _known(cls, v: dict[str, MetricSpec]) -> dict[str, MetricSpec]:
+    def _known(cls, v: dict[str, Any]) -> dict[str, Any]:
         check_metrics(v)  # the metric registry decides
         return v
 

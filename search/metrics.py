@@ -105,3 +105,16 @@ def scalarize(values: Callable[[str], float], metrics: dict[str, Any], signed: b
         (-1.0 if signed and spec.direction == "minimize" else 1.0) * spec.scale * values(k)
         for k, spec in metrics.items()
     )
+
+
+def violations(values: Callable[[str], float], constraints: dict[str, Any]) -> dict[str, float]:
+    """Optuna's constraint convention, one number per bound, named ``metric<=max`` / ``metric>=min``:
+    ``value - max`` / ``min - value``; a trial is feasible when every number is <= 0. ``constraints`` maps
+    metric names to bounds with ``max``/``min``."""
+    out = {}
+    for k, b in constraints.items():
+        if b.max is not None:
+            out[f"{k}<={b.max:g}"] = values(k) - b.max
+        if b.min is not None:
+            out[f"{k}>={b.min:g}"] = b.min - values(k)
+    return out

@@ -36,7 +36,7 @@ class StudyData:
     feasible: list[bool]
 
 
-def _pareto_mask(points: np.ndarray, maximize: list[bool]) -> np.ndarray:
+def pareto_mask(points: np.ndarray, maximize: list[bool]) -> np.ndarray:
     s = points * np.where(maximize, 1.0, -1.0)
     mask = np.ones(len(s), bool)
     for i in range(len(s)):
@@ -85,7 +85,7 @@ def plot_pareto(data: StudyData, path: Path) -> Path:
     ok = np.array(data.feasible, bool)
     mask = np.zeros(len(xy), bool)
     if ok.any():
-        mask[np.flatnonzero(ok)] = _pareto_mask(xy[ok], [xm, ym])
+        mask[np.flatnonzero(ok)] = pareto_mask(xy[ok], [xm, ym])
     fig = Figure(figsize=(6, 4.5))
     ax = fig.add_subplot()
     dom = ok & ~mask

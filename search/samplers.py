@@ -3,7 +3,8 @@
 Each :class:`SamplerSpec` gives the factory (seeded), whether it handles several objectives, whether
 it enumerates a finite space (each point once: trials claim their point, the study stops when the
 space is exhausted) and a description; config validation, the CLI help, sampler construction and the
-README read it. Enumerating samplers stop the study themselves in ``after_trial``.
+README read it. Enumerating samplers stop the study themselves in ``after_trial``. Budgets reach samplers as
+Optuna trial constraints (``Trial.set_constraint``); ``constraints`` marks the samplers that use them.
 
 ``exhaustive`` visits point ``trial.number`` of the space in lexicographic order, so it
 never repeats a point — even with several workers sharing one storage, because trial
@@ -122,6 +123,7 @@ class SamplerSpec:
     multi_objective: bool = True
     enumerates: bool = False  # visits each point of a finite space once; trials claim their point
     max_points: int | None = None  # refuses larger spaces (the factory would materialise every point)
+    constraints: bool = False  # reads trial constraints (budgets steer its search, beyond being recorded)
 
 
 SAMPLERS: dict[str, SamplerSpec] = {}
@@ -169,17 +171,29 @@ def sampler_help() -> str:
 
 _S = optuna.samplers
 for _spec in (
-    SamplerSpec("tpe", lambda sp, s: _S.TPESampler(seed=s, multivariate=True), "Optuna TPE (multivariate)"),
+    SamplerSpec(
+        "tpe",
+        lambda sp, s: _S.TPESampler(seed=s, multivariate=True),
+        "Optuna TPE (multivariate)",
+        constraints=True,
+    ),  # fmt: skip
     SamplerSpec("random", lambda sp, s: _S.RandomSampler(seed=s), "uniform random"),
-    SamplerSpec("nsgaii", lambda sp, s: _S.NSGAIISampler(seed=s), "NSGA-II genetic algorithm"),
-    SamplerSpec("nsgaiii", lambda sp, s: _S.NSGAIIISampler(seed=s), "NSGA-III (many objectives)"),
+    SamplerSpec(
+        "nsgaii", lambda sp, s: _S.NSGAIISampler(seed=s), "NSGA-II genetic algorithm", constraints=True
+    ),  # fmt: skip
+    SamplerSpec(
+        "nsgaiii", lambda sp, s: _S.NSGAIIISampler(seed=s), "NSGA-III (many objectives)", constraints=True
+    ),  # fmt: skip
     SamplerSpec("qmc", lambda sp, s: _S.QMCSampler(seed=s, warn_independent_sampling=False), "quasi-Monte Carlo"),
-    SamplerSpec("gp", lambda sp, s: _S.GPSampler(seed=s), "Gaussian-process Bayesian optimisation"),
+    SamplerSpec(
+        "gp", lambda sp, s: _S.GPSampler(seed=s), "Gaussian-process Bayesian optimisation", constraints=True
+    ),  # fmt: skip
     SamplerSpec(
         "cmaes",
         lambda sp, s: _S.CmaEsSampler(seed=s, warn_independent_sampling=False),
         "CMA-ES evolution strategy",
         multi_objective=False,
+        constraints=True,
     ),
     SamplerSpec(
         "grid",

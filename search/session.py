@@ -99,7 +99,7 @@ def build_search(cfg: RunConfig, prep: Prepared) -> tuple[SearchSpace, Evaluator
         prep.graph,
         eval_split=prep.dataset.split(be.data_loader).head(be.num_samples),
         num_classes=prep.dataset.num_classes,
-        metrics=list(st.metrics),
+        metrics=list(dict.fromkeys([*st.metrics, *st.constraints])),  # budgets need their metrics measured
         hw=st.hw_runner.average_bitwidth,
         latency=st.sw_runner.latency,
         qat=st.sw_runner.qat,
@@ -169,7 +169,7 @@ def run_search(
         prep = prepare(cfg, checkpoint, work, progress, trust)
         space, ev = build_search(cfg, prep)
         study, objective = run_study(space, ev, st.metrics, st.setup, work if out else None, storage, study_name,
-                                     progress)  # fmt: skip
+                                     progress, constraints=st.constraints)  # fmt: skip
         if out is not None:
             write_outputs(study, work, objective)
     return SearchRun(study, best_trials(study), objective, Path(out) if out is not None else None)

@@ -13,18 +13,19 @@ import logging
 import time
 import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 from tabulate import tabulate
 from tqdm.auto import tqdm
 
 from qfx.search.config import MetricSpec, StrategySetup
-from qfx.search.metrics import scalarize
-from qfx.search.plots import StudyData, plot_study
+from qfx.search.metrics import scalarize, violations
+from qfx.search.plots import StudyData, pareto_mask, plot_study
 from qfx.search.runner import Evaluator
 from qfx.search.samplers import exhaustive_index, make_sampler, sampler_spec
 from qfx.search.space import SearchSpace
@@ -47,6 +48,7 @@ class Objective:
     unique: bool = False  # enumerating samplers (bruteforce, grid, exhaustive): never evaluate a point twice
     n_trials: int | None = None
     interrupted: bool = False
+    constraints: dict[str, Any] = field(default_factory=dict)  # metric -> Bound (budgets)
 
     @staticmethod
     def _claim(trial: optuna.Trial, point: dict[str, int]) -> None:
@@ -100,6 +102,12 @@ class Objective:
         trial.set_user_attr("sampled_config", config)
         trial.set_user_attr("timings", {"sample": t_sample, **res.timings})
         trial.set_user_attr("weakest_nodes", res.weakest)
+        if self.constraints:
+            c = violations(res.metric, self.constraints)
+            for name, v in c.items():
+                trial.set_constraint(name, v)  # Optuna-native: constraint-aware samplers read these
+            trial.set_user_attr("constraints", c)
+            trial.set_user_attr("feasible", all(v <= 0 for v in c.values()))
         return scalarize(res.metric, self.metrics) if self.single else list(scaled.values())
 
 
@@ -115,6 +123,8 @@ def _trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "sampled_config": t.user_attrs.get("sampled_config", {}),
         "timings": t.user_attrs.get("timings", {}),
         "weakest_nodes": t.user_attrs.get("weakest_nodes", []),
+        "feasible": t.user_attrs.get("feasible", True),
+        "constraints": t.user_attrs.get("constraints"),
         "error": t.user_attrs.get("error"),
         "duration_s": t.duration.total_seconds() if t.duration else None,
     }
@@ -123,29 +133,43 @@ def _trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
 class _Progress:
     """tqdm bar with trial count and best value so far; appends each finished trial to JSONL."""
 
-    def __init__(self, total: int, jsonl: Path | None, single: bool, enabled: bool) -> None:
+    def __init__(self, total: int, jsonl: Path | None, single: bool, enabled: bool, maximize: bool = True) -> None:
         self.bar = tqdm(total=total, desc="search", unit="trial", disable=not enabled)
         self.jsonl = jsonl
         self.single = single
+        self.maximize = maximize
+        self.best: tuple[float, int] | None = None  # this worker's best feasible (value, trial), kept per trial
+        self.complete = 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.jsonl is not None:
             with open(self.jsonl, "a") as fh:
                 fh.write(json.dumps(_trial_record(trial), default=str) + "\n")
         self.bar.update(1)
-        done = [t for t in study.get_trials(False, states=(TrialState.COMPLETE,))]
-        if done and self.single:
-            self.bar.set_postfix(best=f"{study.best_value:.4g}", trial=study.best_trial.number)
-        elif done:
-            self.bar.set_postfix(pareto=len(study.best_trials))
+        if trial.state != TrialState.COMPLETE or self.bar.disable:
+            return
+        self.complete += 1
+        if self.single and trial.user_attrs.get("feasible", True):
+            v = trial.values[0]
+            if self.best is None or (v > self.best[0] if self.maximize else v < self.best[0]):
+                self.best = (v, trial.number)
+        if self.best is not None:
+            self.bar.set_postfix(best=f"{self.best[0]:.4g}", trial=self.best[1])
+        elif not self.single:
+            self.bar.set_postfix(complete=self.complete)
 
 
 def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    if not study.get_trials(False, states=(TrialState.COMPLETE,)):
+    """The best feasible trial (single objective) or the Pareto front of the feasible trials, by number."""
+    done = [t for t in study.get_trials(False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible", True)]
+    if not done:
         return []
-    if len(study.directions) == 1:
-        return [study.best_trial]
-    return sorted(study.best_trials, key=lambda t: t.number)
+    maximize = [d == optuna.study.StudyDirection.MAXIMIZE for d in study.directions]
+    if len(maximize) == 1:
+        pick = max if maximize[0] else min
+        return [pick(done, key=lambda t: t.values[0])]  # the first of equals, as study.best_trial
+    mask = pareto_mask(np.array([t.values for t in done], float), maximize)
+    return [t for t, m in zip(done, mask, strict=True) if m]
 
 
 def _r(d: dict[str, Any]) -> dict[str, Any]:
@@ -343,16 +367,19 @@ def run_study(
     study_name: str | None = None,
     progress: bool = True,
     tracebacks: bool = False,
+    constraints: dict[str, Any] | None = None,
 ) -> tuple[optuna.Study, Objective]:
     """Create or resume a study and run it until ``setup.n_trials`` trials have finished in total.
 
     Trials that raise are recorded as FAIL and the study continues; Ctrl-C stops the study,
-    keeps the trials finished so far and sets ``objective.interrupted``.
+    keeps the trials finished so far and sets ``objective.interrupted``. ``constraints`` (metric -> Bound):
+    budgets; each trial gets Optuna constraints (``Trial.set_constraint``) that constraint-aware samplers
+    read; violating trials are recorded infeasible and never count as best.
     """
     spec = sampler_spec(setup.sampler)
     n_trials = min(setup.n_trials, space.size) if spec.name == "exhaustive" else setup.n_trials
     objective = Objective(space, evaluator, metrics, setup.sum_scaled_metrics, exhaustive=spec.name == "exhaustive",
-                          n_trials=n_trials, unique=spec.enumerates)  # fmt: skip
+                          n_trials=n_trials, unique=spec.enumerates, constraints=dict(constraints or {}))  # fmt: skip
     study = _open_study(objective, setup, storage, study_name)
     finished = counted(study.get_trials(False))
     remaining = max(n_trials - finished, 0)
@@ -364,7 +391,7 @@ def run_study(
         jsonl = out / "trials.jsonl"
         if storage is None:  # a fresh in-memory study: do not mix in trials of an earlier run
             jsonl.unlink(missing_ok=True)
-    bar = _Progress(remaining, jsonl, objective.single, progress)
+    bar = _Progress(remaining, jsonl, objective.single, progress, setup.direction == "maximize")
     callbacks: list[Any] = [lambda s, t: s.stop() if counted(s.get_trials(False)) >= n_trials else None, bar]
     one_line = _OneLineFailures()
     opt_log = logging.getLogger("optuna.study._optimize")

@@ -1,0 +1,76 @@
+"""Budgets: [search.strategy.constraints] through Optuna's constraints_func; infeasible trials recorded,
+never best; samplers without constraints_func still only report feasible trials."""
+
+import json
+
+import pytest
+from search_helpers import make_checkpoint, search_toml
+
+from qfx import cli
+from qfx.search.config import ConfigError, load_config
+from qfx.search.session import run_search
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ck"), epochs=3)
+
+
+def _cfg(tmp_path, sampler, budget, single=True, n=12):
+    p = tmp_path / f"{sampler}.toml"
+    p.write_text(search_toml(sampler, n, single=single) + f"\n[search.strategy.constraints]\n{budget}\n")
+    return p
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_average_bitwidth_budget(tmp_path, ckpt, sampler):
+    run = run_search(_cfg(tmp_path, sampler, "average_bitwidth.max = 9.0"), checkpoint=str(ckpt), out=tmp_path / "o")
+    done = [t for t in run.study.trials if t.state.name == "COMPLETE"]
+    bw = {t.number: t.user_attrs["hardware_metrics"]["average_bitwidth"] for t in done}
+    assert all(t.user_attrs["feasible"] == (bw[t.number] <= 9.0) for t in done)
+    assert all(t.user_attrs["constraints"] == {"average_bitwidth<=9": pytest.approx(bw[t.number] - 9.0)}
+               for t in done)  # fmt: skip
+    assert all(t.constraints == t.user_attrs["constraints"] for t in done)  # Optuna-native constraints
+    assert run.best and all(bw[t.number] <= 9.0 for t in run.best)
+    feasible = [t for t in done if t.user_attrs["feasible"]]
+    assert run.best[0].value == max(t.value for t in feasible)
+    best = json.loads((tmp_path / "o" / "best.json").read_text())
+    assert all(b["hardware_metrics"]["average_bitwidth"] <= 9.0 for b in best.values())
+    records = json.loads((tmp_path / "o" / "trials.json").read_text())
+    assert {r["number"]: r["feasible"] for r in records if r["state"] == "COMPLETE"} == {
+        t.number: t.user_attrs["feasible"] for t in done
+    }
+    assert (tmp_path / "o" / "pareto.png").is_file()
+
+
+def test_multi_objective_budget_with_nsgaii(tmp_path, ckpt):
+    run = run_search(_cfg(tmp_path, "nsgaii", "accuracy.min = 0.45\nmemory_bytes.max = 900", single=False),
+                     checkpoint=str(ckpt))  # fmt: skip
+    assert run.best
+    for t in run.best:
+        assert t.user_attrs["software_metrics"]["accuracy"] >= 0.45
+        assert t.user_attrs["hardware_metrics"]["memory_bytes"] <= 900
+
+
+def test_cli_reports_infeasible_count_and_no_feasible_trial(tmp_path, ckpt, capsys):
+    cfg = _cfg(tmp_path, "random", "average_bitwidth.max = 0.5", n=3)  # impossible
+    assert cli.main(["search", "--config", str(cfg), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+                     "--no-progress"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "(no feasible trial: every trial broke a budget)" in out
+    assert "budgets average_bitwidth <= 0.5: 3 of 3 completed trial(s) infeasible" in out
+
+
+@pytest.mark.parametrize(
+    "budget, message",
+    [
+        ("acuracy.min = 0.5", "unknown metric(s) ['acuracy']"),
+        ("accuracy.mni = 0.5", "unknown key"),
+        ("accuracy = {}", "give max and/or min"),
+        ("accuracy.min = 0.9\naccuracy.max = 0.5", "min 0.9 is above max 0.5"),
+    ],
+)
+def test_bad_budgets_are_named(tmp_path, budget, message):
+    with pytest.raises(ConfigError, match="search.strategy.constraints") as e:
+        load_config(_cfg(tmp_path, "tpe", budget), require_search=True)
+    assert message in str(e.value)
