@@ -16,7 +16,7 @@ import torch.fx as fx
 META_KEY = "qfx"
 
 # analysis names: what passes provide/require and what each node's record lists in ``analyses``
-SHAPES, FLOPS, PARAMS, NUMERICS = "shapes", "flops", "params", "numerics"
+SHAPES, FLOPS, PARAMS, NUMERICS, CALIBRATION = "shapes", "flops", "params", "numerics", "calibration"
 
 Shape = tuple[int, ...]
 
@@ -86,6 +86,8 @@ class NodeMeta:
     quantized: str | None = None  # quantized replacement type name, if any
     numerics: Mapping[str, Any] | None = None  # NumericsPass: error vs the float graph, saturation
     analyses: frozenset[str] = frozenset()  # the analyses that wrote this record (see annotate)
+    # CalibrationPass: role -> frac width per width (index = width, 0..32) for "auto" fracs
+    calibration: Mapping[str, tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -97,6 +99,8 @@ class NodeMeta:
             set_(self, "precision", MappingProxyType(dict(self.precision)))
         if self.numerics is not None and not isinstance(self.numerics, MappingProxyType):
             set_(self, "numerics", MappingProxyType(dict(self.numerics)))
+        if self.calibration is not None and not isinstance(self.calibration, MappingProxyType):
+            set_(self, "calibration", MappingProxyType({k: tuple(v) for k, v in self.calibration.items()}))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> NodeMeta:
         return self  # immutable: a copy is the record itself
@@ -108,6 +112,7 @@ class NodeMeta:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["precision"] = dict(self.precision)
         d["numerics"] = None if self.numerics is None else dict(self.numerics)
+        d["calibration"] = None if self.calibration is None else {k: list(v) for k, v in self.calibration.items()}
         return d
 
     def to_dict(self) -> dict[str, Any]:

@@ -143,6 +143,15 @@ class PassesSection(_M):
     quantize: QuantizeConfig | None = None
 
 
+class CalibrationConfig(_M):
+    """How ``*_frac_width = "auto"`` is resolved (CalibrationPass), once per run, on ``num_samples`` of ``split``."""
+
+    method: Literal["max", "percentile", "mse"] = "mse"
+    percentile: float = Field(99.99, gt=50, le=100)
+    num_samples: int = Field(512, ge=1)
+    split: Literal["train", "val", "test"] = "train"
+
+
 class RunConfig(_M):
     model: str = "jsc-tiny"
     dataset: str = "digits"
@@ -161,6 +170,16 @@ class RunConfig(_M):
     project_dir: str | None = None
     passes: PassesSection = PassesSection()
     search: SearchSection | None = None
+    calibration: CalibrationConfig = CalibrationConfig()
+
+    def uses_auto(self) -> bool:
+        """Whether any frac width of the quantize config or the search space says "auto"."""
+        import json
+
+        parts = [self.passes.quantize.model_dump() if self.passes.quantize else {}]
+        if self.search is not None:
+            parts.append(self.search.search_space.seed)
+        return '"auto"' in json.dumps(parts, default=str)
 
     @field_validator("model")
     @classmethod

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from qfx.graph.trace import QGraph, trace
-from qfx.passes.analysis import analyze
+from qfx.passes.analysis import CalibrationPass, analyze
 from qfx.search.config import ConfigError, RunConfig, StrategySetup, load_config
 from qfx.search.runner import Evaluator
 from qfx.search.space import SearchSpace
@@ -84,6 +84,9 @@ def prepare(cfg: RunConfig, checkpoint: str | None, out: Path, progress: bool = 
             info["dataset"],
         )
     graph = analyze(trace(model, ds.val.x[:8]))
+    if cfg.uses_auto():  # "auto" fracs: calibrated once here, resolved by lookup in every trial
+        c = cfg.calibration
+        CalibrationPass(ds.split(c.split).x[: c.num_samples], c.method, c.percentile)(graph)
     return Prepared(model, ds, graph, Path(ck))
 
 

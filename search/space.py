@@ -95,7 +95,7 @@ def _check_choices(where: str, fmt: NumberFormat, fields: dict[str, list[Any]]) 
             continue
         ad = _field_adapter(model, f)
         for v in ch:
-            if fmt.param_na and param and f.endswith(param) and _is_na(v):
+            if fmt.param_na and param and f.endswith(param) and (_is_na(v) or v == "auto"):
                 continue
             try:
                 ad.validate_python(v, strict=True)
@@ -111,7 +111,7 @@ def _check_choices(where: str, fmt: NumberFormat, fields: dict[str, list[Any]]) 
         widths = fields.get(f"{role}_width", [model.model_fields[f"{role}_width"].default])
         lo, hi = fmt.param_range(min(widths))
         for v in fields.get(f, []):
-            if not _is_na(v) and not lo <= v <= hi:
+            if isinstance(v, int) and not lo <= v <= hi:
                 raise SpaceError(
                     f"{where}.{f}: choice {v!r} does not fit every {role}_width choice {widths} (must be in {lo}..{hi})"
                 )

@@ -19,7 +19,7 @@ from zoo_fixtures import zoo
 from qfx.graph import trace
 from qfx.graph.meta import get_meta
 from qfx.passes import Pass
-from qfx.passes.analysis import FlopsPass, ParamsPass, ReportPass, ShapePass, analyze
+from qfx.passes.analysis import CalibrationPass, FlopsPass, ParamsPass, ReportPass, ShapePass, analyze
 from qfx.passes.debug import NumericsPass
 from qfx.passes.transforms.quantize import QuantizePass, SummaryPass, quantizable_nodes
 from qfx.passes.transforms.quantize.quantize_pass import quant_types
@@ -36,6 +36,8 @@ def _passes(float_graph) -> list[Pass]:
         ShapePass(fake=True),
         FlopsPass(),
         ParamsPass(),
+        CalibrationPass(),
+        CalibrationPass(method="max"),
         ReportPass(),
         ReportPass(fmt="json"),
         QuantizePass(every_type),

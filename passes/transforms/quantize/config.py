@@ -15,10 +15,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator, model_validator
 
 from qfx.graph.meta import TensorPrecision
-from qfx.passes.transforms.quantize.formats import config_formats
+from qfx.passes.transforms.quantize.formats import AUTO_FRAC, config_formats
 
 Width = Annotated[int, Field(ge=1, le=32)]
-Frac = Annotated[int, Field(ge=0, le=32)] | None  # None ("NA"): width // 2
+Frac = Annotated[int, Field(ge=0, le=32)] | Literal["auto"] | None  # None ("NA"): width // 2; "auto": calibrated
 Exponent = Annotated[int, Field(ge=1, le=31)]
 
 
@@ -47,7 +47,8 @@ class NoQuant(_Strict):
 
 
 class IntegerQ(_Strict):
-    """Integer fixed point; frac widths default to width // 2 ("NA")."""
+    """Integer fixed point; frac widths default to width // 2 ("NA"); "auto" takes them from calibration
+    (CalibrationPass) for each node and width."""
 
     name: Literal["integer"]
     bypass: bool = False
@@ -62,7 +63,7 @@ class IntegerQ(_Strict):
     def _fracs(self) -> IntegerQ:
         for role in ("data_in", "weight", "bias"):
             w, f = getattr(self, f"{role}_width"), getattr(self, f"{role}_frac_width")
-            if f is not None and not 0 <= f <= w:
+            if isinstance(f, int) and not 0 <= f <= w:
                 raise ValueError(f"{role}_frac_width={f} must be in 0..{role}_width ({w})")
         return self
 
@@ -70,7 +71,7 @@ class IntegerQ(_Strict):
         out = {}
         for role in ("data_in", "weight", "bias"):
             w, f = getattr(self, f"{role}_width"), getattr(self, f"{role}_frac_width")
-            out[role] = TensorPrecision("integer", w, w // 2 if f is None else f)
+            out[role] = TensorPrecision("integer", w, w // 2 if f is None else AUTO_FRAC if f == "auto" else f)
         return out
 
 

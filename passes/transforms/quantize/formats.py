@@ -30,7 +30,8 @@ class NumberFormat:
     returning ``{role: TensorPrecision}``); None for internal variants that no config names.
     ``values(p)``: the function mapping a float tensor to its values in precision ``p``.
     ``param``: suffix of the per-role field holding the format's second number (``"frac_width"``),
-    ``param_range(width)``: its allowed range at that width, ``param_na``: whether "NA" is allowed.
+    ``param_range(width)``: its allowed range at that width, ``param_na``: whether "NA" (width // 2)
+    and "auto" (calibrated per node, see :data:`AUTO_FRAC`) are allowed.
     ``codes(width)``: for fixed-point formats (values = integer code x 2^-frac), the code range
     ``(lo, hi)``; exports and saturation counts accept exactly these formats.
     """
@@ -47,6 +48,7 @@ class NumberFormat:
 
 
 FORMATS: dict[str, NumberFormat] = {}
+AUTO_FRAC = -1  # the frac of a role whose config says "auto": the quantize pass replaces it from calibration
 
 
 def register_format(fmt: NumberFormat) -> NumberFormat:

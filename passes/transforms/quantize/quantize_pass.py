@@ -22,7 +22,7 @@ from qfx.graph.registry import OP_TYPES, OpKey, OpRegistry, inplace_call, target
 from qfx.graph.trace import QGraph, copy_graph, private_root, referenced
 from qfx.passes.base import Pass, PassError, PassResult
 from qfx.passes.transforms.quantize.config import NoQuant, QuantizeConfig
-from qfx.passes.transforms.quantize.formats import unsigned_variant
+from qfx.passes.transforms.quantize.formats import AUTO_FRAC, unsigned_variant
 from qfx.passes.transforms.quantize.modules import (
     QBatchNorm1d,
     QBatchNorm2d,
@@ -183,6 +183,24 @@ def _site_target(node: fx.Node, uses: Counter[str], root: dict[str, Any]) -> str
     return t
 
 
+def _resolve_auto(node: fx.Node, roles: dict[str, TensorPrecision]) -> dict[str, TensorPrecision]:
+    """Replace "auto" fracs by the node's calibrated frac at that width (CalibrationPass)."""
+    if all(p.frac != AUTO_FRAC for p in roles.values()):
+        return roles
+    calib = get_meta(node).calibration or {}
+    out = {}
+    for r, p in roles.items():
+        if p.frac == AUTO_FRAC:
+            if r not in calib:
+                raise PassError(
+                    f"node {node.name!r}: {r}_frac_width = 'auto' needs calibration; run CalibrationPass(inputs) "
+                    "on the graph first (the search and transform commands do), or give a number"
+                )
+            p = TensorPrecision(p.fmt, p.width, calib[r][p.width])
+        out[r] = p
+    return out
+
+
 @dataclass(frozen=True)
 class QuantizePass(Pass):
     """Reads: op types (from trace). Writes: a NEW graph with quantized modules and node precision.
@@ -230,7 +248,7 @@ class QuantizePass(Pass):
                 continue
             rule = QUANT_RULES.lookup(on, modules)
             assert rule is not None
-            roles = {r: p for r, p in c.roles().items() if r in rule.roles}
+            roles = _resolve_auto(on, {r: p for r, p in c.roles().items() if r in rule.roles})
             source = root[on.target] if on.op == "call_module" else on.target  # root: private when copying
             if rule.float_cls is not None or on.op == "call_module":  # module op, or a QFunction from a prior run
                 tgt = _site_target(on, uses, root)
