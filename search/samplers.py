@@ -54,7 +54,7 @@ class ExhaustiveSampler(BaseSampler):
         i = self._index.get(trial.number)
         if i is None:
             i = self._index[trial.number] = exhaustive_index(study, trial.number, trial.system_attrs)
-        return self.space.point(i)[param_name]
+        return self.space.params(self.space.point(i))[param_name]
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: Any, values: Any) -> None:
         if self._index.pop(trial.number, -1) >= self.space.size - 1:
@@ -71,7 +71,7 @@ class _Grid(optuna.samplers.GridSampler):
     pruned because another worker held its point does not count)."""
 
     def __init__(self, space: SearchSpace, seed: int) -> None:
-        super().__init__({d: list(range(n)) for d, n in space.free_dims.items()}, seed=seed)
+        super().__init__({d: [space.encode(c) for c in space.dims[d]] for d in space.free_dims}, seed=seed)
         self._size = space.size
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: Any, values: Any) -> None:

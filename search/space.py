@@ -9,9 +9,12 @@ in MASE form, which really quantizes (by type: every node of that type).
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from functools import cached_property
 from typing import Annotated, Any
 
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from pydantic import TypeAdapter, ValidationError
 
 from qfx.graph.trace import QGraph
@@ -212,6 +215,43 @@ class SearchSpace:
         for d, n in reversed(self.free_dims.items()):
             i, out[d] = divmod(i, n)
         return dict(reversed(out.items()))
+
+    # ---- Optuna parameters: the choices' real values ---------------------------------
+    @staticmethod
+    def encode(choice: Any) -> Any:
+        """A choice as an Optuna parameter value: itself (int/str/bool/float), a unit's configuration as
+        compact sorted JSON (``{"name":"integer","weight_width":4}``)."""
+        return json.dumps(choice, sort_keys=True, separators=(",", ":")) if isinstance(choice, dict) else choice
+
+    @cached_property
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """One Optuna distribution per free dim over its real values: an int range (with step) when the choices
+        are evenly spaced integers (samplers see their order), else categorical."""
+        out: dict[str, BaseDistribution] = {}
+        for d in self.free_dims:
+            ch = [self.encode(c) for c in self.dims[d]]
+            ints = all(type(c) is int for c in ch)
+            steps = {b - a for a, b in zip(ch, ch[1:], strict=False)} if ints else set()
+            if ints and len(steps) == 1 and next(iter(steps)) > 0:
+                out[d] = IntDistribution(ch[0], ch[-1], step=next(iter(steps)))
+            else:
+                out[d] = CategoricalDistribution(ch)
+        return out
+
+    @cached_property
+    def _index(self) -> dict[str, dict[Any, int]]:
+        return {d: {(type(v), v): i for i, v in enumerate(map(self.encode, self.dims[d]))} for d in self.free_dims}
+
+    def params(self, point: dict[str, int]) -> dict[str, Any]:
+        """Optuna parameter values of an index point (free dims only)."""
+        return {d: self.encode(self.dims[d][i]) for d, i in point.items() if d in self.free_dims}
+
+    def point_of(self, params: dict[str, Any]) -> dict[str, int]:
+        """The index point of Optuna parameter values (inverse of :meth:`params`)."""
+        try:
+            return {d: self._index[d][(type(params[d]), params[d])] for d in self.free_dims}
+        except KeyError as e:
+            raise SpaceError(f"parameters {params} are not a point of this space (at {e})") from None
 
     # ---- point <-> config --------------------------------------------------------
     def values(self, point: dict[str, int]) -> dict[str, Any]:

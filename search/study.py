@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.trial import TrialState
 from tabulate import tabulate
 from tqdm.auto import tqdm
@@ -36,6 +37,12 @@ _CLAIM = "qfx:claimed"  # user attr: this trial checked its point was free and e
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)  # what n_trials counts (PRUNED = stopped by a cap)
 
 
+def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step)
+    return trial.suggest_categorical(name, dist.choices)
+
+
 @dataclass
 class Objective:
     """Scores one trial: single value (sum of scaled metrics) or one value per metric."""
@@ -49,9 +56,10 @@ class Objective:
     n_trials: int | None = None
     interrupted: bool = False
     constraints: dict[str, Any] = field(default_factory=dict)  # metric -> Bound (budgets)
+    shared: bool = True  # other workers/threads may run trials at once: cap checks and point claims needed
 
     @staticmethod
-    def _claim(trial: optuna.Trial, point: dict[str, int]) -> None:
+    def _claim(trial: optuna.Trial, point: dict[str, Any]) -> None:
         """Prune (uncounted) a trial whose point another trial holds: COMPLETE, claimed, waiting as a
         re-queue, or running with a lower number. Params are written before this check and the claim
         after it, so of two workers that drew the same point at once exactly one evaluates it."""
@@ -73,9 +81,10 @@ class Objective:
             trial.study.stop()
             raise optuna.TrialPruned(f"all {self.space.size} points of the space have been tried")
         t0 = time.perf_counter()
-        point = {d: trial.suggest_int(d, 0, n - 1) for d, n in self.space.free_dims.items()}
+        params = {d: _suggest(trial, d, dist) for d, dist in self.space.distributions.items()}
+        point = self.space.point_of(params)
         t_sample = time.perf_counter() - t0
-        if self.n_trials is not None:
+        if self.n_trials is not None and self.shared:
             # Exact total across workers: finished trials plus those running ahead of this one.
             # Checked after sampling so that a pruned trial carries a full point (BruteForceSampler
             # builds its tree from all trials and rejects partial ones). A killed worker's RUNNING
@@ -86,8 +95,8 @@ class Objective:
             if taken >= self.n_trials:
                 trial.study.stop()
                 raise optuna.TrialPruned(f"the study already has {self.n_trials} trials")
-        if self.unique:
-            self._claim(trial, point)
+        if self.unique and self.shared:
+            self._claim(trial, params)
         config = self.space.to_config(point)
         try:
             res = self.evaluator.evaluate(config)
@@ -96,6 +105,8 @@ class Objective:
             trial.set_user_attr("sampled_config", config)
             raise
         scaled = {k: spec.scale * res.metric(k) for k, spec in self.metrics.items()}
+        for k, v in {**res.software, **res.hardware}.items():  # flat numeric attrs: sortable dashboard columns
+            trial.set_user_attr(k, v)
         trial.set_user_attr("software_metrics", res.software)
         trial.set_user_attr("hardware_metrics", res.hardware)
         trial.set_user_attr("scaled_metrics", scaled)
@@ -214,7 +225,7 @@ def study_data(study: optuna.Study, objective: Objective) -> StudyData:
         metrics=[{**t.user_attrs["software_metrics"], **t.user_attrs["hardware_metrics"]} for t in trials],
         objectives={k: m.direction == "maximize" for k, m in objective.metrics.items()},
         single=objective.single,
-        choices=[objective.space.values(t.params) for t in trials],
+        choices=[objective.space.values(objective.space.point_of(t.params)) for t in trials],
         dims={d: objective.space.dims[d] for d in free},
         feasible=[t.user_attrs.get("feasible", True) for t in trials],
     )
@@ -230,7 +241,7 @@ def _write_trials(trials: list[optuna.trial.FrozenTrial], out: Path, objective: 
         w.writerow(["number", "state", "value", *metric_keys, *free, "duration_s"])
         for r, t in zip(records, trials, strict=True):
             m = {**r["software_metrics"], **r["hardware_metrics"]}
-            vals = objective.space.values(t.params) if t.params else {}
+            vals = objective.space.values(objective.space.point_of(t.params)) if len(t.params) == len(free) else {}
             w.writerow([r["number"], r["state"], json.dumps(r["value"]), *(m.get(k, "") for k in metric_keys),
                         *(vals.get(d, "") for d in free), r["duration_s"]])  # fmt: skip
 
@@ -319,13 +330,36 @@ def _open_study(
     study = create_study(
         storage, sampler=sampler, study_name=study_name, directions=directions, load_if_exists=study_name is not None
     )
+    _describe(study, objective, setup)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if not objective.single:
-            study.set_metric_names(list(objective.metrics))
         if storage is not None:
             optuna.storages.fail_stale_trials(study)
     return study
+
+
+def _describe(study: optuna.Study, objective: Objective, setup: StrategySetup) -> None:
+    """Metric names and the space as study user attrs (what optuna-dashboard shows); a resumed study must
+    have been created over the same space."""
+    free = objective.space.free_dims
+    space = {d: [objective.space.encode(c) for c in ch] for d, ch in objective.space.dims.items() if d in free}
+    old = study.user_attrs.get("space")
+    if old is not None and old != space:
+        raise ValueError(
+            f"study {study.study_name!r} was created over a different search space; use another --study-name "
+            "or the config it was created with"
+        )
+    if old is None:
+        study.set_user_attr("space", space)
+        study.set_user_attr("space_size", objective.space.size)
+        study.set_user_attr("sampler", setup.sampler)
+        study.set_user_attr("metrics", {k: {"scale": m.scale, "direction": m.direction}
+                                        for k, m in objective.metrics.items()})  # fmt: skip
+    names = ["sum_of_scaled_metrics"] if objective.single else list(objective.metrics)
+    if study.metric_names != names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
 
 
 def _optimize(study: optuna.Study, objective: Objective, setup: StrategySetup, persistent: bool,
@@ -379,7 +413,8 @@ def run_study(
     spec = sampler_spec(setup.sampler)
     n_trials = min(setup.n_trials, space.size) if spec.name == "exhaustive" else setup.n_trials
     objective = Objective(space, evaluator, metrics, setup.sum_scaled_metrics, exhaustive=spec.name == "exhaustive",
-                          n_trials=n_trials, unique=spec.enumerates, constraints=dict(constraints or {}))  # fmt: skip
+                          n_trials=n_trials, unique=spec.enumerates, constraints=dict(constraints or {}),
+                          shared=storage is not None or setup.n_jobs > 1)  # fmt: skip
     study = _open_study(objective, setup, storage, study_name)
     finished = counted(study.get_trials(False))
     remaining = max(n_trials - finished, 0)
@@ -392,7 +427,9 @@ def run_study(
         if storage is None:  # a fresh in-memory study: do not mix in trials of an earlier run
             jsonl.unlink(missing_ok=True)
     bar = _Progress(remaining, jsonl, objective.single, progress, setup.direction == "maximize")
-    callbacks: list[Any] = [lambda s, t: s.stop() if counted(s.get_trials(False)) >= n_trials else None, bar]
+    callbacks: list[Any] = [bar]
+    if objective.shared:  # other workers finish trials too: stop at the study's total, not this loop's count
+        callbacks.insert(0, lambda s, t: s.stop() if counted(s.get_trials(False)) >= n_trials else None)
     one_line = _OneLineFailures()
     opt_log = logging.getLogger("optuna.study._optimize")
     if not tracebacks:

@@ -1,0 +1,87 @@
+"""Optuna-native studies, checked with optuna-dashboard's own server (its WSGI app) and trials_dataframe:
+parameters as real values, metric names, every metric a sortable numeric user attr, the space as study attrs."""
+
+import csv
+import io
+import json
+import sys
+
+import optuna
+import pytest
+from search_helpers import make_checkpoint, search_toml
+
+from qfx.search.session import run_search
+
+SPACE = """
+[search.search_space.seed.default.config]
+name = ["NA"]
+[search.search_space.seed.linear.config]
+name = ["integer", "NA"]
+weight_width = [2, 4]
+[search.search_space.seed.relu.config]
+name = ["integer"]
+data_in_width = [2, 4, 6, 8]
+"""
+
+
+@pytest.fixture(scope="module")
+def study_url(tmp_path_factory):
+    d = tmp_path_factory.mktemp("native")
+    ck = make_checkpoint(d / "ck", epochs=2)
+    cfg = d / "c.toml"
+    cfg.write_text(search_toml("random", 6, space=SPACE))
+    url = f"sqlite:///{d / 's.db'}"
+    run_search(cfg, checkpoint=str(ck), storage=url, study_name="native")
+    return url
+
+
+def _get(app, path):
+    status = {}
+
+    def start(s, headers, exc_info=None):
+        status["s"] = s
+
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "t", "SERVER_PORT": "80",
+           "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr}  # fmt: skip
+    body = b"".join(app(env, start))
+    assert status["s"].startswith("200"), (path, status, body[:300])
+    return body
+
+
+def test_trials_hold_real_widths_numeric_metrics_and_the_space(study_url):
+    study = optuna.load_study(study_name="native", storage=study_url)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert {t.params["relu/data_in_width"] for t in done} <= {2, 4, 6, 8}
+    assert {json.loads(t.params["linear/config"])["name"] for t in done} <= {"integer", "NA"}
+    for t in done:
+        assert all(isinstance(t.user_attrs[m], float) for m in ("accuracy", "average_bitwidth", "bops", "loss"))
+    assert study.metric_names == ["sum_of_scaled_metrics"]
+    assert study.user_attrs["space"]["relu/data_in_width"] == [2, 4, 6, 8] and study.user_attrs["space_size"] == 12
+    dist = done[0].distributions["relu/data_in_width"]
+    assert isinstance(dist, optuna.distributions.IntDistribution) and dist.step == 2
+
+
+def test_optuna_dashboard_serves_values_and_sortable_metrics(study_url):
+    from optuna_dashboard._app import create_app
+
+    app = create_app(optuna.storages.RDBStorage(study_url))
+    (summary,) = json.loads(_get(app, "/api/studies"))["study_summaries"]
+    detail = json.loads(_get(app, f"/api/studies/{summary['study_id']}"))
+    sortable = {a["key"] for a in detail["union_user_attrs"] if a["sortable"]}
+    assert {"accuracy", "loss", "average_bitwidth", "memory_density", "bops"} <= sortable
+    widths = {
+        p["param_external_value"] for t in detail["trials"] for p in t["params"] if p["name"] == "relu/data_in_width"
+    }
+    assert widths <= {"2", "4", "6", "8"} and widths
+    rows = list(csv.DictReader(io.StringIO(_get(app, f"/csv/{summary['study_id']}").decode())))
+    assert "sum_of_scaled_metrics" in rows[0] and {r["Param relu/data_in_width"] for r in rows} <= {"2", "4", "6", "8"}
+    accs = sorted(float(r["UserAttribute accuracy"]) for r in rows if r["State"] == "COMPLETE")
+    assert len(accs) == 6 and all(0 <= a <= 1 for a in accs)  # the column the dashboard sorts by
+
+
+def test_resuming_with_another_space_is_refused(study_url, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(search_toml("random", 8, space=SPACE.replace("[2, 4, 6, 8]", "[2, 8]")))
+    ck = make_checkpoint(tmp_path / "ck", epochs=1)
+    with pytest.raises(ValueError, match="'native' was created over a different search space"):
+        run_search(cfg, checkpoint=str(ck), storage=study_url, study_name="native")
