@@ -389,6 +389,26 @@ def _export_best(args: argparse.Namespace, study: Any, prep: Any, out: Path, ev:
         _print_exports(export_all(q, fmts, where, x))
 
 
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from qfx.search.sensitivity import sensitivity, space_widths
+
+    cfg, prep, space, ev, out = _search_setup(args)
+    widths = [int(w) for w in args.widths.split(",")] if args.widths else space_widths(space) or [2, 4, 8]
+    if args.frac == "auto" and not cfg.uses_auto():  # prepare() calibrates only configs that use "auto"
+        from qfx.passes.analysis import CalibrationPass
+
+        c = cfg.calibration
+        CalibrationPass(prep.dataset.split(c.split).x[: c.num_samples], c.method, c.percentile)(prep.graph)
+    print(f"{prep.graph.gm.__class__.__name__} from {prep.checkpoint}; widths {widths}; {len(ev.y)} samples")
+    sens = sensitivity(ev, widths, args.frac, progress=not args.no_progress)
+    print(f"FP32 accuracy {sens.fp32['accuracy']:.4f}; cell: accuracy drop (points) / output SQNR (dB), node alone\n")
+    print(sens.table())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sensitivity.json").write_text(json.dumps(sens.to_dict(), indent=1))
+    print(f"\nplot: {sens.plot(out / 'sensitivity.png')}; data: {out / 'sensitivity.json'}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from qfx.search.compare import compare_samplers
 
@@ -604,6 +624,18 @@ def build_parser() -> argparse.ArgumentParser:
         "test samples: comma-separated qonnx, onnx-qdq, hls4ml, torch",
     )
     p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser(
+        "sensitivity",
+        help="per-node sensitivity: each node alone at each width",
+        description="Quantize every quantizable node alone at each width (all its roles) and report the accuracy "
+        "drop, loss increase and output SQNR vs FP32 on the config's evaluation samples: a table, "
+        "sensitivity.png (heat map) and sensitivity.json in --out.",
+    )
+    _search_args(p)
+    p.add_argument("--widths", help="comma-separated widths (default: the width choices of the config's space)")
+    p.add_argument("--frac", default="NA", choices=["NA", "auto"], help="frac widths: width // 2, or calibrated")
+    p.set_defaults(fn=cmd_sensitivity)
 
     p = sub.add_parser(
         "compare-samplers",

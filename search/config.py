@@ -72,6 +72,7 @@ class StrategySetup(_M):
     sum_scaled_metrics: bool = True
     direction: Literal["maximize", "minimize"] = "maximize"
     seed: int = 0
+    warm_start: Literal["none", "sensitivity"] = "none"  # sensitivity: greedy bit allocations as first trials
 
     @field_validator("sampler")
     @classmethod

@@ -73,7 +73,16 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
 class HeartbeatRDBStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage, whose stale-trial check also catches trials killed before their first
-    heartbeat (Optuna skips trials without a heartbeat row, so those would stay RUNNING forever)."""
+    heartbeat (Optuna skips trials without a heartbeat row, so those would stay RUNNING forever), and
+    which writes a trial's user attrs in one transaction (the same rows Optuna writes one by one)."""
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session, True) as session:
+            for k, v in attrs.items():
+                self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, k, v)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         from optuna.storages._rdb import models
@@ -96,6 +105,16 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
                 if not t.heartbeats and started is not None and (now - started).total_seconds() > grace:
                     stale.append(t.trial_id)
         return stale
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """All of a trial's user attrs: one transaction on our RDB storage, else one write each."""
+    backend = getattr(trial.study._storage, "_backend", trial.study._storage)  # under Optuna's cache
+    if isinstance(backend, HeartbeatRDBStorage):
+        backend.set_trial_user_attrs(trial._trial_id, attrs)
+        return
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
 
 
 def make_storage(url: str | None) -> Any:

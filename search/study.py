@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import threading
 import time
 import traceback
 import warnings
@@ -30,11 +31,19 @@ from qfx.search.plots import StudyData, pareto_mask, plot_study
 from qfx.search.runner import Evaluator
 from qfx.search.samplers import exhaustive_index, make_sampler, sampler_spec
 from qfx.search.space import SearchSpace
-from qfx.search.storage import GRACE_S, HEARTBEAT_S, counted, create_study, make_storage
+from qfx.search.storage import GRACE_S, HEARTBEAT_S, counted, create_study, make_storage, set_user_attrs
 
 log = logging.getLogger(__name__)
 _CLAIM = "qfx:claimed"  # user attr: this trial checked its point was free and evaluates it
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)  # what n_trials counts (PRUNED = stopped by a cap)
+
+
+class _TrialError(Exception):
+    """An evaluation failed: carries the attrs recorded for it; the original exception is its cause."""
+
+    def __init__(self, attrs: dict[str, Any]) -> None:
+        super().__init__()
+        self.attrs = attrs
 
 
 def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
@@ -57,6 +66,7 @@ class Objective:
     interrupted: bool = False
     constraints: dict[str, Any] = field(default_factory=dict)  # metric -> Bound (budgets)
     shared: bool = True  # other workers/threads may run trials at once: cap checks and point claims needed
+    progress: _Progress | None = None  # bar and JSONL record of every finished trial
 
     @staticmethod
     def _claim(trial: optuna.Trial, point: dict[str, Any]) -> None:
@@ -76,6 +86,25 @@ class Objective:
         return ["maximize"] if self.single else [m.direction for m in self.metrics.values()]
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        t0 = time.perf_counter()
+        state, values, attrs, params = "FAIL", None, {}, None
+        try:
+            out, attrs, params = self._run(trial)
+            state, values = "COMPLETE", [out] if self.single else out
+            return out
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        except _TrialError as e:
+            attrs = e.attrs
+            raise e.__cause__ from None
+        finally:
+            if self.progress is not None:
+                self.progress.report(
+                    _record(trial.number, state, values, trial.params, attrs, time.perf_counter() - t0)
+                )
+
+    def _run(self, trial: optuna.Trial) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id) if self.exhaustive else {}
         if self.exhaustive and exhaustive_index(trial.study, trial.number, attrs) >= self.space.size:
             trial.study.stop()
@@ -95,50 +124,59 @@ class Objective:
             if taken >= self.n_trials:
                 trial.study.stop()
                 raise optuna.TrialPruned(f"the study already has {self.n_trials} trials")
+            if taken + 1 >= self.n_trials:
+                trial.study.stop()  # this is the last trial the study needs: the loop ends after it
         if self.unique and self.shared:
             self._claim(trial, params)
         config = self.space.to_config(point)
         try:
             res = self.evaluator.evaluate(config)
-        except Exception:
-            trial.set_user_attr("error", traceback.format_exc())  # the full story stays in the record
-            trial.set_user_attr("sampled_config", config)
-            raise
+        except Exception as e:
+            fail = {"error": traceback.format_exc(), "sampled_config": config}  # the full story stays in the record
+            set_user_attrs(trial, fail)
+            raise _TrialError(fail) from e
         scaled = {k: spec.scale * res.metric(k) for k, spec in self.metrics.items()}
-        for k, v in {**res.software, **res.hardware}.items():  # flat numeric attrs: sortable dashboard columns
-            trial.set_user_attr(k, v)
-        trial.set_user_attr("software_metrics", res.software)
-        trial.set_user_attr("hardware_metrics", res.hardware)
-        trial.set_user_attr("scaled_metrics", scaled)
-        trial.set_user_attr("sampled_config", config)
-        trial.set_user_attr("timings", {"sample": t_sample, **res.timings})
-        trial.set_user_attr("weakest_nodes", res.weakest)
+        attrs = {**res.software, **res.hardware}  # flat numeric attrs: sortable dashboard columns
+        attrs.update(
+            software_metrics=res.software,
+            hardware_metrics=res.hardware,
+            scaled_metrics=scaled,
+            sampled_config=config,
+            timings={"sample": t_sample, **res.timings},
+            weakest_nodes=res.weakest,
+        )
         if self.constraints:
             c = violations(res.metric, self.constraints)
             for name, v in c.items():
                 trial.set_constraint(name, v)  # Optuna-native: constraint-aware samplers read these
-            trial.set_user_attr("constraints", c)
-            trial.set_user_attr("feasible", all(v <= 0 for v in c.values()))
-        return scalarize(res.metric, self.metrics) if self.single else list(scaled.values())
+            attrs.update(constraints=c, feasible=all(v <= 0 for v in c.values()))
+        set_user_attrs(trial, attrs)
+        return (scalarize(res.metric, self.metrics) if self.single else list(scaled.values())), attrs, params
+
+
+def _record(number: int, state: str, values: list[float] | None, params: dict[str, Any], attrs: dict[str, Any],
+            duration_s: float | None) -> dict[str, Any]:  # fmt: skip
+    return {
+        "number": number,
+        "state": state,
+        "value": values,
+        "params": params,
+        "software_metrics": attrs.get("software_metrics", {}),
+        "hardware_metrics": attrs.get("hardware_metrics", {}),
+        "scaled_metrics": attrs.get("scaled_metrics", {}),
+        "sampled_config": attrs.get("sampled_config", {}),
+        "timings": attrs.get("timings", {}),
+        "weakest_nodes": attrs.get("weakest_nodes", []),
+        "feasible": attrs.get("feasible", True),
+        "constraints": attrs.get("constraints"),
+        "error": attrs.get("error"),
+        "duration_s": duration_s,
+    }
 
 
 def _trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    return {
-        "number": t.number,
-        "state": t.state.name,
-        "value": t.values,
-        "params": t.params,
-        "software_metrics": t.user_attrs.get("software_metrics", {}),
-        "hardware_metrics": t.user_attrs.get("hardware_metrics", {}),
-        "scaled_metrics": t.user_attrs.get("scaled_metrics", {}),
-        "sampled_config": t.user_attrs.get("sampled_config", {}),
-        "timings": t.user_attrs.get("timings", {}),
-        "weakest_nodes": t.user_attrs.get("weakest_nodes", []),
-        "feasible": t.user_attrs.get("feasible", True),
-        "constraints": t.user_attrs.get("constraints"),
-        "error": t.user_attrs.get("error"),
-        "duration_s": t.duration.total_seconds() if t.duration else None,
-    }
+    duration = t.duration.total_seconds() if t.duration else None
+    return _record(t.number, t.state.name, t.values, t.params, t.user_attrs, duration)
 
 
 class _Progress:
@@ -151,19 +189,21 @@ class _Progress:
         self.maximize = maximize
         self.best: tuple[float, int] | None = None  # this worker's best feasible (value, trial), kept per trial
         self.complete = 0
+        self._lock = threading.Lock()  # n_jobs > 1: trials finish in several threads
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def report(self, rec: dict[str, Any]) -> None:
+        """One finished trial (called by the objective, so no callback has to deep-copy the trial)."""
         if self.jsonl is not None:
-            with open(self.jsonl, "a") as fh:
-                fh.write(json.dumps(_trial_record(trial), default=str) + "\n")
+            with self._lock, open(self.jsonl, "a") as fh:
+                fh.write(json.dumps(rec, default=str) + "\n")
         self.bar.update(1)
-        if trial.state != TrialState.COMPLETE or self.bar.disable:
+        if rec["state"] != "COMPLETE" or self.bar.disable:
             return
         self.complete += 1
-        if self.single and trial.user_attrs.get("feasible", True):
-            v = trial.values[0]
+        if self.single and rec["feasible"]:
+            v = rec["value"][0]
             if self.best is None or (v > self.best[0] if self.maximize else v < self.best[0]):
-                self.best = (v, trial.number)
+                self.best = (v, rec["number"])
         if self.best is not None:
             self.bar.set_postfix(best=f"{self.best[0]:.4g}", trial=self.best[1])
         elif not self.single:
@@ -362,8 +402,7 @@ def _describe(study: optuna.Study, objective: Objective, setup: StrategySetup) -
             study.set_metric_names(names)
 
 
-def _optimize(study: optuna.Study, objective: Objective, setup: StrategySetup, persistent: bool,
-              callbacks: list[Any]) -> None:  # fmt: skip
+def _optimize(study: optuna.Study, objective: Objective, setup: StrategySetup, persistent: bool) -> None:
     """Run trials until the cap, the timeout or the space stops the study; a persistent study's worker also
     waits for (and then runs) re-queued trials of killed workers."""
     deadline = None if setup.timeout is None else time.monotonic() + setup.timeout
@@ -378,17 +417,30 @@ def _optimize(study: optuna.Study, objective: Objective, setup: StrategySetup, p
             study.optimize(
                 objective,
                 # persistent studies may need more trials than `remaining` (re-queued ones of killed
-                # workers); the callbacks and the objective's cap stop the loop at n_trials
+                # workers); the objective's cap stops the loop at n_trials
                 n_trials=None if persistent else remaining,
                 timeout=left,
                 n_jobs=setup.n_jobs,
-                callbacks=callbacks,
                 catch=(Exception,),
                 gc_after_trial=False,
             )
         points = objective.space.size if objective.unique else None
         if not persistent or not _await_stale(study, n_trials, points):
             break
+
+
+def _warm_start(study: optuna.Study, objective: Objective) -> None:
+    """Enqueue the greedy bit allocations of a per-node sensitivity analysis as the first trials."""
+    from qfx.search.metrics import METRICS
+    from qfx.search.sensitivity import sensitivity, space_widths, warm_start_points
+
+    space, ev = objective.space, objective.evaluator
+    sens = sensitivity(ev, space_widths(space))
+    budgets = {k: b for k, b in objective.constraints.items() if b.max is not None and METRICS[k].kind == "hardware"}
+    points = warm_start_points(sens, space, ev, budgets)
+    for p in points:
+        study.enqueue_trial(p, skip_if_exists=True)
+    log.info("warm start: %d sensitivity-guided trial(s) enqueued", len(points))
 
 
 def run_study(
@@ -416,6 +468,8 @@ def run_study(
                           n_trials=n_trials, unique=spec.enumerates, constraints=dict(constraints or {}),
                           shared=storage is not None or setup.n_jobs > 1)  # fmt: skip
     study = _open_study(objective, setup, storage, study_name)
+    if setup.warm_start == "sensitivity" and not study.get_trials(False):
+        _warm_start(study, objective)
     finished = counted(study.get_trials(False))
     remaining = max(n_trials - finished, 0)
     if finished:
@@ -426,16 +480,14 @@ def run_study(
         jsonl = out / "trials.jsonl"
         if storage is None:  # a fresh in-memory study: do not mix in trials of an earlier run
             jsonl.unlink(missing_ok=True)
-    bar = _Progress(remaining, jsonl, objective.single, progress, setup.direction == "maximize")
-    callbacks: list[Any] = [bar]
-    if objective.shared:  # other workers finish trials too: stop at the study's total, not this loop's count
-        callbacks.insert(0, lambda s, t: s.stop() if counted(s.get_trials(False)) >= n_trials else None)
+    bar = objective.progress = _Progress(remaining, jsonl, objective.single, progress, setup.direction == "maximize")
+    # no callbacks: Optuna would deep-copy every trial for them; the objective stops the study at the cap
     one_line = _OneLineFailures()
     opt_log = logging.getLogger("optuna.study._optimize")
     if not tracebacks:
         opt_log.addFilter(one_line)
     try:
-        _optimize(study, objective, setup, storage is not None, callbacks)
+        _optimize(study, objective, setup, storage is not None)
     except KeyboardInterrupt:  # Optuna marks the running trial failed; finished ones are stored
         objective.interrupted = True
     finally:

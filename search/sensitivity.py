@@ -1,0 +1,172 @@
+"""Per-layer sensitivity: what quantizing one node alone, at each width, costs.
+
+For every quantizable node and width, the node alone is quantized (every role it has at that width,
+fracs "NA" or "auto") and the evaluator measures accuracy and loss on its evaluation samples; the output
+SQNR (model output vs the float model, one batch) says how much signal survives. The result is a table,
+a heat map and JSON, and it drives ``warm_start = "sensitivity"``: a greedy bit allocation enqueued as the
+search's first trials.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tabulate import tabulate
+
+from qfx.passes.transforms.quantize import QuantizePass, quantizable_nodes
+from qfx.passes.transforms.quantize.quantize_pass import quant_types
+from qfx.search.runner import Evaluator
+
+
+def node_config(node: str, width: int, roles: tuple[str, ...], frac: str = "NA") -> dict[str, Any]:
+    """A config quantizing only ``node``: every role it has at ``width``."""
+    cfg: dict[str, Any] = {"name": "integer"}
+    for r in roles:
+        cfg[f"{r}_width"], cfg[f"{r}_frac_width"] = width, frac
+    return {"by": "name", "default": {"config": {"name": "NA"}}, node: {"config": cfg}}
+
+
+def _sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
+    noise = float(((out - ref).double() ** 2).sum())
+    signal = float((ref.double() ** 2).sum())
+    return math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """``rows[node][width]``: accuracy drop (points, FP32 - quantized), loss increase, output SQNR (dB)."""
+
+    widths: tuple[int, ...]
+    fp32: dict[str, float]
+    rows: dict[str, dict[int, dict[str, float]]]
+    op_types: dict[str, str]
+
+    def drop(self, node: str, width: int) -> float:
+        return self.rows[node][width]["accuracy_drop"]
+
+    def table(self) -> str:
+        head = ["node", "op type", *(f"{w}-bit Δacc / SQNR" for w in self.widths)]
+        body = [[n, self.op_types[n], *(f"{r[w]['accuracy_drop']:+.2f} / {r[w]['sqnr_db']:.1f}" for w in self.widths)]
+                for n, r in self.rows.items()]  # fmt: skip
+        return tabulate(body, headers=head, tablefmt="github")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"widths": list(self.widths), "fp32": self.fp32, "op_types": self.op_types,
+                "rows": {n: {str(w): v for w, v in r.items()} for n, r in self.rows.items()}}  # fmt: skip
+
+    def plot(self, path: Path) -> Path:
+        """Heat map of the accuracy drop: nodes x widths, annotated with the values."""
+        from matplotlib.figure import Figure
+
+        nodes = list(self.rows)
+        data = [[self.drop(n, w) for w in self.widths] for n in nodes]
+        fig = Figure(figsize=(1.2 * len(self.widths) + 3, 0.35 * len(nodes) + 1.5))
+        ax = fig.add_subplot()
+        im = ax.imshow(data, cmap="Reds", aspect="auto", vmin=0)
+        ax.set_xticks(range(len(self.widths)), [f"{w} bit" for w in self.widths])
+        ax.set_yticks(range(len(nodes)), [f"{n} ({self.op_types[n]})" for n in nodes])
+        for i, row in enumerate(data):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7)
+        fig.colorbar(im, ax=ax, label="accuracy drop (points) when only this node is quantized")
+        ax.set_title("Per-node sensitivity")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        return path
+
+
+def sensitivity(ev: Evaluator, widths: list[int], frac: str = "NA", progress: bool = False) -> Sensitivity:
+    """Quantize each quantizable node alone at each width and measure (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    g = ev.pristine
+    nodes = quantizable_nodes(g)
+    roles = quant_types()
+    base = ev.evaluate({"by": "name", "default": {"config": {"name": "NA"}}}).software
+    xb = ev.x[: ev.SQNR_BATCH]
+    with torch.no_grad():
+        ref = g.gm(xb).float()
+    rows: dict[str, dict[int, dict[str, float]]] = {}
+    for node, op in tqdm(nodes.items(), desc="sensitivity", unit="node", disable=not progress):
+        rows[node] = {}
+        for w in widths:
+            cfg = node_config(node, w, roles[op], frac)
+            sw = ev.evaluate(cfg).software
+            with torch.no_grad():
+                out = QuantizePass(cfg)(g).graph.gm(xb).float()
+            rows[node][w] = {
+                "accuracy_drop": 100 * (base["accuracy"] - sw["accuracy"]),
+                "loss_increase": sw["loss"] - base["loss"],
+                "sqnr_db": round(_sqnr(ref, out), 2),
+            }
+    return Sensitivity(tuple(widths), {"accuracy": base["accuracy"], "loss": base["loss"]}, rows, nodes)
+
+
+def _unit_nodes(space: Any, nodes: dict[str, str]) -> dict[str, list[str]]:
+    if space.by == "type":
+        return {u: [n for n, t in nodes.items() if t == u] for u in space.units}
+    return {u: [u] for u in space.units if u in nodes}
+
+
+def space_widths(space: Any) -> list[int]:
+    """Every integer width choice of the space's ``*_width`` dims (what sensitivity measures)."""
+    ws = {c for d, ch in space.dims.items() if d.endswith("_width") and not d.endswith("frac_width") for c in ch}
+    return sorted(w for w in ws if type(w) is int)
+
+
+def warm_start_points(sens: Sensitivity, space: Any, ev: Evaluator, budgets: dict[str, Any] | None = None,
+                      tolerances: tuple[float, ...] = (0.5, 1.0, 2.0)) -> list[dict[str, Any]]:  # fmt: skip
+    """Greedy bit allocations as Optuna parameters of ``space`` (width dims only; the sampler fills the rest).
+
+    Every unit (node or op type) starts at its widest choice; a step lowers one unit's width dims to the next
+    choice, cheapest first (the largest accuracy drop of its nodes at that width alone). Without budgets: the
+    allocation at each tolerance (every unit as low as its drop stays within the tolerance). With budgets on
+    hardware metrics (``max`` bounds): the first allocation of the greedy descent that meets them all.
+    """
+    from qfx.hw.estimates import hw_metrics
+
+    units = _unit_nodes(space, sens.op_types)
+    dims = {u: [d for d in space.free_dims if d.startswith(f"{u}/") and d.endswith("_width")
+                and not d.endswith("frac_width")] for u in units}  # fmt: skip
+    dims = {u: ds for u, ds in dims.items() if ds}
+    levels = {u: sorted({c for d in ds for c in space.dims[d]}, reverse=True) for u, ds in dims.items()}
+
+    def cost(u: str, w: int) -> float:
+        near = min(sens.widths, key=lambda m: (abs(m - w), m))
+        return max(sens.drop(n, near) for n in units[u])
+
+    def params(alloc: dict[str, int]) -> dict[str, Any]:
+        out = {}
+        for u, ds in dims.items():
+            for d in ds:  # the choice of this dim closest to the unit's level (at most it)
+                ok = [c for c in space.dims[d] if c <= alloc[u]] or [min(space.dims[d])]
+                out[d] = max(ok)
+        return out
+
+    points = []
+    if not budgets:
+        for tol in tolerances:
+            alloc = {u: min([w for w in lv if cost(u, w) <= tol] or [lv[0]]) for u, lv in levels.items()}
+            points.append(params(alloc))
+    else:
+        alloc = {u: lv[0] for u, lv in levels.items()}
+        while True:
+            cfg = space.to_config(space.point_of({**space.params(space.point(0)), **params(alloc)}))
+            hw = hw_metrics(QuantizePass(cfg)(ev.pristine).graph, ev.hw.compare_to, ev.hw.activations)
+            if all(b.max is None or hw.get(k, -math.inf) <= b.max for k, b in budgets.items()):
+                points.append(params(alloc))
+                break
+            moves = [(cost(u, lv[lv.index(alloc[u]) + 1]), u) for u, lv in levels.items() if alloc[u] != lv[-1]]
+            if not moves:
+                break
+            _, u = min(moves)
+            alloc[u] = levels[u][levels[u].index(alloc[u]) + 1]
+    unique = []
+    for p in points:
+        if p not in unique:
+            unique.append(p)
+    return unique

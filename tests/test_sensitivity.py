@@ -1,0 +1,72 @@
+"""Per-node sensitivity (each node alone at each width), its CLI, and the sensitivity warm start."""
+
+import json
+
+import pytest
+from search_helpers import make_checkpoint, search_toml
+
+from qfx import cli
+from qfx.graph.meta import get_meta
+from qfx.passes.transforms.quantize import QuantizePass
+from qfx.search.config import load_config
+from qfx.search.sensitivity import node_config, sensitivity, warm_start_points
+from qfx.search.session import build_search, prepare, run_search
+
+SPACE = """
+[search.search_space.seed.default.config]
+name = ["integer"]
+data_in_width = [2, 4, 8]
+weight_width = [2, 4, 8]
+bias_width = [8]
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sens")
+    ck = make_checkpoint(d / "ck", model="jsc-toy", epochs=20)
+    cfg = d / "c.toml"
+    cfg.write_text(search_toml("tpe", 6, by="name", space=SPACE, model="jsc-toy"))
+    return d, ck, cfg
+
+
+def test_each_node_alone_at_each_width(setup):
+    d, ck, cfg = setup
+    rc = load_config(cfg, require_search=True)
+    prep = prepare(rc, str(ck), d / "o", progress=False)
+    space, ev = build_search(rc, prep)
+    sens = sensitivity(ev, [2, 8])
+    assert set(sens.rows) == set(sens.op_types) and all(set(r) == {2, 8} for r in sens.rows.values())
+    node = next(n for n, t in sens.op_types.items() if t == "linear")
+    q = QuantizePass(node_config(node, 2, ("data_in", "weight", "bias")))(ev.pristine).graph
+    assert [n.name for n in q.gm.graph.nodes if get_meta(n).quantized] == [node]  # only that node
+    direct = ev.evaluate(node_config(node, 2, ("data_in", "weight", "bias"))).software["accuracy"]
+    assert sens.drop(node, 2) == pytest.approx(100 * (sens.fp32["accuracy"] - direct))
+    assert sum(sens.drop(n, 2) for n in sens.rows) > sum(sens.drop(n, 8) for n in sens.rows)  # 2 bits hurt more
+    assert all(r[8]["sqnr_db"] > r[2]["sqnr_db"] for r in sens.rows.values() if r[2]["sqnr_db"] != float("inf"))
+    points = warm_start_points(sens, space, ev)
+    assert points and all(set(p) <= set(space.free_dims) for p in points)
+    for p in points:  # every enqueued allocation is a point of the space
+        space.point_of({**space.params(space.point(0)), **p})
+
+
+def test_cli_sensitivity_table_heatmap_json(setup, capsys):
+    d, ck, cfg = setup
+    out = d / "cli"
+    assert cli.main(["sensitivity", "--config", str(cfg), "--checkpoint", str(ck), "--out", str(out),
+                     "--widths", "2,4", "--no-progress"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "2-bit Δacc / SQNR" in text and "seq_blocks_2" in text
+    data = json.loads((out / "sensitivity.json").read_text())
+    assert data["widths"] == [2, 4] and (out / "sensitivity.png").stat().st_size > 5000
+
+
+def test_warm_start_enqueues_allocations_under_the_budget(setup):
+    d, ck, cfg = setup
+    text = cfg.read_text().replace("seed = 0\n", 'seed = 0\nwarm_start = "sensitivity"\n', 1)
+    c2 = d / "warm.toml"
+    c2.write_text(text + "\n[search.strategy.constraints]\naverage_bitwidth.max = 6.0\n")
+    run = run_search(c2, checkpoint=str(ck))
+    first = run.study.trials[0]
+    assert first.system_attrs.get("fixed_params")  # an enqueued trial
+    assert first.user_attrs["hardware_metrics"]["average_bitwidth"] <= 6.0
