@@ -415,10 +415,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg, prep, space, ev, out = _search_setup(args)
     st = cfg.search.strategy
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    from qfx.search.compare import variant
     from qfx.search.config import StrategySetup
 
     for s in samplers:  # validate names up front
-        StrategySetup(sampler=s)
+        variant(StrategySetup(), s)
     n = args.n_trials or min(space.size, 200)
     print(f"{space.describe()}; {len(samplers)} sampler(s) x {args.repeats} repeat(s) x {n} trials")
     res = compare_samplers(
@@ -431,6 +432,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         n,
         out / "compare",
         args.tolerance,
+        exhaustive_limit=args.exhaustive_limit,
+        reference_trials=args.reference_trials,
     )
     print(
         f"objective (maximised): {res['objective']}; reference: {res['optimum']:.4f} ({res['reference']}); "
@@ -644,7 +647,13 @@ def build_parser() -> argparse.ArgumentParser:
         "trial (plot), trials to reach the exhaustive optimum, time per trial.",
     )
     _search_args(p)
-    p.add_argument("--samplers", default="tpe,bruteforce,random", help="comma-separated sampler names")
+    p.add_argument(
+        "--samplers",
+        default="tpe,bruteforce,random",
+        help="comma-separated sampler names; NAME+sensitivity adds the sensitivity warm start (tpe+sensitivity)",
+    )
+    p.add_argument("--reference-trials", type=_positive, help="trials of the long reference run (default 10 x n)")
+    p.add_argument("--exhaustive-limit", type=_positive, default=4096, help="enumerate spaces up to this size")
     p.add_argument("--repeats", type=_positive, default=5, help="runs per sampler, seeds 0..R-1 (default 5)")
     p.add_argument("--tolerance", type=float, default=0.005, help="'near optimum' tolerance in objective units")
     p.set_defaults(fn=cmd_compare)

@@ -42,6 +42,12 @@ class CachingEvaluator:
         return self.cache[key]
 
 
+def variant(setup: StrategySetup, name: str) -> StrategySetup:
+    """``tpe`` or ``tpe+sensitivity`` (the sampler with ``warm_start = "sensitivity"``), validated."""
+    sampler, _, warm = name.partition("+")
+    return StrategySetup.model_validate({**setup.model_dump(), "sampler": sampler, "warm_start": warm or "none"})
+
+
 def _curves(
     space: SearchSpace, cev: CachingEvaluator, metrics: dict[str, MetricSpec], setup: StrategySetup, sampler: str,
     seeds: range, n_trials: int,
@@ -50,7 +56,7 @@ def _curves(
     curves, walls = [], []
     maximize = setup.direction == "maximize"
     for r in seeds:
-        st = setup.model_copy(update={"sampler": sampler, "seed": r, "n_trials": n_trials, "n_jobs": 1})
+        st = variant(setup, sampler).model_copy(update={"seed": r, "n_trials": n_trials, "n_jobs": 1})
         t0 = time.perf_counter()
         study, _ = run_study(space, cev, metrics, st, None, progress=False)  # type: ignore[arg-type]
         walls.append((time.perf_counter() - t0) / max(len(study.trials), 1))

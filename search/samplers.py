@@ -13,6 +13,8 @@ numbers are unique per study — and the study stops once every point has been t
 
 from __future__ import annotations
 
+import math
+import random
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,12 +37,22 @@ def exhaustive_index(study: optuna.Study, number: int, system_attrs: dict[str, A
 
 
 class ExhaustiveSampler(BaseSampler):
-    """Point i of the space for the i-th trial (see :func:`exhaustive_index`): no duplicates across
-    workers because storages hand out unique trial numbers."""
+    """The i-th trial (see :func:`exhaustive_index`) visits point ``order(i)``: a seeded permutation of the
+    space, ``(a * i + b) mod size`` with ``a`` coprime to the size, computed without enumerating (spaces of
+    10^7+ points), so a run cut short is a uniform-looking sample rather than a corner of the space. No
+    duplicates across workers: storages hand out unique trial numbers and every worker uses the same seed."""
 
-    def __init__(self, space: SearchSpace) -> None:
+    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
         self.space = space
-        self._index: dict[int, int] = {}  # trial number -> point index (threads write distinct keys)
+        n = space.size
+        rng = random.Random(seed)
+        self._a = 1 if n <= 2 else next(a for a in iter(lambda: rng.randrange(1, n), None) if math.gcd(a, n) == 1)
+        self._b = rng.randrange(n) if n > 1 else 0
+        self._index: dict[int, int] = {}  # trial number -> position in the order (threads write distinct keys)
+
+    def order(self, i: int) -> int:
+        """The space point index visited at position ``i`` of the seeded order."""
+        return (self._a * i + self._b) % self.space.size
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         return {}
@@ -54,7 +66,7 @@ class ExhaustiveSampler(BaseSampler):
         i = self._index.get(trial.number)
         if i is None:
             i = self._index[trial.number] = exhaustive_index(study, trial.number, trial.system_attrs)
-        return self.space.params(self.space.point(i))[param_name]
+        return self.space.params(self.space.point(self.order(i)))[param_name]
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: Any, values: Any) -> None:
         if self._index.pop(trial.number, -1) >= self.space.size - 1:

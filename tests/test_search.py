@@ -71,7 +71,9 @@ def test_bruteforce_18_distinct_and_exhaustive_best(tmp_path, ckpt):
     assert len(done) == 18 and len({tuple(sorted(t.params.items())) for t in done}) == 18
     cfg2, _, space2, ev2 = _setup(tmp_path, search_toml("exhaustive", 100), ckpt)
     ex = _run(cfg2, space2, ev2)
-    assert len(ex.trials) == 18 and [t.params for t in ex.trials] == [space.params(space.point(i)) for i in range(18)]
+    order = [ex.sampler.order(i) for i in range(18)]
+    assert sorted(order) == list(range(18)) and order != list(range(18))  # a seeded permutation of the space
+    assert len(ex.trials) == 18 and [t.params for t in ex.trials] == [space.params(space.point(i)) for i in order]
     assert st.best_value == ex.best_value
 
 
