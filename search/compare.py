@@ -33,6 +33,9 @@ class CachingEvaluator:
         self.cache: dict[str, TrialResult] = {}
         self.eval_seconds: list[float] = []
 
+    def __getattr__(self, name: str) -> Any:  # the wrapped evaluator's data (x, hw, ...) for warm starts
+        return getattr(self.ev, name)
+
     def evaluate(self, config: Any) -> TrialResult:
         key = json.dumps(config, sort_keys=True, default=str)
         if key not in self.cache:

@@ -70,3 +70,18 @@ def test_warm_start_enqueues_allocations_under_the_budget(setup):
     first = run.study.trials[0]
     assert first.system_attrs.get("fixed_params")  # an enqueued trial
     assert first.user_attrs["hardware_metrics"]["average_bitwidth"] <= 6.0
+
+
+def test_compare_samplers_with_warm_start_and_a_labelled_long_run_reference(setup):
+    from qfx.search.compare import compare_samplers
+
+    d, ck, cfg = setup
+    rc = load_config(cfg, require_search=True)
+    prep = prepare(rc, str(ck), d / "o", progress=False)
+    space, ev = build_search(rc, prep)
+    st = rc.search.strategy
+    res = compare_samplers(space, ev, st.metrics, st.setup, ["random", "tpe+sensitivity"], 2, 5, d / "cmp",
+                           exhaustive_limit=10, reference_trials=12)  # fmt: skip
+    assert res["optimum_kind"] == "long run" and "not a proven optimum" in res["reference"]
+    assert set(res["samplers"]) == {"random", "tpe+sensitivity"}
+    assert all(len(c) == 5 for c in res["samplers"]["tpe+sensitivity"]["curves"])
