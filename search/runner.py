@@ -125,6 +125,14 @@ class Evaluator:
             opt.step()
         q.gm.eval()
 
+    def _energy(self, q: QGraph, meter: Any, what: str) -> dict[str, Any]:
+        """``meter`` (gpu_energy / cpu_energy) over repeated forwards of one latency batch, plus ``per_sample`` J."""
+        xb = self.x[: self.latency.batch_size]
+        e = meter(lambda: q.gm(xb), repeats=max(self.latency.repeats, 20))
+        if not e["available"]:
+            raise RuntimeError(f"{what} energy not measured: {e['reason']}")
+        return {**e, "per_sample": e["energy_per_call_j"] / len(xb)}
+
     def evaluate(self, config: Any) -> TrialResult:
         """Quantize the pristine graph with ``config`` and measure every requested metric."""
         t0 = time.perf_counter()
@@ -146,11 +154,7 @@ class Evaluator:
             sw.update(cpu_time=1e3 * cost["cpu_time_s"], cpu_utilization=cost["cpu_utilization"],
                       peak_memory=cost["peak_memory_bytes"])  # fmt: skip
         if "cpu_energy" in self.metrics:
-            xb = self.x[: self.latency.batch_size]
-            e = cpu_energy(lambda: q.gm(xb), repeats=max(self.latency.repeats, 20))
-            if not e["available"]:
-                raise RuntimeError(f"CPU energy not measured: {e['reason']}")
-            sw["cpu_energy"] = e["energy_per_call_j"] / len(xb)
+            sw["cpu_energy"] = self._energy(q, cpu_energy, "CPU")["per_sample"]
         if "latency" in self.metrics or "latency_per_sample" in self.metrics:
             xb = self.x[: self.latency.batch_size]
             lat = measure_latency(lambda: q.gm(xb), self.latency.warmup, self.latency.repeats, self.device)
@@ -158,12 +162,8 @@ class Evaluator:
             sw["latency_per_sample"] = lat["median_ms"] / len(xb)
             sw["latency_iqr"] = lat["iqr_ms"]
         if "energy_per_sample" in self.metrics:
-            xb = self.x[: self.latency.batch_size]
-            e = gpu_energy(lambda: q.gm(xb), repeats=max(self.latency.repeats, 20))
-            if not e["available"]:
-                raise RuntimeError(f"energy not measured: {e['reason']}")
-            sw["energy_per_sample"] = e["energy_per_call_j"] / len(xb)
-            sw["power_w"] = e["power_w"]
+            e = self._energy(q, gpu_energy, "GPU")
+            sw["energy_per_sample"], sw["power_w"] = e["per_sample"], e["power_w"]
         t3 = time.perf_counter()
         hw = hw_metrics(q, self.hw.compare_to, self.hw.activations)
         ctx = MetricContext(q, logits, self.y, self)
