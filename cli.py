@@ -440,6 +440,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         f"one evaluation: {res['evaluation_ms']:.1f} ms\n"
     )
     print(res["table"].split("\n", 1)[1])
+    if res["hypervolume"]:
+        print(
+            f"\nmulti-objective runs, hypervolume vs the nadir {res['hypervolume']['reference_point']} "
+            f"(plot: {out / 'compare' / 'hypervolume.png'}):\n{res['hypervolume']['table']}"
+        )
     print(f"\nplot: {out / 'compare' / 'compare.png'}; data: {out / 'compare' / 'compare.json'}")
     return 0
 

@@ -92,6 +92,36 @@ def reference(
     )
 
 
+def hypervolumes(
+    space: SearchSpace, cev: CachingEvaluator, metrics: dict[str, MetricSpec], setup: StrategySetup,
+    samplers: list[str], seeds: range, n_trials: int, path: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """Multi-objective configs: each sampler run as the multi-objective search it is; hypervolume of the completed
+    trials' scaled objectives after every trial. The reference point is the worst value of every objective over
+    all runs (nadir), so curves of different samplers are comparable; a table, curves and hypervolume.png."""
+    from optuna._hypervolume import compute_hypervolume
+
+    points: dict[str, list[np.ndarray]] = {}
+    for s in samplers:
+        points[s] = []
+        for r in seeds:
+            st = variant(setup, s).model_copy(update={"seed": r, "n_trials": n_trials, "n_jobs": 1})
+            study, _ = run_study(space, cev, metrics, st, None, progress=False)  # type: ignore[arg-type]
+            sign = np.array([-1.0 if d.name == "MAXIMIZE" else 1.0 for d in study.directions])
+            done = [t for t in study.trials if t.values is not None]
+            points[s].append(np.array([t.values for t in done], float) * sign)  # as losses
+    ref = np.max(np.concatenate([p for ps in points.values() for p in ps if len(p)]), axis=0)
+    curves = {s: [[float(compute_hypervolume(p[: k + 1][np.all(p[: k + 1] <= ref, axis=1)], ref))
+                   for k in range(len(p))] for p in ps] for s, ps in points.items()}  # fmt: skip
+    half = n_trials // 2
+    rows = [[s, f"{np.mean([c[-1] for c in cs]):.4g} ± {np.std([c[-1] for c in cs]):.2g}",
+             f"{np.mean([c[min(len(c), half) - 1] for c in cs]):.4g}"] for s, cs in curves.items()]  # fmt: skip
+    table = tabulate(rows, headers=["sampler", "final hypervolume", f"at trial {half}"], tablefmt="github")
+    _plot(curves, None, "", path, ylabel="hypervolume (scaled objectives, nadir reference)")
+    return {"reference_point": ref.tolist(), "curves": curves, "table": table,
+            "points": {s: [p.tolist() for p in ps] for s, ps in points.items()}}  # fmt: skip
+
+
 def _stat(xs: list[int | None]) -> str:
     ok = [x for x in xs if x is not None]
     return f"{np.mean(ok):.1f} ± {np.std(ok):.1f} ({len(ok)}/{len(xs)})" if ok else f"never (0/{len(xs)})"
@@ -121,6 +151,11 @@ def compare_samplers(
     """Run each sampler ``repeats`` times (seeds 0..repeats-1) against :func:`reference`; write
     compare.json/.png and a table. A multi-objective config is compared on ``scalarize(signed=True)``
     (maximised)."""
+    hv = None
+    if not setup.sum_scaled_metrics and len(metrics) > 1:
+        out.mkdir(parents=True, exist_ok=True)
+        hv = hypervolumes(space, CachingEvaluator(ev), metrics, setup, samplers, range(repeats), n_trials,
+                          out / "hypervolume.png")  # fmt: skip
     if not setup.sum_scaled_metrics:
         # the signed sum (minimised metrics negated): what scalarize(signed=True) ranks, as a single objective
         metrics = {k: m.model_copy(update={"scale": -m.scale if m.direction == "minimize" else m.scale})
@@ -152,6 +187,7 @@ def compare_samplers(
         "n_trials": n_trials,
         "repeats": repeats, "tolerance": tolerance, "evaluation_ms": 1e3 * per_eval, "samplers": summary,
         "table": f"reference: {optimum:.4f} ({described})\n" + tabulate(rows, headers=headers, tablefmt="github"),
+        "hypervolume": hv,
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(result, indent=1))
@@ -159,8 +195,10 @@ def compare_samplers(
     return result
 
 
-def _plot(curves: dict[str, list[list[float]]], optimum: float, kind: str, path: Path) -> None:
+def _plot(curves: dict[str, list[list[float]]], optimum: float | None, kind: str, path: Path,
+          ylabel: str = "best objective so far") -> None:  # fmt: skip
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
@@ -170,8 +208,10 @@ def _plot(curves: dict[str, list[list[float]]], optimum: float, kind: str, path:
         x = np.arange(1, n + 1)
         ax.plot(x, a.mean(0), color=f"C{i}", label=f"{s} (mean of {len(cs)})")
         ax.fill_between(x, a.min(0), a.max(0), color=f"C{i}", alpha=0.15)
-    ax.axhline(optimum, ls="--", c="k", lw=1, label=f"reference: {kind}")
-    ax.set(xlabel="trial", ylabel="best objective so far", title="Sampler sample efficiency (band: min-max)")
+    if optimum is not None:
+        ax.axhline(optimum, ls="--", c="k", lw=1, label=f"reference: {kind}")
+    ax.set(xlabel="trial", ylabel=ylabel, title="Sampler sample efficiency (band: min-max)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -85,3 +85,34 @@ def test_compare_samplers_with_warm_start_and_a_labelled_long_run_reference(setu
     assert res["optimum_kind"] == "long run" and "not a proven optimum" in res["reference"]
     assert set(res["samplers"]) == {"random", "tpe+sensitivity"}
     assert all(len(c) == 5 for c in res["samplers"]["tpe+sensitivity"]["curves"])
+
+
+def test_multi_objective_comparison_reports_hypervolume_vs_trials(setup):
+    import numpy as np
+
+    from qfx.search.compare import compare_samplers
+
+    d, ck, cfg = setup
+    rc = load_config(cfg, require_search=True)
+    prep = prepare(rc, str(ck), d / "o", progress=False)
+    space, ev = build_search(rc, prep)
+    st = rc.search.strategy
+    setup_mo = st.setup.model_copy(update={"sum_scaled_metrics": False})
+    res = compare_samplers(space, ev, st.metrics, setup_mo, ["random", "nsgaii"], 2, 8, d / "mo",
+                           exhaustive_limit=10, reference_trials=8)  # fmt: skip
+    hv = res["hypervolume"]
+    assert set(hv["curves"]) == {"random", "nsgaii"} and (d / "mo" / "hypervolume.png").is_file()
+    for curves in hv["curves"].values():
+        for c in curves:
+            assert len(c) == 8 and all(b >= a for a, b in zip(c, c[1:], strict=False))  # never decreases
+    # independent check: 2-D hypervolume of each run's points (as losses) by a sweep over the sorted front
+    ref = np.array(hv["reference_point"])
+    for s, runs in hv["points"].items():
+        for pts, curve in zip(runs, hv["curves"][s], strict=True):
+            p = np.array([q for q in pts if np.all(np.array(q) <= ref)])
+            area, best_y = 0.0, ref[1]
+            for x, y in sorted(map(tuple, p)):
+                if y < best_y:
+                    area += (ref[0] - x) * (best_y - y)
+                    best_y = y
+            assert curve[-1] == pytest.approx(area, rel=1e-9, abs=1e-12)
