@@ -27,13 +27,16 @@ def _note(msg: str, about: str = "") -> None:
         print(f"note ({about}): {msg}" if about else f"note: {msg}")
 
 
-def _threads(args: argparse.Namespace, model: Any) -> None:
-    """The thread policy, applied by the CLI only: --threads, else chosen from the model's size."""
+def _threads(args: argparse.Namespace, model: Any, cfg: Any = None) -> None:
+    """The thread policy, applied by the CLI only: --threads, else the config's ``threads``, else chosen
+    from the model's size (``model`` None: only an explicit choice is applied, e.g. before training)."""
     import torch
 
     from qfx.zoo.train import auto_threads
 
-    torch.set_num_threads(args.threads or auto_threads(model))
+    n = args.threads or getattr(cfg, "threads", None) or (auto_threads(model) if model is not None else None)
+    if n:
+        torch.set_num_threads(n)
 
 
 class UsageError(Exception):
@@ -179,8 +182,9 @@ def cmd_transform(args: argparse.Namespace) -> int:
     if cfg.passes.quantize is None:
         raise UsageError(f"{args.config}: no [passes.quantize] section", "see configs/jsc_toy_by_name.toml")
     out = _out_dir(args, args.config, "transform")
+    _threads(args, None, cfg)  # a baseline trained by prepare() uses the explicit choice
     prep = prepare(cfg, args.checkpoint, out, not args.no_progress, args.trust_checkpoint)
-    _threads(args, prep.model)
+    _threads(args, prep.model, cfg)
     res = QuantizePass(cfg.passes.quantize)(prep.graph)
     for n in res.info["notes"]:
         _note(n)
@@ -221,8 +225,9 @@ def _search_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Path]:
         opt = "--" + str(err["loc"][0]).replace("_", "-")
         raise UsageError(f"{opt}: {err['msg'].removeprefix('Value error, ')}", "see qfx search --help") from None
     out = _out_dir(args, args.config, "search")
+    _threads(args, None, cfg)  # a baseline trained by prepare() uses the explicit choice
     prep = prepare(cfg, args.checkpoint, out, not args.no_progress, args.trust_checkpoint)
-    _threads(args, prep.model)
+    _threads(args, prep.model, cfg)
     space, ev = build_search(cfg, prep)
     return cfg, prep, space, ev, out
 
@@ -395,10 +400,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     cfg, prep, space, ev, out = _search_setup(args)
     widths = [int(w) for w in args.widths.split(",")] if args.widths else space_widths(space) or [2, 4, 8]
     if args.frac == "auto" and not cfg.uses_auto():  # prepare() calibrates only configs that use "auto"
-        from qfx.passes.analysis import CalibrationPass
+        from qfx.search.session import calibrate
 
-        c = cfg.calibration
-        CalibrationPass(prep.dataset.split(c.split).x[: c.num_samples], c.method, c.percentile)(prep.graph)
+        calibrate(cfg, prep.graph, prep.dataset, tuple(widths))
     print(f"{prep.graph.gm.__class__.__name__} from {prep.checkpoint}; widths {widths}; {len(ev.y)} samples")
     sens = sensitivity(ev, widths, args.frac, progress=not args.no_progress)
     print(f"FP32 accuracy {sens.fp32['accuracy']:.4f}; cell: accuracy drop (points) / output SQNR (dB), node alone\n")

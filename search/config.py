@@ -151,6 +151,7 @@ class CalibrationConfig(_M):
     percentile: float = Field(99.99, gt=50, le=100)
     num_samples: int = Field(512, ge=1)
     split: Literal["train", "val", "test"] = "train"
+    refine: bool = True  # loss-aware refinement on the split's labels, at the widths the config uses
 
 
 class RunConfig(_M):
@@ -162,6 +163,7 @@ class RunConfig(_M):
     learning_rate: float = Field(1e-2, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     accelerator: Literal["cpu", "cuda", "gpu", "auto"] = "cpu"
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; None: 1 below 1M parameters, else every core
     project: str | None = None
     seed: int = 0
     load_name: str | None = None
@@ -181,6 +183,27 @@ class RunConfig(_M):
         if self.search is not None:
             parts.append(self.search.search_space.seed)
         return '"auto"' in json.dumps(parts, default=str)
+
+    def integer_widths(self) -> tuple[int, ...]:
+        """Every value a ``*_width`` key (not ``*_frac_width``) takes in the quantize config and search space."""
+        found: set[int] = set()
+
+        def walk(d: Any) -> None:
+            if isinstance(d, dict):
+                for k, v in d.items():
+                    if isinstance(k, str) and k.endswith("_width") and not k.endswith(("frac_width", "exponent_width")):
+                        vals = v if isinstance(v, list | tuple) else [v]
+                        found.update(x for x in vals if isinstance(x, int) and not isinstance(x, bool))
+                    else:
+                        walk(v)
+            elif isinstance(d, list | tuple):
+                for v in d:
+                    walk(v)
+
+        walk(self.passes.quantize.model_dump() if self.passes.quantize else {})
+        if self.search is not None:
+            walk(self.search.search_space.seed)
+        return tuple(sorted(w for w in found if w >= 1))
 
     @field_validator("model")
     @classmethod

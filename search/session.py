@@ -23,7 +23,7 @@ from qfx.search.space import SearchSpace
 from qfx.search.study import Objective, best_trials, run_study, write_outputs
 from qfx.zoo.data import Dataset, load_dataset
 from qfx.zoo.models import build_model
-from qfx.zoo.train import evaluate, load_checkpoint, read_checkpoint, save_checkpoint, train
+from qfx.zoo.train import evaluate, load_checkpoint, read_checkpoint, save_checkpoint, torch_threads, train
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,17 @@ def prepare(cfg: RunConfig, checkpoint: str | None, out: Path, progress: bool = 
         )
     graph = analyze(trace(model, ds.val.x[:8]))
     if cfg.uses_auto():  # "auto" fracs: calibrated once here, resolved by lookup in every trial
-        c = cfg.calibration
-        CalibrationPass(ds.split(c.split).x[: c.num_samples], c.method, c.percentile)(graph)
+        calibrate(cfg, graph, ds)
     return Prepared(model, ds, graph, Path(ck))
+
+
+def calibrate(cfg: RunConfig, graph: QGraph, ds: Dataset, widths: tuple[int, ...] = ()) -> dict[str, Any]:
+    """CalibrationPass as ``[calibration]`` says, refined (with labels) at ``widths`` or the config's widths."""
+    c = cfg.calibration
+    split = ds.split(c.split).head(c.num_samples)
+    widths = widths or cfg.integer_widths()
+    refine = {"targets": split.y, "refine_widths": widths} if c.refine and widths else {}
+    return CalibrationPass(split.x, c.method, c.percentile, **refine)(graph).info
 
 
 def build_search(cfg: RunConfig, prep: Prepared) -> tuple[SearchSpace, Evaluator]:
@@ -167,7 +175,7 @@ def run_search(
     if cfg.search is None:
         raise ConfigError("the config has no [search] section")
     st = cfg.search.strategy
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, torch_threads(cfg.threads):
         work = Path(out) if out is not None else Path(tmp)
         prep = prepare(cfg, checkpoint, work, progress, trust)
         space, ev = build_search(cfg, prep)

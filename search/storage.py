@@ -67,6 +67,20 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     def get_heartbeat_interval(self) -> int | None:
         return self._interval
 
+    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """All of a trial's user attrs in one append (one lock, one fsync): the same records, one attr
+        each as Optuna's replay requires, that ``set_trial_user_attr`` writes one append at a time."""
+        from optuna.storages.journal._storage import JournalOperation
+
+        with self._thread_lock:
+            wid = self._replay_result.worker_id
+            op = JournalOperation.SET_TRIAL_USER_ATTR
+            logs = [
+                {"op_code": op, "worker_id": wid, "trial_id": trial_id, "user_attr": {k: v}} for k, v in attrs.items()
+            ]
+            self._backend.append_logs(logs)
+            self._sync_with_backend()
+
     def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
         return self._stale_callback
 
@@ -108,11 +122,13 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """All of a trial's user attrs: one transaction on our RDB storage, else one write each."""
-    backend = getattr(trial.study._storage, "_backend", trial.study._storage)  # under Optuna's cache
-    if isinstance(backend, HeartbeatRDBStorage):
-        backend.set_trial_user_attrs(trial._trial_id, attrs)
-        return
+    """All of a trial's user attrs: one transaction on our RDB storage, one append on our journal,
+    else one write each."""
+    storage = trial.study._storage
+    for s in (storage, getattr(storage, "_backend", None)):  # the RDB storage sits under Optuna's cache
+        if isinstance(s, HeartbeatRDBStorage | HeartbeatJournalStorage):
+            s.set_trial_user_attrs(trial._trial_id, attrs)
+            return
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
 

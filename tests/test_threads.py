@@ -44,3 +44,31 @@ def test_same_seed_same_search_whatever_the_thread_count(tmp_path, restore_threa
     cli.main(["search", "--config", str(cfg), "--checkpoint", str(ck), "--out", str(tmp_path / "auto"),
               "--no-progress"])  # fmt: skip
     assert torch.get_num_threads() == 1  # jsc-tiny: the auto policy
+
+
+def test_threads_config_key_precedence_and_restoring_in_the_library(tmp_path, restore_threads):
+    from types import SimpleNamespace
+
+    from qfx.search.config import load_config
+    from qfx.search.metrics import Metric, register_metric, unregister_metric
+    from qfx.search.session import run_search, with_overrides
+
+    cfg = load_config("jsc_tiny_by_type", require_search=True).model_copy(update={"threads": 2})
+    model = build_model("jsc-s", 16, 5)
+    for flag, want in ((None, 2), (1, 1)):  # --threads beats the config key, which beats the model-size rule
+        cli._threads(SimpleNamespace(threads=flag), model, cfg)
+        assert torch.get_num_threads() == want
+    cli._threads(SimpleNamespace(threads=None), model, cfg.model_copy(update={"threads": None}))
+    assert torch.get_num_threads() == auto_threads(model)
+    torch.set_num_threads(1)
+    register_metric(Metric("threads_seen", "hardware", "minimize", "torch threads during evaluation",
+                           lambda ctx: float(torch.get_num_threads())))  # fmt: skip
+    try:
+        metrics = {"accuracy": {"scale": 1.0}, "threads_seen": {"scale": 0.0}}
+        strategy = cfg.search.strategy.model_validate({**cfg.search.strategy.model_dump(), "metrics": metrics})
+        cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"strategy": strategy})})
+        run = run_search(with_overrides(cfg, n_trials=2, sampler="random"))
+    finally:
+        unregister_metric("threads_seen")
+    assert {t.user_attrs["hardware_metrics"]["threads_seen"] for t in run.study.trials} == {2.0}
+    assert torch.get_num_threads() == 1  # the library restored the caller's setting
