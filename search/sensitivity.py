@@ -9,6 +9,7 @@ search's first trials.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,9 @@ def sensitivity(ev: Evaluator, widths: list[int], frac: str = "NA", progress: bo
     return Sensitivity(tuple(widths), {"accuracy": base["accuracy"], "loss": base["loss"]}, rows, nodes)
 
 
+_HW_METRICS = ("average_bitwidth", "memory_density", "memory_bytes", "model_size", "bops")
+
+
 def _unit_nodes(space: Any, nodes: dict[str, str]) -> dict[str, list[str]]:
     if space.by == "type":
         return {u: [n for n, t in nodes.items() if t == u] for u in space.units}
@@ -119,15 +123,21 @@ def space_widths(space: Any) -> list[int]:
 
 
 def warm_start_points(sens: Sensitivity, space: Any, ev: Evaluator, budgets: dict[str, Any] | None = None,
-                      tolerances: tuple[float, ...] = (0.5, 1.0, 2.0)) -> list[dict[str, Any]]:  # fmt: skip
+                      tolerances: tuple[float, ...] = (0.5, 1.0, 2.0), objective: dict[str, Any] | None = None,
+                      spread: int = 0) -> list[dict[str, Any]]:  # fmt: skip
     """Greedy bit allocations as Optuna parameters of ``space`` (width dims only; the sampler fills the rest).
 
-    Every unit (node or op type) starts at its widest choice; a step lowers one unit's width dims to the next
-    choice, cheapest first (the largest accuracy drop of its nodes at that width alone). Without budgets: the
-    allocation at each tolerance (every unit as low as its drop stays within the tolerance). With budgets on
-    hardware metrics (``max`` bounds): the first allocation of the greedy descent that meets them all.
+    Every unit (node or op type) starts at its widest choice; the greedy path lowers one unit's width dims to
+    the next choice per step, cheapest first (the largest accuracy drop of its nodes at that width alone).
+    - With budgets on hardware metrics (``max`` bounds): the first allocation of the path that meets them all.
+    - Else the allocation at each tolerance (every unit as low as its drop stays within the tolerance), and,
+      with ``objective`` (the scalarised metric specs), the path point with the best *predicted* objective
+      (accuracy = FP32 - the sum of the units' drops, hardware metrics computed exactly) with its neighbours
+      3 steps either side; with ``spread`` > 0, that many points evenly along the path (a predicted front for
+      multi-objective searches).
     """
     from qfx.hw.estimates import hw_metrics
+    from qfx.search.metrics import scalarize
 
     units = _unit_nodes(space, sens.op_types)
     dims = {u: [d for d in space.free_dims if d.startswith(f"{u}/") and d.endswith("_width")
@@ -147,24 +157,34 @@ def warm_start_points(sens: Sensitivity, space: Any, ev: Evaluator, budgets: dic
                 out[d] = max(ok)
         return out
 
+    def hw(alloc: dict[str, int]) -> dict[str, float]:
+        cfg = space.to_config(space.point_of({**space.params(space.point(0)), **params(alloc)}))
+        return hw_metrics(QuantizePass(cfg)(ev.pristine).graph, ev.hw.compare_to, ev.hw.activations)
+
+    path = [{u: lv[0] for u, lv in levels.items()}]
+    while moves := [(cost(u, lv[lv.index(path[-1][u]) + 1]), u) for u, lv in levels.items() if path[-1][u] != lv[-1]]:
+        u = min(moves)[1]
+        path.append({**path[-1], u: levels[u][levels[u].index(path[-1][u]) + 1]})
+
     points = []
-    if not budgets:
+    if budgets:
+        ok = (a for a in path if all(b.max is None or hw(a).get(k, -math.inf) <= b.max for k, b in budgets.items()))
+        points += [params(a) for a in itertools.islice(ok, 1)]
+    else:
         for tol in tolerances:
             alloc = {u: min([w for w in lv if cost(u, w) <= tol] or [lv[0]]) for u, lv in levels.items()}
             points.append(params(alloc))
-    else:
-        alloc = {u: lv[0] for u, lv in levels.items()}
-        while True:
-            cfg = space.to_config(space.point_of({**space.params(space.point(0)), **params(alloc)}))
-            hw = hw_metrics(QuantizePass(cfg)(ev.pristine).graph, ev.hw.compare_to, ev.hw.activations)
-            if all(b.max is None or hw.get(k, -math.inf) <= b.max for k, b in budgets.items()):
-                points.append(params(alloc))
-                break
-            moves = [(cost(u, lv[lv.index(alloc[u]) + 1]), u) for u, lv in levels.items() if alloc[u] != lv[-1]]
-            if not moves:
-                break
-            _, u = min(moves)
-            alloc[u] = levels[u][levels[u].index(alloc[u]) + 1]
+        predictable = {"accuracy", *_HW_METRICS}
+        if objective and set(objective) <= predictable:
+
+            def predicted(a: dict[str, int]) -> float:
+                acc = sens.fp32["accuracy"] - sum(max(cost(u, a[u]), 0.0) for u in a) / 100
+                return scalarize({"accuracy": acc, **hw(a)}.__getitem__, objective)
+
+            best = max(range(len(path)), key=lambda i: predicted(path[i]))
+            points += [params(path[i]) for i in (best, best - 3, best + 3) if 0 <= i < len(path)]
+        if spread > 0 and len(path) > 1:
+            points += [params(path[round(i * (len(path) - 1) / max(spread - 1, 1))]) for i in range(spread)]
     unique = []
     for p in points:
         if p not in unique:

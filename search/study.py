@@ -435,9 +435,11 @@ def _warm_start(study: optuna.Study, objective: Objective) -> None:
     from qfx.search.sensitivity import sensitivity, space_widths, warm_start_points
 
     space, ev = objective.space, objective.evaluator
-    sens = sensitivity(ev, space_widths(space))
+    frac = "auto" if any("auto" in c for d, c in space.dims.items() if d.endswith("frac_width")) else "NA"
+    sens = sensitivity(ev, space_widths(space), frac)  # the fracs the trials will use
     budgets = {k: b for k, b in objective.constraints.items() if b.max is not None and METRICS[k].kind == "hardware"}
-    points = warm_start_points(sens, space, ev, budgets)
+    single = objective.metrics if objective.single else None
+    points = warm_start_points(sens, space, ev, budgets, objective=single, spread=0 if objective.single else 5)
     for p in points:
         study.enqueue_trial(p, skip_if_exists=True)
     log.info("warm start: %d sensitivity-guided trial(s) enqueued", len(points))

@@ -49,6 +49,20 @@ def test_each_node_alone_at_each_width(setup):
     for p in points:  # every enqueued allocation is a point of the space
         space.point_of({**space.params(space.point(0)), **p})
 
+    def bits(p):  # the average bitwidth a point really has (hardware estimate of the quantized graph)
+        cfg = space.to_config(space.point_of({**space.params(space.point(0)), **p}))
+        return ev.evaluate(cfg).hardware["average_bitwidth"]
+
+    specs = load_config(cfg, require_search=True).search.strategy.metrics
+    for bit_price, pick in ((0.0, max), (10.0, min)):  # bits free: keep widths; bits dear: lowest widths
+        obj = {"accuracy": specs["accuracy"],
+               "average_bitwidth": specs["accuracy"].model_copy(update={"scale": -bit_price})}  # fmt: skip
+        tol = len(warm_start_points(sens, space, ev))
+        guided = warm_start_points(sens, space, ev, objective=obj, tolerances=())
+        assert guided and bits(guided[0]) == pick(bits(p) for p in [*points[:tol], *guided])
+    front = warm_start_points(sens, space, ev, tolerances=(), spread=4)
+    assert [bits(p) for p in front] == sorted((bits(p) for p in front), reverse=True)  # along the greedy path
+
 
 def test_cli_sensitivity_table_heatmap_json(setup, capsys):
     d, ck, cfg = setup
