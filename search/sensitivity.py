@@ -128,15 +128,17 @@ def warm_start_points(sens: Sensitivity, space: Any, ev: Evaluator, budgets: dic
     """Greedy bit allocations as Optuna parameters of ``space`` (width dims only; the sampler fills the rest).
 
     Every unit (node or op type) starts at its widest choice; the greedy path lowers one unit's width dims to
-    the next choice per step, cheapest first (the largest accuracy drop of its nodes at that width alone).
+    the next choice per step, the move with the least added accuracy drop (the largest drop of the unit's
+    nodes at that width alone, floored at 0) per stored bit saved (width step x the unit's tensor elements, as
+    the average bitwidth counts them). The predicted drop of an allocation is the sum of its units' drops.
     - With budgets on hardware metrics (``max`` bounds): the first allocation of the path that meets them all.
-    - Else the allocation at each tolerance (every unit as low as its drop stays within the tolerance), and,
-      with ``objective`` (the scalarised metric specs), the path point with the best *predicted* objective
-      (accuracy = FP32 - the sum of the units' drops, hardware metrics computed exactly) with its neighbours
-      3 steps either side; with ``spread`` > 0, that many points evenly along the path (a predicted front for
+    - Else the last path point whose predicted drop stays within each tolerance (points), and, with
+      ``objective`` (the scalarised metric specs), the path point with the best *predicted* objective
+      (accuracy = FP32 - predicted drop, hardware metrics computed exactly) with its neighbours 3 steps either
+      side; with ``spread`` > 0, that many points evenly along the path (a predicted front for
       multi-objective searches).
     """
-    from qfx.hw.estimates import hw_metrics
+    from qfx.hw.estimates import hw_metrics, tensor_bits
     from qfx.search.metrics import scalarize
 
     units = _unit_nodes(space, sens.op_types)
@@ -161,8 +163,22 @@ def warm_start_points(sens: Sensitivity, space: Any, ev: Evaluator, budgets: dic
         cfg = space.to_config(space.point_of({**space.params(space.point(0)), **params(alloc)}))
         return hw_metrics(QuantizePass(cfg)(ev.pristine).graph, ev.hw.compare_to, ev.hw.activations)
 
+    def drop(a: dict[str, int]) -> float:
+        return sum(max(cost(u, a[u]), 0.0) for u in a)
+
     path = [{u: lv[0] for u, lv in levels.items()}]
-    while moves := [(cost(u, lv[lv.index(path[-1][u]) + 1]), u) for u, lv in levels.items() if path[-1][u] != lv[-1]]:
+    top = space.to_config(space.point_of({**space.params(space.point(0)), **params(path[0])}))
+    elems = dict.fromkeys(units, 0)
+    for t in tensor_bits(QuantizePass(top)(ev.pristine).graph, ev.hw.activations):
+        for u, ns in units.items():
+            elems[u] += t.numel if t.node in ns else 0
+
+    def price(u: str, a: dict[str, int]) -> tuple[float, str]:
+        w, nxt = a[u], levels[u][levels[u].index(a[u]) + 1]
+        added = max(cost(u, nxt), 0.0) - max(cost(u, w), 0.0)
+        return added / ((w - nxt) * max(elems[u], 1e-3)), u
+
+    while moves := [price(u, path[-1]) for u, lv in levels.items() if path[-1][u] != lv[-1]]:
         u = min(moves)[1]
         path.append({**path[-1], u: levels[u][levels[u].index(path[-1][u]) + 1]})
 
@@ -172,13 +188,12 @@ def warm_start_points(sens: Sensitivity, space: Any, ev: Evaluator, budgets: dic
         points += [params(a) for a in itertools.islice(ok, 1)]
     else:
         for tol in tolerances:
-            alloc = {u: min([w for w in lv if cost(u, w) <= tol] or [lv[0]]) for u, lv in levels.items()}
-            points.append(params(alloc))
+            points.append(params([a for a in path if drop(a) - drop(path[0]) <= tol][-1]))
         predictable = {"accuracy", *_HW_METRICS}
         if objective and set(objective) <= predictable:
 
             def predicted(a: dict[str, int]) -> float:
-                acc = sens.fp32["accuracy"] - sum(max(cost(u, a[u]), 0.0) for u in a) / 100
+                acc = sens.fp32["accuracy"] - drop(a) / 100
                 return scalarize({"accuracy": acc, **hw(a)}.__getitem__, objective)
 
             best = max(range(len(path)), key=lambda i: predicted(path[i]))
