@@ -107,6 +107,69 @@ def sensitivity(ev: Evaluator, widths: list[int], frac: str = "NA", progress: bo
     return Sensitivity(tuple(widths), {"accuracy": base["accuracy"], "loss": base["loss"]}, rows, nodes)
 
 
+class _Allocator:
+    """Bit allocations over a space's units (nodes or op types): the width levels each unit's width dims
+    offer, the sensitivity cost of a level, and the greedy path (see :func:`warm_start_points`)."""
+
+    def __init__(self, sens: Sensitivity, space: Any, ev: Evaluator) -> None:
+        self.sens, self.space, self.ev = sens, space, ev
+        self.units = _unit_nodes(space, sens.op_types)
+        dims = {u: [d for d in space.free_dims if d.startswith(f"{u}/") and d.endswith("_width")
+                    and not d.endswith("frac_width")] for u in self.units}  # fmt: skip
+        self.dims = {u: ds for u, ds in dims.items() if ds}
+        self.levels = {u: sorted({c for d in ds for c in space.dims[d]}, reverse=True) for u, ds in self.dims.items()}
+
+    def cost(self, u: str, w: int) -> float:
+        """The largest accuracy drop (points) of the unit's nodes alone at the measured width nearest ``w``."""
+        near = min(self.sens.widths, key=lambda m: (abs(m - w), m))
+        return max(self.sens.drop(n, near) for n in self.units[u])
+
+    def drop(self, alloc: dict[str, int]) -> float:
+        """Predicted accuracy drop of an allocation: the sum of its units' drops (floored at 0)."""
+        return sum(max(self.cost(u, alloc[u]), 0.0) for u in alloc)
+
+    def params(self, alloc: dict[str, int]) -> dict[str, Any]:
+        out = {}
+        for u, ds in self.dims.items():
+            for d in ds:  # the choice of this dim closest to the unit's level (at most it)
+                ok = [c for c in self.space.dims[d] if c <= alloc[u]] or [min(self.space.dims[d])]
+                out[d] = max(ok)
+        return out
+
+    def graph(self, alloc: dict[str, int]) -> Any:
+        sp = self.space
+        return QuantizePass(sp.to_config(sp.point_of({**sp.params(sp.point(0)), **self.params(alloc)})))(
+            self.ev.pristine
+        ).graph
+
+    def hw(self, alloc: dict[str, int]) -> dict[str, float]:
+        from qfx.hw.estimates import hw_metrics
+
+        return hw_metrics(self.graph(alloc), self.ev.hw.compare_to, self.ev.hw.activations)
+
+    def path(self) -> list[dict[str, int]]:
+        """From every unit at its widest level, one unit a step lowered to its next level: the move with the
+        least added drop per stored bit saved (width step x the unit's tensor elements)."""
+        from qfx.hw.estimates import tensor_bits
+
+        levels = self.levels
+        path = [{u: lv[0] for u, lv in levels.items()}]
+        elems = dict.fromkeys(self.units, 0)
+        for t in tensor_bits(self.graph(path[0]), self.ev.hw.activations):
+            for u, ns in self.units.items():
+                elems[u] += t.numel if t.node in ns else 0
+
+        def price(u: str, a: dict[str, int]) -> tuple[float, str]:
+            w, nxt = a[u], levels[u][levels[u].index(a[u]) + 1]
+            added = max(self.cost(u, nxt), 0.0) - max(self.cost(u, w), 0.0)
+            return added / ((w - nxt) * max(elems[u], 1e-3)), u
+
+        while moves := [price(u, path[-1]) for u, lv in levels.items() if path[-1][u] != lv[-1]]:
+            u = min(moves)[1]
+            path.append({**path[-1], u: levels[u][levels[u].index(path[-1][u]) + 1]})
+        return path
+
+
 _HW_METRICS = ("average_bitwidth", "memory_density", "memory_bytes", "model_size", "bops")
 
 
@@ -138,50 +201,10 @@ def warm_start_points(sens: Sensitivity, space: Any, ev: Evaluator, budgets: dic
       side; with ``spread`` > 0, that many points evenly along the path (a predicted front for
       multi-objective searches).
     """
-    from qfx.hw.estimates import hw_metrics, tensor_bits
     from qfx.search.metrics import scalarize
 
-    units = _unit_nodes(space, sens.op_types)
-    dims = {u: [d for d in space.free_dims if d.startswith(f"{u}/") and d.endswith("_width")
-                and not d.endswith("frac_width")] for u in units}  # fmt: skip
-    dims = {u: ds for u, ds in dims.items() if ds}
-    levels = {u: sorted({c for d in ds for c in space.dims[d]}, reverse=True) for u, ds in dims.items()}
-
-    def cost(u: str, w: int) -> float:
-        near = min(sens.widths, key=lambda m: (abs(m - w), m))
-        return max(sens.drop(n, near) for n in units[u])
-
-    def params(alloc: dict[str, int]) -> dict[str, Any]:
-        out = {}
-        for u, ds in dims.items():
-            for d in ds:  # the choice of this dim closest to the unit's level (at most it)
-                ok = [c for c in space.dims[d] if c <= alloc[u]] or [min(space.dims[d])]
-                out[d] = max(ok)
-        return out
-
-    def hw(alloc: dict[str, int]) -> dict[str, float]:
-        cfg = space.to_config(space.point_of({**space.params(space.point(0)), **params(alloc)}))
-        return hw_metrics(QuantizePass(cfg)(ev.pristine).graph, ev.hw.compare_to, ev.hw.activations)
-
-    def drop(a: dict[str, int]) -> float:
-        return sum(max(cost(u, a[u]), 0.0) for u in a)
-
-    path = [{u: lv[0] for u, lv in levels.items()}]
-    top = space.to_config(space.point_of({**space.params(space.point(0)), **params(path[0])}))
-    elems = dict.fromkeys(units, 0)
-    for t in tensor_bits(QuantizePass(top)(ev.pristine).graph, ev.hw.activations):
-        for u, ns in units.items():
-            elems[u] += t.numel if t.node in ns else 0
-
-    def price(u: str, a: dict[str, int]) -> tuple[float, str]:
-        w, nxt = a[u], levels[u][levels[u].index(a[u]) + 1]
-        added = max(cost(u, nxt), 0.0) - max(cost(u, w), 0.0)
-        return added / ((w - nxt) * max(elems[u], 1e-3)), u
-
-    while moves := [price(u, path[-1]) for u, lv in levels.items() if path[-1][u] != lv[-1]]:
-        u = min(moves)[1]
-        path.append({**path[-1], u: levels[u][levels[u].index(path[-1][u]) + 1]})
-
+    al = _Allocator(sens, space, ev)
+    path, params, drop, hw = al.path(), al.params, al.drop, al.hw
     points = []
     if budgets:
         ok = (a for a in path if all(b.max is None or hw(a).get(k, -math.inf) <= b.max for k, b in budgets.items()))
