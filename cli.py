@@ -395,10 +395,11 @@ def _export_best(args: argparse.Namespace, study: Any, prep: Any, out: Path, ev:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from qfx.search.sensitivity import sensitivity, space_widths
+    from qfx.search.sensitivity import sensitivity, space_frac, space_widths
 
     cfg, prep, space, ev, out = _search_setup(args)
     widths = [int(w) for w in args.widths.split(",")] if args.widths else space_widths(space) or [2, 4, 8]
+    args.frac = args.frac or space_frac(space)
     if args.frac == "auto" and not cfg.uses_auto():  # prepare() calibrates only configs that use "auto"
         from qfx.search.session import calibrate
 
@@ -646,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _search_args(p)
     p.add_argument("--widths", help="comma-separated widths (default: the width choices of the config's space)")
-    p.add_argument("--frac", default="NA", choices=["NA", "auto"], help="frac widths: width // 2, or calibrated")
+    hf = "frac widths: width // 2, or calibrated (default: auto when the space's frac choices include it)"
+    p.add_argument("--frac", choices=["NA", "auto"], help=hf)
     p.set_defaults(fn=cmd_sensitivity)
 
     p = sub.add_parser(

@@ -179,6 +179,11 @@ def _unit_nodes(space: Any, nodes: dict[str, str]) -> dict[str, list[str]]:
     return {u: [u] for u in space.units if u in nodes}
 
 
+def space_frac(space: Any) -> str:
+    """The frac rule a sensitivity analysis of this space uses: "auto" when its frac choices include it."""
+    return "auto" if any("auto" in c for d, c in space.dims.items() if d.endswith("frac_width")) else "NA"
+
+
 def space_widths(space: Any) -> list[int]:
     """Every integer width choice of the space's ``*_width`` dims (what sensitivity measures)."""
     ws = {c for d, ch in space.dims.items() if d.endswith("_width") and not d.endswith("frac_width") for c in ch}

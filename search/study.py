@@ -432,11 +432,10 @@ def _optimize(study: optuna.Study, objective: Objective, setup: StrategySetup, p
 def _warm_start(study: optuna.Study, objective: Objective) -> None:
     """Enqueue the greedy bit allocations of a per-node sensitivity analysis as the first trials."""
     from qfx.search.metrics import METRICS
-    from qfx.search.sensitivity import sensitivity, space_widths, warm_start_points
+    from qfx.search.sensitivity import sensitivity, space_frac, space_widths, warm_start_points
 
     space, ev = objective.space, objective.evaluator
-    frac = "auto" if any("auto" in c for d, c in space.dims.items() if d.endswith("frac_width")) else "NA"
-    sens = sensitivity(ev, space_widths(space), frac)  # the fracs the trials will use
+    sens = sensitivity(ev, space_widths(space), space_frac(space))  # the fracs the trials will use
     budgets = {k: b for k, b in objective.constraints.items() if b.max is not None and METRICS[k].kind == "hardware"}
     single = objective.metrics if objective.single else None
     points = warm_start_points(sens, space, ev, budgets, objective=single, spread=0 if objective.single else 5)

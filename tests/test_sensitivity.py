@@ -130,3 +130,13 @@ def test_multi_objective_comparison_reports_hypervolume_vs_trials(setup):
                     area += (ref[0] - x) * (best_y - y)
                     best_y = y
             assert curve[-1] == pytest.approx(area, rel=1e-9, abs=1e-12)
+
+
+def test_sensitivity_uses_the_fracs_the_space_searches():
+    from types import SimpleNamespace
+
+    from qfx.search.sensitivity import space_frac
+
+    auto = SimpleNamespace(dims={"fc/weight_width": [2, 4], "fc/weight_frac_width": ["auto"]})
+    fixed = SimpleNamespace(dims={"fc/weight_width": [2, 4], "fc/weight_frac_width": [1, 2]})
+    assert space_frac(auto) == "auto" and space_frac(fixed) == "NA"
