@@ -30,11 +30,17 @@ def setup(tmp_path_factory):
     return d, ck, cfg
 
 
-def test_each_node_alone_at_each_width(setup):
+def _searched(setup):
+    """The setup's config, search space and evaluator (prepared once per call)."""
     d, ck, cfg = setup
     rc = load_config(cfg, require_search=True)
-    prep = prepare(rc, str(ck), d / "o", progress=False)
-    space, ev = build_search(rc, prep)
+    space, ev = build_search(rc, prepare(rc, str(ck), d / "o", progress=False))
+    return rc, space, ev
+
+
+def test_each_node_alone_at_each_width(setup):
+    d, ck, cfg = setup
+    rc, space, ev = _searched(setup)
     sens = sensitivity(ev, [2, 8])
     assert set(sens.rows) == set(sens.op_types) and all(set(r) == {2, 8} for r in sens.rows.values())
     node = next(n for n, t in sens.op_types.items() if t == "linear")
@@ -89,10 +95,8 @@ def test_warm_start_enqueues_allocations_under_the_budget(setup):
 def test_compare_samplers_with_warm_start_and_a_labelled_long_run_reference(setup):
     from qfx.search.compare import compare_samplers
 
-    d, ck, cfg = setup
-    rc = load_config(cfg, require_search=True)
-    prep = prepare(rc, str(ck), d / "o", progress=False)
-    space, ev = build_search(rc, prep)
+    d = setup[0]
+    rc, space, ev = _searched(setup)
     st = rc.search.strategy
     res = compare_samplers(space, ev, st.metrics, st.setup, ["random", "tpe+sensitivity"], 2, 5, d / "cmp",
                            exhaustive_limit=10, reference_trials=12)  # fmt: skip
@@ -106,10 +110,8 @@ def test_multi_objective_comparison_reports_hypervolume_vs_trials(setup):
 
     from qfx.search.compare import compare_samplers
 
-    d, ck, cfg = setup
-    rc = load_config(cfg, require_search=True)
-    prep = prepare(rc, str(ck), d / "o", progress=False)
-    space, ev = build_search(rc, prep)
+    d = setup[0]
+    rc, space, ev = _searched(setup)
     st = rc.search.strategy
     setup_mo = st.setup.model_copy(update={"sum_scaled_metrics": False})
     res = compare_samplers(space, ev, st.metrics, setup_mo, ["random", "nsgaii"], 2, 8, d / "mo",
