@@ -43,6 +43,25 @@ class TensorPrecision:
 
 # printed form per number format, filled by the format registry (passes.transforms.quantize.formats)
 PRECISION_LABELS: dict[str, Callable[[TensorPrecision], str]] = {}
+# validity check per number format (raises ValueError), filled by the same registry; read by the loader
+PRECISION_CHECKS: dict[str, Callable[[TensorPrecision], None]] = {}
+
+
+def check_precision(p: TensorPrecision) -> TensorPrecision:
+    """``p`` when qfx can run it: ``float32`` at width 32, or a registered format at width 1-32 with its
+    second number (frac / exponent width) in the format's range; else ValueError saying what is allowed."""
+    if p.fmt == "float32":
+        if p.width != 32 or p.frac is not None:
+            raise ValueError(f"float32 has width 32 and no frac, got width={p.width!r} frac={p.frac!r}")
+        return p
+    if p.fmt not in PRECISION_CHECKS:
+        raise ValueError(f"unknown number format {p.fmt!r}; registered: float32, {', '.join(PRECISION_CHECKS)}")
+    if type(p.width) is not int or not 1 <= p.width <= 32:
+        raise ValueError(f"{p.fmt} width {p.width!r} is not an integer in 1..32")
+    if p.frac is not None and type(p.frac) is not int:
+        raise ValueError(f"{p.fmt} frac {p.frac!r} is not an integer")
+    PRECISION_CHECKS[p.fmt](p)
+    return p
 
 
 def _freeze_shape(s: Any) -> Any:

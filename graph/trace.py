@@ -119,32 +119,43 @@ class QGraph:
         return QGraph(gm, self.example_inputs, self.analyses)
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``graph.json`` + ``weights.pt`` (no pickle, see :mod:`graph.serialize`),
-        ``inputs.pt`` and ``meta.json``; every file loads with ``weights_only=True``."""
-        from qfx.graph.dump import to_json
-        from qfx.graph.serialize import dump_graph_module
+        """Write ``graph.json`` + ``weights.safetensors`` (no pickle, see :mod:`graph.serialize`),
+        ``inputs.pt`` (plain tensors, ``weights_only``) and ``meta.json``. Refuses to write through a
+        symlink that leads out of ``directory``."""
+        from qfx.graph.dump import to_dict
+        from qfx.graph.safeio import check_out_dir
+        from qfx.graph.serialize import dump_graph_module, save_tensors
 
-        spec, tensors = dump_graph_module(self.gm)
-        d = Path(directory)
+        with no_gc():
+            return self._save(Path(directory), dump_graph_module, to_dict, check_out_dir, save_tensors)
+
+    def _save(self, directory: Path, dump: Any, to_dict: Any, check_out_dir: Any, save_tensors: Any) -> Path:
+        spec, tensors = dump(self.gm)
+        d = check_out_dir(directory)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "graph.json").write_text(json.dumps(spec, indent=1))
-        torch.save(tensors, d / "weights.pt")
+        (d / "graph.json").write_text(json.dumps(spec, separators=(",", ":")))
+        save_tensors(tensors, d / "weights.safetensors")
+        (d / "weights.pt").unlink(missing_ok=True)  # an older save's table would be ambiguous
         torch.save(self.example_inputs, d / "inputs.pt")
-        (d / "meta.json").write_text(to_json(self))
+        (d / "meta.json").write_text(json.dumps(to_dict(self), separators=(",", ":")))
         for hook in SAVE_HOOKS:
             hook(self, d)
         return d
 
     @classmethod
     def load(cls, directory: str | Path, trust: bool = False) -> QGraph:
-        """Rebuild a saved graph without running code from the files.
+        """Rebuild a saved graph, validating every file first; no code from the files runs.
 
-        ``trust=True`` also resolves classes/functions outside the allowlist (user leaf
-        modules) and reads a legacy pickled ``model.pt``; only use it for files you trust.
+        ``trust=True`` also accepts module classes outside the allowlist (user leaf modules, any
+        importable ``nn.Module`` subclass) and reads a legacy pickled ``model.pt``; only use it for files
+        you trust. It never widens the functions, methods, values or paths a file may name.
+        Raises :class:`~qfx.graph.serialize.SerializationError` naming the file and what is wrong.
         """
-        from qfx.graph.serialize import SerializationError, load_graph_module
+        from qfx.graph.serialize import SerializationError, load_graph_dir
 
         d = Path(directory)
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: no such directory (a graph directory written by QGraph.save)")
         if not (d / "graph.json").is_file() and (d / "model.pt").is_file():
             if not trust:
                 raise SerializationError(
@@ -152,33 +163,32 @@ class QGraph:
                     "re-save it, or load with trust=True (--trust-checkpoint) if you trust its origin"
                 )
             gm = torch.load(d / "model.pt", weights_only=False)
-        else:
-            for f in ("graph.json", "weights.pt", "inputs.pt", "meta.json"):
-                if not (d / f).is_file():
-                    raise FileNotFoundError(f"{d / f} is missing: not a directory written by QGraph.save")
-            try:
-                spec = json.loads((d / "graph.json").read_text())
-                tensors = torch.load(d / "weights.pt", weights_only=True, map_location="cpu")
-            except (ValueError, RuntimeError, pickle.UnpicklingError) as e:
-                raise SerializationError(f"{d}: unreadable or unsafe graph files ({e})") from e
-            gm = load_graph_module(spec, tensors, trust)
-        try:
-            inputs = torch.load(d / "inputs.pt", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise SerializationError(f"{d / 'inputs.pt'}: not plain tensors/values ({e})") from e
-        data = json.loads((d / "meta.json").read_text())
-        by_name = {m["name"]: m for m in data["nodes"]}
-        missing = [n.name for n in gm.graph.nodes if n.name not in by_name]
-        if missing:
-            raise SerializationError(f"{d / 'meta.json'} has no record for node(s) {missing}")
-        for n in gm.graph.nodes:
-            set_meta(n, NodeMeta.from_dict(by_name[n.name]))
-        return cls(gm, inputs, data.get("analyses", ()))
+            return cls(gm, _load_inputs(d), ())
+        with no_gc():
+            gm, metas, analyses = load_graph_dir(d, trust)
+            for n in gm.graph.nodes:
+                set_meta(n, metas[n.name])
+        return cls(gm, _load_inputs(d), analyses)
 
     def to_networkx(self) -> Any:
         from qfx.graph.dump import to_networkx
 
         return to_networkx(self)
+
+
+def _load_inputs(d: Path) -> tuple[Any, ...]:
+    """``inputs.pt``: a tuple of plain tensors/values (``weights_only``), inside ``d``."""
+    from qfx.graph.safeio import inside
+    from qfx.graph.serialize import SerializationError
+
+    p = inside(d, "inputs.pt")
+    try:
+        inputs = torch.load(p, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as e:
+        raise SerializationError(f"{p}: not plain tensors/values ({str(e).splitlines()[0] if str(e) else e!r})") from e
+    if not isinstance(inputs, tuple):
+        raise SerializationError(f"{p}: holds a {type(inputs).__name__}, not a tuple of example inputs")
+    return inputs
 
 
 def target_value(gm: nn.Module, n: fx.Node) -> Any:

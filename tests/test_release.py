@@ -238,6 +238,7 @@ def test_graph_load_refuses_pickled_model_and_unknown_code(tmp_path):
     (tmp_path / "g" / "graph.json").write_text(json.dumps(spec))
     with pytest.raises(SerializationError, match="'os.system' is not on the allowlist"):
         QGraph.load(tmp_path / "g")
+    (tmp_path / "g" / "weights.safetensors").unlink()  # an older directory: weights.pt, read weights-only
     torch.save({"w": _Evil(str(marker))}, tmp_path / "g" / "weights.pt")
     with pytest.raises(SerializationError, match="unsafe"):
         QGraph.load(tmp_path / "g")

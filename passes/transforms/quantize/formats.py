@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from qfx.graph.meta import PRECISION_LABELS, TensorPrecision
+from qfx.graph.meta import PRECISION_CHECKS, PRECISION_LABELS, TensorPrecision
 
 QuantFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -59,7 +59,16 @@ def register_format(fmt: NumberFormat) -> NumberFormat:
         raise TypeError(f"format {fmt.name!r}: its config model needs a 'name' field")
     FORMATS[fmt.name] = fmt
     PRECISION_LABELS[fmt.name] = fmt.label
+    PRECISION_CHECKS[fmt.name] = lambda p: _check_param(fmt, p)
     return fmt
+
+
+def _check_param(fmt: NumberFormat, p: TensorPrecision) -> None:
+    """The format's second number within its range at ``p.width`` (fixed point without a declared range: 0..width)."""
+    lo, hi = fmt.param_range(p.width) if fmt.param_range else (0, p.width)
+    if p.frac is not None and not lo <= p.frac <= hi:
+        name = fmt.param or "frac_width"
+        raise ValueError(f"{fmt.name} {name} {p.frac} is outside {lo}..{hi} at width {p.width}")
 
 
 def get_format(name: str) -> NumberFormat:
@@ -90,4 +99,5 @@ def unsigned_variant(p: TensorPrecision) -> TensorPrecision:
 def unregister_format(name: str) -> Any:
     """Remove a format (tests registering a toy format clean up with this)."""
     PRECISION_LABELS.pop(name, None)
+    PRECISION_CHECKS.pop(name, None)
     return FORMATS.pop(name)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from qfx.graph.meta import TensorPrecision
+from qfx.graph.meta import TensorPrecision, check_precision
 from qfx.graph.serialize import register_codec
 from qfx.passes.transforms.quantize.config import IntegerQ, MinifloatQ
 from qfx.passes.transforms.quantize.formats import NumberFormat, get_format, register_format
@@ -123,9 +123,29 @@ for _f in (_INTEGER, _UINTEGER, _MINIFLOAT):
     register_format(_f)
 
 
+_QUANTIZERS: dict[tuple[str, int, int | None], Quantizer] = {}
+
+
+def _decode_quantizer(d: Any) -> Quantizer:
+    """A saved quantizer (untrusted data): exactly ``{fmt, width, frac}`` with a valid precision;
+    quantizers are stateless, so one object serves every equal precision."""
+    if (
+        not isinstance(d, dict)
+        or set(d) != {"fmt", "width", "frac"}
+        or type(d["fmt"]) is not str
+        or type(d["width"]) is not int
+        or not (d["frac"] is None or type(d["frac"]) is int)
+    ):
+        raise ValueError(f"a quantizer is {{fmt: str, width: int, frac: int}}, got {str(d)[:80]}")
+    key = (d["fmt"], d["width"], d["frac"])
+    if key not in _QUANTIZERS:
+        _QUANTIZERS[key] = make_quantizer(check_precision(TensorPrecision(*key)))
+    return _QUANTIZERS[key]
+
+
 register_codec(
     "quantizer",
     Quantizer,
     lambda q: {"fmt": q.precision.fmt, "width": q.precision.width, "frac": q.precision.frac},
-    lambda d: make_quantizer(TensorPrecision(**d)),
+    lambda d: _decode_quantizer(d),
 )
