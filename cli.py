@@ -48,12 +48,15 @@ class UsageError(Exception):
 
 
 def _out_dir(args: argparse.Namespace, cfg_path: str | None, kind: str) -> Path:
-    """``--out``, else ``outputs/<config name>`` (plus ``/<study name>`` for a named persistent study)."""
+    """``--out``, else ``outputs/<config name>`` (plus ``/<study name>`` for a named persistent study).
+    Refused when a symlink inside it leads out of it (outputs are never written through one)."""
+    from qfx.graph.safeio import check_out_dir
+
     if getattr(args, "out", None):
-        return Path(args.out)
+        return check_out_dir(args.out)
     stem = Path(cfg_path).stem if cfg_path else kind
     study = getattr(args, "study_name", None)
-    return Path("outputs") / stem / study if study else Path("outputs") / stem
+    return check_out_dir(Path("outputs") / stem / study if study else Path("outputs") / stem)
 
 
 def _positive(v: str) -> int:
@@ -239,8 +242,14 @@ def _budgets(constraints: dict[str, Any]) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from qfx.passes.export.api import parse_formats
     from qfx.search.study import best_table, best_trials, run_study, summarize, write_outputs
 
+    if args.export:
+        try:
+            parse_formats(args.export)  # before the search, not after it
+        except ValueError as e:
+            raise UsageError(f"--export: {e}", "comma-separated formats from the list") from None
     cfg, prep, space, ev, out = _search_setup(args)
     st = cfg.search.strategy
     print(f"{prep.graph.gm.__class__.__name__} from {prep.checkpoint}; {space.describe()}")
@@ -325,12 +334,7 @@ def _debugged(args: argparse.Namespace) -> Any:
     from qfx.passes.transforms.quantize import QuantizePass
 
     g = QGraph.load(args.graph, trust=args.trust_checkpoint)
-    if args.data:
-        from qfx.zoo.data import load_dataset
-
-        x = load_dataset(args.data).split(args.split).x[: args.samples]
-    else:
-        x = g.example_inputs
+    x = (_dataset_rows(args.data, args.split, args.samples, g),) if args.data else g.example_inputs
     g = analyze(g)
     if not any(m.quantized for m in g.metas()):
         raise UsageError(f"{args.graph}: no quantized node: nothing to compare", "save a quantized graph")
@@ -340,11 +344,12 @@ def _debugged(args: argparse.Namespace) -> Any:
 
 
 def cmd_debug(args: argparse.Namespace) -> int:
+    from qfx.graph.safeio import check_out_dir
     from qfx.passes.debug import numerics_table
     from qfx.passes.debug.views import plot_sqnr, worst_nodes, write_dot, write_model_explorer
 
+    out = check_out_dir(Path(args.out) if args.out else Path(args.graph) / "debug")
     g = _debugged(args)
-    out = Path(args.out) if args.out else Path(args.graph) / "debug"
     out.mkdir(parents=True, exist_ok=True)
     print(numerics_table(g))
     worst = worst_nodes(g)
@@ -372,26 +377,70 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     fmts = parse_formats(args.format)
     g = QGraph.load(args.graph, trust=args.trust_checkpoint)
-    x = g.example_inputs[0] if g.example_inputs and not args.no_verify else None
+    x = None if args.no_verify else _verification_batch(args, g)
     done = export_all(g, fmts, Path(args.out), x)
     _print_exports(done)
+    _fail_on_difference(done)
     return 0
 
 
+def _verification_batch(args: argparse.Namespace, g: Any) -> Any:
+    """``--data``'s split (else the graph's example inputs) plus saturating rows: ``--verify-rows`` in all."""
+    from qfx.passes.export.api import verification_inputs
+
+    if args.data:
+        x = _dataset_rows(args.data, args.split, None, g)
+    elif g.example_inputs:
+        x = g.example_inputs[0]
+    else:
+        raise UsageError(f"{args.graph}: no example inputs to verify on", "pass --data or --no-verify")
+    return verification_inputs(x, args.verify_rows)
+
+
+def _dataset_rows(data: str, split: str, samples: int | None, g: Any) -> Any:
+    """Rows of ``--data``'s split, refused (naming ``--data``) when their shape is not the graph's input shape."""
+    from qfx.zoo.data import load_dataset
+
+    x = load_dataset(data).split(split).x[:samples]
+    ex = g.example_inputs[0] if g.example_inputs else None
+    if ex is not None and hasattr(ex, "shape") and tuple(x.shape[1:]) != tuple(ex.shape[1:]):
+        raise UsageError(
+            f"--data {data}: rows of shape {tuple(x.shape[1:])} do not fit the graph's input of shape "
+            f"{tuple(ex.shape[1:])}",
+            "pass the dataset the graph was built for",
+        )
+    return x
+
+
+def _fail_on_difference(done: list[Any]) -> None:
+    """A verification that found a difference is an error (exit 2), naming the first differing node."""
+    from qfx.passes.export.verify import VerificationError
+
+    for e in done:
+        a = e.agreement
+        if a and not a["bit_identical"]:
+            raise VerificationError(
+                f"{e.fmt} export is not bit-identical to the graph on {1 - a['identical_rows']:.1%} of "
+                f"{a['samples']} rows (max |diff| {a['max_abs_diff']:.4g}), {a['first_difference']}"
+            )
+
+
 def _export_best(args: argparse.Namespace, study: Any, prep: Any, out: Path, ev: Any) -> None:
-    from qfx.passes.export.api import export_all, parse_formats
+    from qfx.passes.export.api import export_all, parse_formats, verification_inputs
     from qfx.passes.transforms.quantize import QuantizePass
     from qfx.search.study import best_trials
 
     fmts = parse_formats(args.export)
     best = best_trials(study)
-    x = prep.dataset.test.x[:256]
+    x = verification_inputs(prep.dataset.test.x, 1000)
     for i, t in enumerate(best):
         q = QuantizePass(t.user_attrs["sampled_config"])(ev.pristine).graph
         where = out / "export" if len(best) == 1 else out / "export" / f"trial_{t.number}"
         pareto = f" (Pareto {i + 1}/{len(best)})" if len(best) > 1 else ""
         print(f"\nexport of trial {t.number}{pareto}:")
-        _print_exports(export_all(q, fmts, where, x))
+        done = export_all(q, fmts, where, x)
+        _print_exports(done)
+        _fail_on_difference(done)
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
@@ -633,8 +682,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", help="name of a persistent study (required with --storage to resume/share)")
     p.add_argument(
         "--export",
-        help="export the best trial(s) (every Pareto trial) to OUT/export/<format>/ and verify each on 256 "
-        "test samples: comma-separated qonnx, onnx-qdq, hls4ml, torch",
+        help="export the best trial(s) (every Pareto trial) to OUT/export/<format>/ and verify each bit for bit on "
+        "1,000 rows (the test split, then saturating noise; a difference exits 2): comma-separated qonnx, "
+        "onnx-qdq, hls4ml, torch",
     )
     p.set_defaults(fn=cmd_search)
 
@@ -680,6 +730,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, help="comma-separated: qonnx, onnx-qdq, hls4ml, torch")
     p.add_argument("--out", required=True, help="output directory (one sub-directory per format)")
     p.add_argument("--no-verify", action="store_true", help="write only; do not run the target executors")
+    p.add_argument("--data", help="verify on this dataset's split (digits, iris, jsc:PATH ...); default: example rows")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument(
+        "--verify-rows",
+        type=_positive,
+        default=1000,
+        help="rows verified: the data, then saturating noise at 1x/4x/16x/64x its scale (default 1000)",
+    )
     _trust_arg(p)
     p.set_defaults(fn=cmd_export)
     return ap

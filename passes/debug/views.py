@@ -70,17 +70,23 @@ def _label(graph: QGraph, name: str) -> list[str]:
     return lines
 
 
+def dot_string(s: str) -> str:
+    """``s`` as a DOT double-quoted string body: backslashes, quotes and line breaks escaped, so text read
+    from a file (meta.json) cannot end the string or add statements."""
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "").replace("\n", "\\n")
+
+
 def to_dot(graph: QGraph) -> str:
     """Graphviz DOT text: one box per node (op type, shape, precision, SQNR), data edges."""
     out = ["digraph qfx {", "  rankdir=TB;", '  node [shape=box, fontsize=10, fontname="Helvetica"];']
     for n in graph.gm.graph.nodes:
         m = get_meta(n)
-        label = "\\n".join(s.replace('"', "'") for s in _label(graph, n.name))
+        label = "\\n".join(dot_string(s) for s in _label(graph, n.name))
         color = "lightblue" if m.quantized else "white"
-        out.append(f'  "{n.name}" [label="{label}", style=filled, fillcolor={color}];')
+        out.append(f'  "{dot_string(n.name)}" [label="{label}", style=filled, fillcolor={color}];')
     for n in graph.gm.graph.nodes:
         for a in n.all_input_nodes:
-            out.append(f'  "{a.name}" -> "{n.name}";')
+            out.append(f'  "{dot_string(a.name)}" -> "{dot_string(n.name)}";')
     out.append("}")
     return "\n".join(out) + "\n"
 

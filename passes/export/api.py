@@ -90,17 +90,44 @@ def _target_outputs(e: Exported, x: np.ndarray) -> np.ndarray:
     return run_portable(e.path, torch.from_numpy(x)).numpy().reshape(len(x), -1)
 
 
-def verify(e: Exported, graph: QGraph, x: torch.Tensor) -> dict[str, Any]:
-    """Run the export with its own executor on ``x`` and compare with the graph's outputs."""
+def verification_inputs(x: torch.Tensor, rows: int = 1000, seed: int = 0) -> torch.Tensor:
+    """``x`` followed by rows that reach and pass every saturation bound: normal noise at the data's own
+    scale and at 4x, 16x and 64x it (seeded), ``rows`` in all (at least ``len(x)``)."""
+    g = torch.Generator().manual_seed(seed)
+    x = x.detach().float()
+    scale = float(x.std()) if x.numel() > 1 and float(x.std()) > 0 else 1.0
+    extra = max(rows - len(x), 0)
+    k = torch.arange(extra) % 4
+    noise = torch.randn((extra, *x.shape[1:]), generator=g) * scale * (4.0**k).reshape(-1, *[1] * (x.dim() - 1))
+    return torch.cat([x, noise])
+
+
+def verify(e: Exported, graph: QGraph, x: torch.Tensor, raise_on_difference: bool = False) -> dict[str, Any]:
+    """Run the export with its own executor on ``x`` and compare with the graph's outputs, bit for bit.
+
+    When they differ, ``first_difference`` says at which node (see :mod:`qfx.passes.export.verify`);
+    with ``raise_on_difference`` a :class:`VerificationError` carries that line."""
+    from qfx.passes.export.verify import VerificationError, locate
+
     with torch.no_grad():
         ref = graph.gm.eval()(x).detach().float().numpy().reshape(len(x), -1)
     got = _target_outputs(e, x.numpy().astype(np.float32))
+    same = (got == ref).all(1) if ref.size else np.ones(len(x), bool)
     e.agreement = {
         "samples": len(x),
         "max_abs_diff": float(np.abs(got - ref).max()) if ref.size else 0.0,
-        "bit_identical": bool(np.array_equal(got, ref)),
+        "bit_identical": bool(same.all()),
+        "identical_rows": float(same.mean()) if len(x) else 1.0,
         "same_class": float(np.mean(got.argmax(1) == ref.argmax(1))),
     }
+    if not same.all():
+        where = locate(e.fmt, e.path, graph, x, np.flatnonzero(~same))
+        e.agreement["first_difference"] = where
+        if raise_on_difference:
+            raise VerificationError(
+                f"{e.fmt} export is not bit-identical to the graph on {int((~same).sum())} of {len(x)} rows "
+                f"(max |diff| {e.agreement['max_abs_diff']:.4g}), {where}"
+            )
     return e.agreement
 
 
@@ -108,8 +135,11 @@ def export_all(graph: QGraph, formats: list[str], out: str | Path, x: torch.Tens
     """Export into ``out/<format>/`` for each format; with ``x``, verify each by its own executor.
 
     qonnx files have batch 1 (FINN/hls4ml convention; verification runs them row by row),
-    onnx-qdq a symbolic batch.
+    onnx-qdq a symbolic batch. Writing is refused when a symlink inside ``out`` leads out of it.
     """
+    from qfx.graph.safeio import check_out_dir
+
+    check_out_dir(out)
     done = []
     for fmt in formats:
         e = export(graph, fmt, Path(out) / fmt)

@@ -31,6 +31,7 @@ import torch.nn as nn
 from qfx.graph.meta import TensorPrecision
 from qfx.graph.trace import QGraph
 from qfx.passes.export.ir import ExportError, Layer, build_ir
+from qfx.passes.transforms.quantize.formats import code_range
 
 HLS_OPS = ("linear", "affine", "relu", "identity")
 
@@ -56,7 +57,8 @@ class Fx:
 
 
 def _fx(p: TensorPrecision) -> Fx:
-    return Fx(p.width, p.frac or 0, p.fmt == "integer")
+    lo, _ = code_range(p)  # type: ignore[misc] - build_ir admits fixed-point formats only
+    return Fx(p.width, p.frac or 0, lo < 0)
 
 
 def _wide(int_bits: int, frac: int) -> Fx:

@@ -14,6 +14,7 @@ Weights/biases are stored as the exact values the graph computes with.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,39 @@ from onnx import TensorProto, helper, numpy_helper
 from qfx.graph.meta import TensorPrecision
 from qfx.graph.trace import QGraph
 from qfx.passes.export.ir import ExportError, Layer, build_ir
+from qfx.passes.transforms.quantize.formats import code_range
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
 
 
+NODE_OUTPUTS = "qfx.node_outputs"
+
+
+def node_values_onnx(path: str | Path, x: np.ndarray, fmt: str) -> dict[str, np.ndarray]:
+    """Every graph node's value as the target executor computes it (qonnx's ``execute_onnx`` with its full
+    context, or onnxruntime with the node tensors added as outputs), keyed by node name."""
+    model = onnx.load(str(path))
+    names = json.loads(next(p.value for p in model.metadata_props if p.key == NODE_OUTPUTS))
+    if fmt == "qonnx":
+        from qonnx.core.modelwrapper import ModelWrapper
+        from qonnx.core.onnx_exec import execute_onnx
+
+        mw = ModelWrapper(model)
+        iname = mw.graph.input[0].name
+        rows = [execute_onnx(mw, {iname: x[i : i + 1]}, return_full_exec_context=True) for i in range(len(x))]
+        return {n: np.concatenate([r[t] for r in rows]) for n, t in names.items() if t in rows[0]}
+    have = {o.name for o in model.graph.output}
+    for t in dict.fromkeys(names.values()):
+        if t not in have:
+            model.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
+    outs = run_onnxruntime(model, x, all_outputs=True)
+    return {n: outs[t] for n, t in names.items() if t in outs}
+
+
 def _range(p: TensorPrecision) -> tuple[int, int, bool]:
-    signed = p.fmt == "integer"
-    return (-(2 ** (p.width - 1)), 2 ** (p.width - 1) - 1, True) if signed else (0, 2**p.width - 1, False)
+    """Integer code range and signedness, from the format registry (never from the format's name)."""
+    lo, hi = code_range(p)  # type: ignore[misc] - build_ir admits fixed-point formats only
+    return lo, hi, lo < 0
 
 
 class _Builder:
@@ -190,6 +217,8 @@ def to_onnx(graph: QGraph, fmt: str = "qonnx", batch: int | None = None) -> onnx
     else:
         model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], producer_name="qfx")
         model.ir_version = 10
+    # which ONNX tensor holds each graph node's output: verification names the node where outputs part
+    helper.set_model_props(model, {NODE_OUTPUTS: json.dumps(env)})
     return model
 
 
@@ -223,8 +252,9 @@ def run_qonnx(model: onnx.ModelProto | str | Path, x: np.ndarray) -> np.ndarray:
     return out[mw.graph.output[0].name]
 
 
-def run_onnxruntime(model: onnx.ModelProto | str | Path, x: np.ndarray) -> np.ndarray:
-    """Execute with onnxruntime (single thread, graph optimisations off) and return the first output."""
+def run_onnxruntime(model: onnx.ModelProto | str | Path, x: np.ndarray, all_outputs: bool = False) -> Any:
+    """Execute with onnxruntime (single thread, graph optimisations off) and return the first output
+    (``all_outputs``: ``{name: array}`` of every graph output)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -233,4 +263,5 @@ def run_onnxruntime(model: onnx.ModelProto | str | Path, x: np.ndarray) -> np.nd
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     src = str(model) if isinstance(model, Path) else model.SerializeToString()
     sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
+    res = sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})
+    return dict(zip((o.name for o in sess.get_outputs()), res, strict=True)) if all_outputs else res[0]

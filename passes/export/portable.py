@@ -20,24 +20,32 @@ A quantized value is ``code * 2**-frac``. Activations are quantized where ``prec
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from qfx.graph.meta import TensorPrecision
 from qfx.graph.trace import SAVE_HOOKS, QGraph
 from qfx.passes.export.ir import build_ir
+from qfx.passes.transforms.quantize.formats import code_range
 
 FORMAT = "qfx-portable/1"
 
 
+def _signed(p: TensorPrecision) -> bool:
+    """Signedness from the format registry's code range (never from the format's name)."""
+    r = code_range(p)
+    return r is not None and r[0] < 0
+
+
 def _int_dtype(p: TensorPrecision) -> torch.dtype:
-    bits = p.width + (0 if p.fmt == "integer" else 1)  # unsigned codes need one more bit in a signed type
+    bits = p.width + (0 if _signed(p) else 1)  # unsigned codes need one more bit in a signed type
     return torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32
 
 
 def _prec(p: TensorPrecision) -> dict[str, Any]:
-    return {"format": p.fmt, "width": p.width, "frac": p.frac or 0, "signed": p.fmt == "integer"}
+    return {"format": p.fmt, "width": p.width, "frac": p.frac or 0, "signed": _signed(p)}
 
 
 def portable_state(graph: QGraph) -> dict[str, Any]:
@@ -106,58 +114,168 @@ if save_beside not in SAVE_HOOKS:
     SAVE_HOOKS.append(save_beside)
 
 
-def run_portable(path: str | Path, x: torch.Tensor) -> torch.Tensor:
-    """Reference reader in plain PyTorch (no qfx code): run a portable checkpoint on a float batch.
+_OPS = ("linear", "conv", "affine", "relu", "add", "sub", "mul", "reshape", "maxpool", "global_avgpool", "identity")
+_PARAM_OPS = {"linear", "conv", "affine"}
 
-    Reads the file with ``weights_only=True``, rebuilds every value as ``code * 2**-frac``, and
-    applies the activation quantization the manifest names. Returns the first output.
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class PortablePrecision(_Strict):
+    format: Annotated[str, Field(max_length=64)]
+    width: Annotated[int, Field(ge=1, le=32)]
+    frac: Annotated[int, Field(ge=-32, le=64)]
+    signed: bool
+
+
+Ints = list[Annotated[int, Field(ge=0, le=1 << 16)]]
+
+
+class PortableAttrs(_Strict):
+    stride: Ints | None = None
+    padding: Ints | None = None
+    dilation: Ints | None = None
+    groups: Annotated[int, Field(ge=1, le=1 << 16)] | None = None
+    kernel: Ints | None = None
+    shape: list[Annotated[int, Field(ge=-1, le=1 << 31)]] | None = None
+
+
+class PortableLayer(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    op: Literal[_OPS]  # type: ignore[valid-type]
+    inputs: list[Annotated[str, Field(max_length=200)] | float]
+    attrs: PortableAttrs
+    tensors: dict[Literal["weight", "bias"], Annotated[str, Field(max_length=400)]]
+    precision: dict[Literal["data_in", "weight", "bias", "data_out"], PortablePrecision]
+
+    @model_validator(mode="after")
+    def _needs(self) -> PortableLayer:
+        need = {
+            "conv": ("stride", "padding", "dilation", "groups", "kernel"),
+            "maxpool": ("kernel", "stride", "padding"),
+            "reshape": ("shape",),
+        }.get(self.op, ())
+        missing = [k for k in need if getattr(self.attrs, k) is None]
+        if missing:
+            raise ValueError(f"layer {self.name!r} ({self.op}) needs attrs {missing}")
+        if self.op in _PARAM_OPS and "weight" not in self.tensors:
+            raise ValueError(f"layer {self.name!r} ({self.op}) needs a weight tensor")
+        if self.op not in _PARAM_OPS and self.tensors:
+            raise ValueError(f"layer {self.name!r} ({self.op}) takes no tensors")
+        arity = 2 if self.op in ("add", "sub", "mul") else 1
+        if len(self.inputs) != arity:
+            raise ValueError(f"layer {self.name!r} ({self.op}) takes {arity} input(s), got {len(self.inputs)}")
+        return self
+
+
+class PortableManifest(_Strict):
+    inputs: Annotated[list[Annotated[str, Field(max_length=200)]], Field(min_length=1, max_length=1)]
+    outputs: Annotated[list[Annotated[str, Field(max_length=200)]], Field(min_length=1)]
+    layers: list[PortableLayer]
+
+
+class PortableError(ValueError):
+    """A portable checkpoint this reader refuses; the message names the file, the layer and the rule."""
+
+
+def read_portable(path: str | Path) -> tuple[dict[str, torch.Tensor], PortableManifest]:
+    """Load and validate a portable checkpoint: format version, ops, widths 1-32, fracs, and that every
+    input, output and tensor reference names something defined before it."""
+    try:
+        ck = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - the weights-only unpickler raises several types
+        raise PortableError(f"{path}: not a readable plain-tensor file ({str(e).splitlines()[0][:200]})") from e
+    if not isinstance(ck, dict) or set(ck) != {"format", "tensors", "manifest"}:
+        raise PortableError(f"{path}: not a portable checkpoint (keys format, tensors, manifest)")
+    if ck["format"] != FORMAT:
+        raise PortableError(f"{path}: format {str(ck['format'])[:40]!r} is not supported; this reader reads {FORMAT}")
+    t = ck["tensors"]
+    if not isinstance(t, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in t.items()):
+        raise PortableError(f"{path}: 'tensors' is not a {{name: tensor}} table")
+    try:
+        man = PortableManifest.model_validate(ck["manifest"])
+    except ValueError as e:
+        from qfx.graph.schema import error_line
+
+        raise PortableError(f"{path}: manifest {error_line(e)}") from e
+    defined = set(man.inputs)
+    for lay in man.layers:
+        refs = [i for i in lay.inputs if isinstance(i, str)]
+        bad = [i for i in refs if i not in defined] + [k for k in lay.tensors.values() if k not in t]
+        if bad or lay.name in defined:
+            why = f"refers to {bad[0][:80]!r}, not defined before it" if bad else "is defined twice"
+            raise PortableError(f"{path}: layer {lay.name!r} {why}")
+        defined.add(lay.name)
+    if not set(man.outputs) <= defined:
+        raise PortableError(f"{path}: outputs {man.outputs} are not all layers")
+    return t, man
+
+
+def run_portable(path: str | Path, x: torch.Tensor) -> torch.Tensor:
+    """Reference reader in plain PyTorch: run a portable checkpoint on a float batch.
+
+    Reads the file with ``weights_only=True`` and validates it (:func:`read_portable`), rebuilds every
+    value as ``code * 2**-frac``, and applies the activation quantization the manifest names. Returns the
+    first output. Ops, widths and references outside the format are refused, never guessed.
     """
+    t, man = read_portable(path)
+    return run_manifest(t, man, x)[man.outputs[0]]
+
+
+def run_manifest(t: dict[str, torch.Tensor], man: PortableManifest, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every layer's output (by layer name, which is the graph's node name) on batch ``x``."""
+    env = {man.inputs[0]: x.float()}
+    for lay in man.layers:
+        env[lay.name] = _run_layer(lay, [env[i] if isinstance(i, str) else i for i in lay.inputs], t)
+    return env
+
+
+def state_manifest(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], PortableManifest]:
+    """The tensors and validated manifest of an in-memory :func:`portable_state`."""
+    return state["tensors"], PortableManifest.model_validate(state["manifest"])
+
+
+def _deq(t: dict[str, torch.Tensor], key: str | None, p: PortablePrecision | None) -> torch.Tensor | None:
+    if key is None:
+        return None
+    v = t[key]
+    return v.float() if p is None else v.double().mul(2.0**-p.frac).float()
+
+
+def _q(v: torch.Tensor, p: PortablePrecision | None) -> torch.Tensor:
+    if p is None:
+        return v
+    lo, hi = (-(2 ** (p.width - 1)), 2 ** (p.width - 1) - 1) if p.signed else (0, 2**p.width - 1)
+    s = 2.0**p.frac
+    return torch.clamp(torch.round(v * s), lo, hi) / s
+
+
+def _run_layer(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
     import torch.nn.functional as F
 
-    ck = torch.load(path, weights_only=True)
-    t, man = ck["tensors"], ck["manifest"]
-
-    def deq(key: str, p: dict | None) -> torch.Tensor:
-        v = t[key]
-        return v.float() if p is None else v.double().mul(2.0 ** -p["frac"]).float()
-
-    def q(v: torch.Tensor, p: dict | None) -> torch.Tensor:
-        if p is None:
-            return v
-        lo, hi = (-(2 ** (p["width"] - 1)), 2 ** (p["width"] - 1) - 1) if p["signed"] else (0, 2 ** p["width"] - 1)
-        s = 2.0 ** p["frac"]
-        return torch.clamp(torch.round(v * s), lo, hi) / s
-
-    env = {man["inputs"][0]: x.float()}
-    for lay in man["layers"]:
-        pr, a = lay["precision"], lay["attrs"]
-        ins = [env[i] if isinstance(i, str) else i for i in lay["inputs"]]
-        w = deq(lay["tensors"]["weight"], pr.get("weight")) if "weight" in lay["tensors"] else None
-        b = deq(lay["tensors"]["bias"], pr.get("bias")) if "bias" in lay["tensors"] else None
-        op = lay["op"]
-        if op in ("linear", "conv", "affine"):
-            h = q(ins[0], pr.get("data_in"))
-            if op == "linear":
-                y = F.linear(h, w, b)
-            elif op == "conv":
-                conv = F.conv1d if len(a["kernel"]) == 1 else F.conv2d
-                y = conv(h, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
-            else:
-                shape = (1, -1) + (1,) * (h.dim() - 2)
-                y = h * w.reshape(shape) + b.reshape(shape)
-        elif op == "relu":
-            y = q(torch.relu(ins[0]), pr.get("data_out"))
-        elif op in ("add", "sub", "mul"):
-            u, v = (q(i, pr.get("data_in")) if isinstance(i, torch.Tensor) else i for i in ins)
-            y = u + v if op == "add" else u - v if op == "sub" else u * v
-        elif op == "reshape":
-            y = ins[0].reshape(a["shape"])
-        elif op == "maxpool":
-            pool = F.max_pool1d if len(a["kernel"]) == 1 else F.max_pool2d
-            y = pool(ins[0], a["kernel"], a["stride"], a["padding"])
-        elif op == "global_avgpool":
-            y = ins[0].mean(dim=tuple(range(2, ins[0].dim())), keepdim=True)
-        else:
-            y = ins[0]
-        env[lay["name"]] = y
-    return env[man["outputs"][0]]
+    pr, a, op = lay.precision, lay.attrs, lay.op
+    if op in _PARAM_OPS:
+        h = _q(ins[0], pr.get("data_in"))
+        w = _deq(t, lay.tensors["weight"], pr.get("weight"))
+        b = _deq(t, lay.tensors.get("bias"), pr.get("bias"))
+        if op == "linear":
+            return F.linear(h, w, b)
+        if op == "conv":
+            conv = F.conv1d if len(a.kernel) == 1 else F.conv2d  # type: ignore[arg-type]
+            return conv(h, w, b, a.stride, a.padding, a.dilation, a.groups)
+        shape = (1, -1) + (1,) * (h.dim() - 2)
+        return h * w.reshape(shape) + (0 if b is None else b.reshape(shape))  # type: ignore[union-attr]
+    if op == "relu":
+        return _q(torch.relu(ins[0]), pr.get("data_out"))
+    if op in ("add", "sub", "mul"):
+        u, v = (_q(i, pr.get("data_in")) if isinstance(i, torch.Tensor) else i for i in ins)
+        return u + v if op == "add" else u - v if op == "sub" else u * v
+    if op == "reshape":
+        return ins[0].reshape(a.shape)
+    if op == "maxpool":
+        pool = F.max_pool1d if len(a.kernel) == 1 else F.max_pool2d  # type: ignore[arg-type]
+        return pool(ins[0], a.kernel, a.stride, a.padding)
+    if op == "global_avgpool":
+        return ins[0].mean(dim=tuple(range(2, ins[0].dim())), keepdim=True)
+    return ins[0]  # identity: the one op that passes its input on

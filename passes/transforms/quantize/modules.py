@@ -18,8 +18,16 @@ import torch.nn.functional as F
 
 from qfx.graph.meta import TensorPrecision
 from qfx.graph.registry import INPLACE_TWIN, OpKey
-from qfx.graph.serialize import register_safe
+from qfx.graph.serialize import call_table, method_table, register_safe
 from qfx.passes.transforms.quantize.quantizers import Quantizer, make_quantizer
+
+
+def _check_quantizers(m: nn.Module, names: tuple[str, ...], optional: bool = True) -> None:
+    """A loaded module's quantizer attributes are Quantizer objects (``None`` where ``optional``)."""
+    for k in names:
+        q = m.__dict__.get(k)
+        if not (isinstance(q, Quantizer) or (optional and q is None)):
+            raise TypeError(f"attribute {k!r} must be a quantizer, got {type(q).__name__}")
 
 
 def clone_as(cls: type[nn.Module], m: nn.Module) -> Any:
@@ -81,6 +89,10 @@ class _QParam(nn.Module):
 
     def _qx(self, x: torch.Tensor) -> torch.Tensor:
         return self.qx(x) if self.qx else x
+
+    def _qfx_check_loaded(self) -> None:
+        """Loader hook: what a saved file set is a quantizer or None (see ``graph.serialize``)."""
+        _check_quantizers(self, ("qx", "qw", "qb"))
 
     def __getstate__(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -186,6 +198,9 @@ class QReLU(nn.ReLU):
     def qfx_source_key(self) -> OpKey:
         return nn.ReLU
 
+    def _qfx_check_loaded(self) -> None:
+        _check_quantizers(self, ("qx",), optional=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.qx(F.relu(x))
         return _write_back(x, out) if self.inplace else out
@@ -220,6 +235,28 @@ class QFunction(nn.Module):
 
     def qfx_source_key(self) -> OpKey:
         return self.target
+
+    def _qfx_check_loaded(self) -> None:
+        """Loader hook: the call is a function of the call table or a method of the method table, with
+        typed roles and quantizers; anything else a file names is refused before it can run."""
+        d = self.__dict__
+        op, t = d.get("node_op"), d.get("target")
+        if op == "call_method":
+            if not (isinstance(t, str) and t in method_table()):
+                raise ValueError(f"method {str(t)[:80]!r} is not on the table of tensor methods")
+        elif op == "call_function":
+            if not any(f is t for f in call_table().values()):
+                raise ValueError(f"target {str(t)[:80]!r} is not a function of the call table")
+        else:
+            raise ValueError(f"node_op {str(op)[:40]!r} is not call_function or call_method")
+        roles = d.get("arg_roles")
+        if not (isinstance(roles, tuple) and all(r is None or isinstance(r, str) for r in roles)):
+            raise TypeError("arg_roles must be a tuple of role names or None")
+        if not all(isinstance(d.get(k), bool) for k in ("unsigned_out", "inplace")):
+            raise TypeError("unsigned_out and inplace must be booleans")
+        qs = d.get("quantizers")
+        if not (isinstance(qs, dict) and all(isinstance(q, Quantizer) for q in qs.values())):
+            raise TypeError("quantizers must map role names to quantizers")
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         t = self.target
