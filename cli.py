@@ -79,6 +79,44 @@ def _positive_float(v: str) -> float:
     return x
 
 
+def _threads_arg(v: str) -> int:
+    from qfx.search.config import MAX_THREADS
+
+    n = _positive(v)
+    if n > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}, got {n}")
+    return n
+
+
+def _tolerance(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
+    if not (x >= 0 and x < float("inf")):  # NaN fails both
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {v}")
+    return x
+
+
+def _widths(v: str) -> list[int]:
+    """``--widths 2,4,8``: integers in 1..32."""
+    try:
+        ws = [int(w) for w in v.split(",") if w.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a comma-separated list of integers (e.g. 2,4,8)") from None
+    if not ws or not all(1 <= w <= 32 for w in ws):
+        raise argparse.ArgumentTypeError(f"widths must be integers in 1..32, got {v!r}")
+    return ws
+
+
+def _sampler_list(v: str) -> list[str]:
+    """``--samplers tpe,random``: a non-empty list of sampler names (NAME+sensitivity allowed)."""
+    names = [s.strip() for s in v.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one sampler name, e.g. tpe,random")
+    return names
+
+
 def _model_from_spec(spec: str, dataset: str) -> tuple[Any, Any]:
     """A zoo name (with a dataset for its sizes), a checkpoint, or ``module:function``."""
     import torch
@@ -447,7 +485,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from qfx.search.sensitivity import sensitivity, space_frac, space_widths
 
     cfg, prep, space, ev, out = _search_setup(args)
-    widths = [int(w) for w in args.widths.split(",")] if args.widths else space_widths(space) or [2, 4, 8]
+    widths = args.widths or space_widths(space) or [2, 4, 8]
     args.frac = args.frac or space_frac(space)
     if args.frac == "auto" and not cfg.uses_auto():  # prepare() calibrates only configs that use "auto"
         from qfx.search.session import calibrate
@@ -464,16 +502,19 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from qfx.search.compare import compare_samplers
-
-    cfg, prep, space, ev, out = _search_setup(args)
-    st = cfg.search.strategy
-    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-    from qfx.search.compare import variant
+    from qfx.search.compare import compare_samplers, variant
     from qfx.search.config import StrategySetup
 
-    for s in samplers:  # validate names up front
-        variant(StrategySetup(), s)
+    samplers = args.samplers
+    for s in samplers:  # validate names up front, before a baseline is trained
+        try:
+            variant(StrategySetup(), s)
+        except ValueError as e:
+            from qfx.graph.schema import error_line
+
+            raise UsageError(f"--samplers {s!r}: {error_line(e)}", "see qfx search --help for samplers") from None
+    cfg, prep, space, ev, out = _search_setup(args)
+    st = cfg.search.strategy
     n = args.n_trials or min(space.size, 200)
     print(f"{space.describe()}; {len(samplers)} sampler(s) x {args.repeats} repeat(s) x {n} trials")
     res = compare_samplers(
@@ -575,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     ap.add_argument(
         "--threads",
-        type=_positive,
+        type=_threads_arg,
         help="CPU threads for torch (default: 1 for models under 1M parameters, every core above)",
     )
     noise = ap.add_mutually_exclusive_group()
@@ -696,7 +737,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sensitivity.png (heat map) and sensitivity.json in --out.",
     )
     _search_args(p)
-    p.add_argument("--widths", help="comma-separated widths (default: the width choices of the config's space)")
+    p.add_argument(
+        "--widths", type=_widths, help="comma-separated widths (default: the width choices of the config's space)"
+    )
     hf = "frac widths: width // 2, or calibrated (default: auto when the space's frac choices include it)"
     p.add_argument("--frac", choices=["NA", "auto"], help=hf)
     p.set_defaults(fn=cmd_sensitivity)
@@ -710,13 +753,14 @@ def build_parser() -> argparse.ArgumentParser:
     _search_args(p)
     p.add_argument(
         "--samplers",
-        default="tpe,bruteforce,random",
+        type=_sampler_list,
+        default=["tpe", "bruteforce", "random"],
         help="comma-separated sampler names; NAME+sensitivity adds the sensitivity warm start (tpe+sensitivity)",
     )
     p.add_argument("--reference-trials", type=_positive, help="trials of the long reference run (default 10 x n)")
     p.add_argument("--exhaustive-limit", type=_positive, default=4096, help="enumerate spaces up to this size")
     p.add_argument("--repeats", type=_positive, default=5, help="runs per sampler, seeds 0..R-1 (default 5)")
-    p.add_argument("--tolerance", type=float, default=0.005, help="'near optimum' tolerance in objective units")
+    p.add_argument("--tolerance", type=_tolerance, default=0.005, help="'near optimum' tolerance in objective units")
     p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser(

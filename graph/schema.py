@@ -302,10 +302,16 @@ def error_line(e: Exception, limit: int = 3) -> str:
     parts = []
     items = errs(include_url=False)
     for err in items[:limit]:
-        loc = ".".join(str(x) for x in err["loc"] if not (isinstance(x, str) and x in _TAGS_LOC_NOISE)) or "(top)"
-        parts.append(f"at {loc}: {err['msg']}")
+        keys = [x for x in err["loc"] if not (isinstance(x, str) and x in _TAGS_LOC_NOISE)]
+        loc = ".".join(_loc(x) for x in keys) or "(top)"
+        parts.append(f"at {loc}: {' '.join(str(err['msg']).split())[:300]}")
     more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
     return "; ".join(parts) + more
+
+
+def _loc(x: Any) -> str:
+    """A key of an error location as printed: plain when it is a name or an index, else quoted (one line)."""
+    return str(x) if isinstance(x, int) or _PATH_RE.fullmatch(str(x)) else repr(x)[:60]
 
 
 # union member labels pydantic puts into error locations

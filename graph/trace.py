@@ -155,7 +155,7 @@ class QGraph:
 
         d = Path(directory)
         if not d.is_dir():
-            raise FileNotFoundError(f"{d}: no such directory (a graph directory written by QGraph.save)")
+            raise FileNotFoundError(f"{d}: missing: no such directory (a graph directory written by QGraph.save)")
         if not (d / "graph.json").is_file() and (d / "model.pt").is_file():
             if not trust:
                 raise SerializationError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.resources
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -85,11 +85,14 @@ class MetricSpec(_M):
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
+MAX_THREADS = 1024
+
+
 class Bound(_M):
     """A budget on one metric: ``max`` and/or ``min`` in the metric's own units."""
 
-    max: float | None = None
-    min: float | None = None
+    max: Annotated[float, Field(allow_inf_nan=False)] | None = None  # a NaN bound would fail every trial
+    min: Annotated[float, Field(allow_inf_nan=False)] | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Bound:
@@ -163,7 +166,8 @@ class RunConfig(_M):
     learning_rate: float = Field(1e-2, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     accelerator: Literal["cpu", "cuda", "gpu", "auto"] = "cpu"
-    threads: int | None = Field(None, ge=1)  # torch CPU threads; None: 1 below 1M parameters, else every core
+    # torch CPU threads (1..1024; far above any core count torch crashes); None: 1 below 1M parameters, else all
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS)
     project: str | None = None
     seed: int = 0
     load_name: str | None = None

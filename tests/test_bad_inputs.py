@@ -86,6 +86,12 @@ CONFIG_CASES = [
     ("latency-repeats-0", BASE + "\n[search.strategy.sw_runner.latency]\nrepeats = 0\n", "repeats"),
     ("qat-steps-neg", BASE + "\n[search.strategy.sw_runner.qat]\nsteps = -1\n", "steps"),
     ("lr-0", add_top("learning_rate = 0"), "learning_rate"),
+    ("threads-huge", add_top("threads = 100000"), "threads"),  # torch.set_num_threads(100000) segfaults
+    (
+        "nan-budget",
+        BASE + "\n[search.strategy.constraints]\naverage_bitwidth.max = nan\n",
+        "average_bitwidth.max",
+    ),
     ("no-search-section", 'model = "jsc-tiny"\n', "no [search] section"),
     (
         "empty-metrics",
@@ -169,6 +175,12 @@ def _files(tmp: Path) -> dict[str, Path]:
     f["not_h5"].write_text("hello")
     f["dir_cfg"] = tmp / "cfgdir"
     f["dir_cfg"].mkdir()
+    import torch
+
+    from qfx.graph import trace
+    from qfx.zoo.models import build_model
+
+    f["graph64"] = trace(build_model("jsc-tiny", 64, 10), torch.randn(8, 64)).save(tmp / "graph64")
     (tmp / "factories.py").write_text(
         "import torch\n"
         "def pair():\n    return (1, 2)\n"
@@ -188,6 +200,18 @@ def cli_cases(ck: Path, f: dict[str, Path], tmp: Path) -> list[tuple[str, list[s
         ("train-lr-0", ["train", "--model", "jsc-tiny", "--lr", "0", "--out", str(tmp / "t")], "--lr"),
         ("train-epochs-text", ["train", "--model", "jsc-tiny", "--epochs", "ten", "--out", str(tmp / "t")], "'ten'"),
         ("compare-repeats-0", ["compare-samplers", "--config", cfg, "--repeats", "0"], "--repeats"),
+        ("compare-samplers-empty", ["compare-samplers", "--config", cfg, "--samplers", ""], "--samplers"),
+        ("compare-samplers-bogus", ["compare-samplers", "--config", cfg, "--samplers", "tpe,x"], "--samplers 'x'"),
+        ("compare-tolerance-nan", ["compare-samplers", "--config", cfg, "--tolerance", "nan"], "--tolerance"),
+        ("sensitivity-widths", ["sensitivity", "--config", cfg, "--widths", "abc"], "--widths"),
+        ("sensitivity-widths-99", ["sensitivity", "--config", cfg, "--widths", "4,99"], "--widths"),
+        ("threads-huge", ["--threads", "100000", "analyze", "--model", "jsc-tiny"], "--threads"),
+        ("search-export-bogus", [*s, "--export", "bogus"], "--export"),  # refused before the search
+        (
+            "debug-data-features",
+            ["debug", "--graph", str(f["graph64"]), "--data", "iris", "--out", str(tmp / "d")],
+            "--data iris: rows of shape (4,) do not fit the graph's input of shape (64,)",
+        ),
         ("search-n-trials-0", [*s, "--n-trials", "0"], "--n-trials"),
         ("search-sampler", [*s, "--sampler", "foo"], "--sampler: unknown sampler 'foo'"),
         ("search-n-jobs-0", [*s, "--n-jobs", "0"], "--n-jobs"),
