@@ -208,3 +208,53 @@ def test_cli_export_and_search_export(tmp_path, capsys):
     assert "export of trial" in out
     written = list((tmp_path / "s" / "export").rglob("model.onnx")) + list((tmp_path / "s" / "export").rglob("*.pt"))
     assert len(written) >= 2
+
+
+def test_hls4ml_relu_requantized_at_another_frac_is_bit_exact(tmp_path):
+    """A ReLU quantized at 8/3 feeding a Linear whose input is 8/4: two roundings/saturations; hls4ml gets an
+    explicit cast layer (it used to keep the ReLU's type: 47-99% of rows agreed) — on 1,000 rows with
+    saturating noise."""
+    from qfx.passes.export.api import verification_inputs
+
+    torch.manual_seed(0)
+    g = analyze(trace(build_model("jsc-tiny", 16, 5).eval(), torch.randn(8, 16)))
+
+    def c(f: int) -> dict:
+        return {"config": cfg(8, f, 8, 4, 8, 4)}
+
+    q = QuantizePass({"by": "name", "seq_blocks_0": c(4), "seq_blocks_1": c(3), "seq_blocks_2": c(4)})(g).graph
+    x = verification_inputs(torch.randn(64, 16), 1000)
+    with torch.no_grad():
+        assert len({tuple(r) for r in q(x).tolist()}) > 500  # not a degenerate network
+    e = export(q, "hls4ml", tmp_path / "hls")
+    a = verify(e, q, x)
+    assert a["bit_identical"], a
+    assert any("explicit cast" in n for n in e.notes), e.notes
+
+
+class _Aliased(torch.nn.Module):
+    """``r = relu_(h); fc2(r + h)``: after the in-place ReLU, ``h`` holds relu(h)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(16, 8)
+        self.fc2 = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        r = torch.relu_(h)
+        h += 0.5  # augmented assignment: in place as well
+        return self.fc2(r + h)
+
+
+@pytest.mark.parametrize("fmt", ["torch", "onnx-qdq", "qonnx"])
+def test_inplace_aliasing_exported_as_the_model_computes_it(fmt, tmp_path):
+    from qfx.passes.export.api import verification_inputs
+
+    torch.manual_seed(0)
+    g = analyze(trace(_Aliased().eval(), torch.randn(8, 16)))
+    c = cfg(8, 4, 8, 4, 8, 4)
+    q = QuantizePass({"by": "type", "linear": c, "relu": c, "add": c})(g).graph
+    x = verification_inputs(torch.randn(8, 16), 1000 if fmt != "qonnx" else 200)
+    a = verify(export(q, fmt, tmp_path / fmt), q, x)
+    assert a["bit_identical"], a

@@ -144,22 +144,21 @@ def _mac_types(lay: Layer, cur: Fx, notes: list[str]) -> tuple[dict[str, str], F
     return p, exact
 
 
-def _relu_type(lay: Layer, nxt: Layer | None, cur: Fx, notes: list[str]) -> Fx:
-    """The type a ReLU's value has when it leaves the layer (before its reader quantizes it)."""
+def _relu_types(lay: Layer, nxt: Layer | None, cur: Fx, notes: list[str]) -> list[Fx]:
+    """The type(s) a ReLU's value takes on its way to its reader: one result type, or two when the ReLU's own
+    quantization and its reader's differ in frac width (two roundings/saturations cannot be one cast; the
+    second is an extra ReLU layer, the identity on non-negative values, whose result type is the reader's)."""
     out = lay.precision.get("data_out")
     rd = nxt.precision.get("data_in") if nxt is not None else None
     if out and rd:
         o, r = _fx(out), _fx(rd)
         if o.frac == r.frac:
-            return Fx(min(o.width, r.width - 1 if r.signed else r.width), o.frac, False)
-        notes.append(
-            f"{lay.name} -> {nxt.name}: the unsigned ReLU output ({o}) is requantized to {r} at another "  # type: ignore[union-attr]
-            "frac width; hls4ml keeps the ReLU type (results can differ by one step)"
-        )
-        return o
+            return [Fx(min(o.width, r.width - 1 if r.signed else r.width), o.frac, False)]
+        notes.append(f"{lay.name} -> {nxt.name}: ReLU output {o} requantized to {r}: an explicit cast layer")  # type: ignore[union-attr]
+        return [o, r]
     if out or rd:
-        return _fx(out or rd)
-    return Fx(cur.width, cur.frac, cur.signed, exact=True)  # float relu: the input type holds it exactly
+        return [_fx(out or rd)]
+    return [Fx(cur.width, cur.frac, cur.signed, exact=True)]  # float relu: the input type holds it exactly
 
 
 def plan(graph: QGraph) -> HlsPlan:
@@ -172,17 +171,21 @@ def plan(graph: QGraph) -> HlsPlan:
         notes.append(f"{body[0].name}: the first layer does not quantize its input; hls4ml reads it as fixed<32,16>")
     cur = in_type
     precs: list[dict[str, str]] = []
+    mods: list[nn.Module] = []
     for i, lay in enumerate(body):
         nxt = body[i + 1] if i + 1 < len(body) else None
         if lay.op in ("linear", "affine"):
             p, exact = _mac_types(lay, cur, notes)
             reader = nxt.precision.get("data_in") if nxt is not None and nxt.op != "relu" else None
             cur = _fx(reader) if reader else exact
+            types = [cur]
         else:
-            p, cur = {}, _relu_type(lay, nxt, cur, notes)
-        p["result"] = str(cur)
-        precs.append(p)
-    return HlsPlan(nn.Sequential(*[_plain_module(lay) for lay in body]).eval(), precs, in_type, notes)
+            p, types = {}, _relu_types(lay, nxt, cur, notes)
+        for k, t in enumerate(types):
+            precs.append({**p, "result": str(t)} if k == 0 else {"result": str(t)})
+            mods.append(_plain_module(lay))
+        cur = types[-1]
+    return HlsPlan(nn.Sequential(*mods).eval(), precs, in_type, notes)
 
 
 @contextlib.contextmanager

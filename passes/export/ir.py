@@ -18,6 +18,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from qfx.graph.meta import SHAPES, TensorPrecision, get_meta
+from qfx.graph.registry import is_inplace
 from qfx.graph.trace import QGraph
 from qfx.passes.transforms.quantize.formats import code_range
 
@@ -137,46 +138,63 @@ def build_ir(graph: QGraph, fmt: str) -> list[Layer]:
         ShapePass()(graph)
     modules = dict(graph.gm.named_modules())
     layers: list[Layer] = []
+    # in-place ops (relu_, x += y, ReLU(inplace=True)) overwrite their first argument: a later reader of
+    # that value reads the in-place node's output, as the model computes it
+    alias: dict[str, str] = {}
     for n in graph.gm.graph.nodes:
-        meta = get_meta(n)
-        bad = {r: str(p) for r, p in meta.precision.items() if code_range(p) is None}
-        if bad:
-            raise ExportError(f"{fmt}: node {n.name!r} uses {bad}; only integer fixed point can be exported")
-        for r, p in meta.precision.items():
-            if code_range(p)[0] < 0 and p.width < 2:
-                raise ExportError(f"{fmt}: node {n.name!r} {r} is a 1-bit signed integer; exports need width >= 2")
-        if n.op == "placeholder":
-            layers.append(Layer(n.name, "input", [], out_shape=meta.out_shape))
-        elif n.op == "output":
-            outs = n.args[0] if isinstance(n.args[0], (tuple, list)) else (n.args[0],)
-            if not all(isinstance(o, fx.Node) for o in outs):
-                raise _unsupported(n, "non-tensor or nested outputs", fmt)
-            layers.append(Layer(n.name, "output", [o.name for o in outs]))
-        elif n.op == "call_module" and getattr(modules[n.target], "node_op", None) is None:
-            lay = _module_layer(n, modules[n.target], fmt)
-            lay.out_shape = meta.out_shape
-            layers.append(lay)
-        elif n.op == "get_attr":
-            raise _unsupported(n, "a tensor attribute used as data", fmt)
+        _layer_of(n, graph, modules, layers, fmt)
+        lay = layers[-1]
+        lay.inputs = [alias.get(i, i) if isinstance(i, str) else i for i in lay.inputs]
+        if n.op != "output" and is_inplace(n, modules) and n.args and isinstance(n.args[0], fx.Node):
+            alias[alias.get(n.args[0].name, n.args[0].name)] = n.name
+            alias[n.args[0].name] = n.name
+    _check_reshapes(layers, fmt)
+    return layers
+
+
+def _layer_of(n: fx.Node, graph: QGraph, modules: dict[str, nn.Module], layers: list[Layer], fmt: str) -> None:
+    """Append the IR layer of node ``n``."""
+    meta = get_meta(n)
+    bad = {r: str(p) for r, p in meta.precision.items() if code_range(p) is None}
+    if bad:
+        raise ExportError(f"{fmt}: node {n.name!r} uses {bad}; only integer fixed point can be exported")
+    for r, p in meta.precision.items():
+        if code_range(p)[0] < 0 and p.width < 2:
+            raise ExportError(f"{fmt}: node {n.name!r} {r} is a 1-bit signed integer; exports need width >= 2")
+    if n.op == "placeholder":
+        layers.append(Layer(n.name, "input", [], out_shape=meta.out_shape))
+    elif n.op == "output":
+        outs = n.args[0] if isinstance(n.args[0], (tuple, list)) else (n.args[0],)
+        if not all(isinstance(o, fx.Node) for o in outs):
+            raise _unsupported(n, "non-tensor or nested outputs", fmt)
+        layers.append(Layer(n.name, "output", [o.name for o in outs]))
+    elif n.op == "call_module" and getattr(modules[n.target], "node_op", None) is None:
+        lay = _module_layer(n, modules[n.target], fmt)
+        lay.out_shape = meta.out_shape
+        layers.append(lay)
+    elif n.op == "get_attr":
+        raise _unsupported(n, "a tensor attribute used as data", fmt)
+    else:
+        t = meta.op_type
+        prec = dict(meta.precision)
+        if t == "relu":
+            lay = _relu(n, prec)
+        elif t in _ARITH:
+            lay = Layer(n.name, _ARITH[t], _input_names(n, fmt), {}, {}, prec)
+            if len(lay.inputs) != 2 or n.kwargs:
+                raise _unsupported(n, f"{t} with arguments {n.args} {dict(n.kwargs)}", fmt)
+        elif t in _VIEWS:
+            lay = Layer(n.name, "reshape", [n.args[0].name])  # type: ignore[union-attr]
+        elif t == "dropout":
+            lay = Layer(n.name, "identity", [n.args[0].name])  # type: ignore[union-attr]
         else:
-            t = meta.op_type
-            prec = dict(meta.precision)
-            if t == "relu":
-                lay = _relu(n, prec)
-            elif t in _ARITH:
-                lay = Layer(n.name, _ARITH[t], _input_names(n, fmt), {}, {}, prec)
-                if len(lay.inputs) != 2 or n.kwargs:
-                    raise _unsupported(n, f"{t} with arguments {n.args} {dict(n.kwargs)}", fmt)
-            elif t in _VIEWS:
-                lay = Layer(n.name, "reshape", [n.args[0].name])  # type: ignore[union-attr]
-            elif t == "dropout":
-                lay = Layer(n.name, "identity", [n.args[0].name])  # type: ignore[union-attr]
-            else:
-                raise _unsupported(n, f"op type {t!r} ({meta.target})", fmt)
-            lay.out_shape = meta.out_shape
-            layers.append(lay)
+            raise _unsupported(n, f"op type {t!r} ({meta.target})", fmt)
+        lay.out_shape = meta.out_shape
+        layers.append(lay)
+
+
+def _check_reshapes(layers: list[Layer], fmt: str) -> None:
     batch = next((lay.out_shape[0] for lay in layers if lay.op == "input" and lay.out_shape), None)
     for lay in layers:
         if lay.op == "reshape" and (not isinstance(lay.out_shape, tuple) or lay.out_shape[:1] != (batch,)):
             raise ExportError(f"{fmt}: node {lay.name!r}: only reshapes that keep the batch dimension first export")
-    return layers

@@ -87,8 +87,9 @@ def locate(fmt: str, path: Any, graph: QGraph, x: torch.Tensor, rows: np.ndarray
     hit = first_difference(graph, ref, ir_values(graph, xb))
     if hit:
         return (
-            f"first at node {hit[0]!r} (max |diff| {hit[1]:.4g}): the deployment IR built from the graph's metadata "
-            "differs from the graph's own modules there (metadata that does not describe the modules?)"
+            f"first at node {hit[0]!r} (max |diff| {hit[1]:.4g}): the deployment IR every exporter reads (built from "
+            "the graph's metadata and modules) differs from the graph there (metadata that does not describe the "
+            "modules, or an op the IR does not reproduce)"
         )
     got = tool_values(fmt, path, xb)
     hit = first_difference(graph, ref, got) if got else None
