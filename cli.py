@@ -347,18 +347,15 @@ def _print_exports(done: list[Any]) -> None:
                 e.fmt,
                 str(e.path),
                 a.get("samples", "-"),
+                a.get("required", "-"),
+                {True: "yes", False: "NO"}.get(a.get("ok"), "-"),  # type: ignore[arg-type]
                 a.get("bit_identical", "-"),
                 a.get("max_abs_diff", "-"),
                 a.get("same_class", "-"),
             ]
         )
-    print(
-        tabulate(
-            rows,
-            headers=["format", "written", "verified on", "bit-identical", "max |diff|", "same class"],
-            tablefmt="github",
-        )
-    )
+    headers = ["format", "written", "rows", "required", "passed", "bit-identical", "max |diff|", "same class"]
+    print(tabulate(rows, headers=headers, tablefmt="github"))
     for e in done:
         for n in e.notes:
             _note(n, e.fmt)
@@ -456,10 +453,10 @@ def _fail_on_difference(done: list[Any]) -> None:
 
     for e in done:
         a = e.agreement
-        if a and not a["bit_identical"]:
+        if a and not a["ok"]:
             raise VerificationError(
-                f"{e.fmt} export is not bit-identical to the graph on {1 - a['identical_rows']:.1%} of "
-                f"{a['samples']} rows (max |diff| {a['max_abs_diff']:.4g}), {a['first_difference']}"
+                f"{e.fmt} export differs from the graph on {1 - a['identical_rows']:.1%} of {a['samples']} rows "
+                f"(max |diff| {a['max_abs_diff']:.4g}; required: {a['required']}), {a['first_difference']}"
             )
 
 

@@ -258,3 +258,15 @@ def test_inplace_aliasing_exported_as_the_model_computes_it(fmt, tmp_path):
     x = verification_inputs(torch.randn(8, 16), 1000 if fmt != "qonnx" else 200)
     a = verify(export(q, fmt, tmp_path / fmt), q, x)
     assert a["bit_identical"], a
+
+
+def test_hls4ml_project_reads_back_with_hls4ml_own_parser(tmp_path):
+    from hls4ml.converters import parse_yaml_config
+
+    q = quantized("jsc-tiny", "all")
+    e = export(q, "hls4ml", tmp_path / "hls")
+    cfg = parse_yaml_config(str(tmp_path / "hls" / "hls4ml_config.yml"))  # yaml.safe_load: no Python objects
+    assert cfg["ProjectName"] == "qfx" and cfg["IOType"] == "io_parallel"
+    layers = cfg["HLSConfig"]["LayerName"]
+    assert layers == e.handle.config.config["HLSConfig"]["LayerName"]  # every precision as exported
+    assert cfg["PytorchModel"].endswith("qfx_model.pt") and (tmp_path / "hls" / "qfx_model.pt").is_file()

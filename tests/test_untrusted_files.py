@@ -301,8 +301,8 @@ def test_export_of_a_lying_meta_exits_nonzero_naming_the_node(crafted: Path, tmp
     out, err = capsys.readouterr()
     assert rc == 2, out
     lines = err.strip().splitlines()
-    assert lines[0].startswith("error: torch export is not bit-identical") and "node 'fc2'" in lines[0], lines
-    assert "False" in out  # the table is still printed
+    assert lines[0].startswith("error: torch export differs from the graph") and "node 'fc2'" in lines[0], lines
+    assert "required: bit-identical" in lines[0] and "NO" in out  # the table is still printed
 
 
 # ---- the portable quantized.pt --------------------------------------------------------------------

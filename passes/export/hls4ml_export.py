@@ -238,10 +238,33 @@ def export_hls4ml(graph: QGraph, out: str | Path, backend: str = "Vitis", compil
                 hm.compile()
             except Exception as e:
                 raise ExportError(f"hls4ml: the C simulation did not compile ({e}); see {d / 'qfx_build.log'}") from e
+    _write_config(hm, pl, d)
     (d / "qfx_precisions.txt").write_text(
         "\n".join(f"{n}: {p}" for n, p in zip(names, pl.precisions, strict=True)) + "\n" + "\n".join(pl.notes) + "\n"
     )
     return hm, pl
+
+
+def _plain(v: Any) -> Any:
+    """YAML-safe data: tuples as lists, mappings with string keys, scalars as they are."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+
+
+def _write_config(hm: Any, pl: HlsPlan, d: Path) -> None:
+    """``hls4ml_config.yml`` that hls4ml's own ``parse_yaml_config`` (``yaml.safe_load``) reads: hls4ml
+    writes the PyTorch model into it as a pickled Python object; here ``PytorchModel`` names
+    ``qfx_model.pt`` (the plain ``nn.Sequential`` of torch.nn layers hls4ml converted, written with
+    ``torch.save``) and every value is plain YAML."""
+    import yaml
+
+    torch.save(pl.model, d / "qfx_model.pt")
+    cfg = {k: v for k, v in hm.config.config.items() if k != "PytorchModel"}
+    cfg["PytorchModel"] = str(d / "qfx_model.pt")
+    (d / "hls4ml_config.yml").write_text(yaml.safe_dump(_plain(cfg), sort_keys=False))
 
 
 def predict(hm: Any, x: np.ndarray) -> np.ndarray:
