@@ -80,11 +80,14 @@ class Evaluator:
         if self.qat.steps and train_split is None:
             raise ValueError("QAT fine-tuning needs a training split")
         batch = pristine.meta(next(n for n in pristine.nodes if n.op == "placeholder")).out_shape[0]
-        tot = {"flops": 0, "macs": 0}
-        for m in pristine.metas():
-            tot["flops"] += m.flops or 0
-            tot["macs"] += m.macs or 0
-        self._per_sample = {k: v / batch for k, v in tot.items()}
+        uncounted = [m.name for m in pristine.metas() if m.flops is None or m.macs is None]
+        if uncounted and {"flops", "macs"} & set(metrics):
+            raise ValueError(
+                f"metrics 'flops'/'macs' are unavailable for this graph: node(s) {uncounted[:5]} have no FLOP rule "
+                "(register one with qfx.passes.analysis.flops.flop_rule, or drop the metric); never counted as zero"
+            )
+        tot = {"flops": sum(m.flops or 0 for m in pristine.metas()), "macs": sum(m.macs or 0 for m in pristine.metas())}
+        self._per_sample = {} if uncounted else {k: v / batch for k, v in tot.items()}
         self._prf = any(m in PRF for m in metrics)  # scikit-learn P/R/F1 only when asked for
         self.x = eval_split.x.to(device)
         self.y = eval_split.y

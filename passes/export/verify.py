@@ -52,15 +52,22 @@ def ir_values(graph: QGraph, x: torch.Tensor) -> dict[str, np.ndarray]:
         return {k: v.detach().float().numpy() for k, v in run_manifest(t, man, x).items()}
 
 
-def first_difference(graph: QGraph, ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> tuple[str, float] | None:
-    """``(node, max |diff|)`` of the first node in graph order present in both whose values differ."""
+def first_difference(
+    graph: QGraph, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], floats: frozenset[str] = frozenset()
+) -> tuple[str, float] | None:
+    """``(node, max |diff|)`` of the first node in graph order present in both whose values differ (for a
+    float node in ``floats``: by more than ``FLOAT_TOLERANCE`` x its max |value|)."""
+    from qfx.passes.export.api import FLOAT_TOLERANCE
+
     for n in graph.gm.graph.nodes:
         a, b = ref.get(n.name), got.get(n.name)
         if a is None or b is None or a.size != b.size:
             continue
         a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-        if not np.array_equal(a, b):
-            return n.name, float(np.nanmax(np.abs(a - b))) if a.size else 0.0
+        d = float(np.nanmax(np.abs(a - b))) if a.size else 0.0
+        tol = FLOAT_TOLERANCE * max(1.0, float(np.abs(a).max())) if n.name in floats and a.size else 0.0
+        if not np.array_equal(a, b) and not d <= tol:
+            return n.name, d
     return None
 
 
@@ -82,9 +89,12 @@ def tool_values(fmt: str, path: Any, x: torch.Tensor) -> dict[str, np.ndarray] |
 
 def locate(fmt: str, path: Any, graph: QGraph, x: torch.Tensor, rows: np.ndarray, limit: int = 8) -> str:
     """One line: the first node where ``fmt``'s export parts from the graph on the differing ``rows``."""
+    from qfx.passes.export.api import float_nodes
+
     xb = x[torch.as_tensor(rows[:limit])]
     ref = node_values(graph, xb)
-    hit = first_difference(graph, ref, ir_values(graph, xb))
+    floats = frozenset(float_nodes(graph))
+    hit = first_difference(graph, ref, ir_values(graph, xb), floats)
     if hit:
         return (
             f"first at node {hit[0]!r} (max |diff| {hit[1]:.4g}): the deployment IR every exporter reads (built from "
@@ -92,7 +102,7 @@ def locate(fmt: str, path: Any, graph: QGraph, x: torch.Tensor, rows: np.ndarray
             "modules, or an op the IR does not reproduce)"
         )
     got = tool_values(fmt, path, xb)
-    hit = first_difference(graph, ref, got) if got else None
+    hit = first_difference(graph, ref, got, floats) if got else None
     if hit:
         return f"first at node {hit[0]!r} (max |diff| {hit[1]:.4g}) in {fmt}'s own execution"
     last = [n.name for n in graph.gm.graph.nodes if n.op == "output"][0]
