@@ -281,13 +281,14 @@ def _budgets(constraints: dict[str, Any]) -> str:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from qfx.passes.export.api import parse_formats
-    from qfx.search.study import best_table, best_trials, run_study, summarize, write_outputs
+    from qfx.search.study import best_table, best_trials, draws, run_study, summarize, write_outputs
 
     if args.export:
         try:
             parse_formats(args.export)  # before the search, not after it
         except ValueError as e:
             raise UsageError(f"--export: {e}", "comma-separated formats from the list") from None
+    started = time.time() - 1  # files written from here on are this run's outputs (mtime resolution)
     cfg, prep, space, ev, out = _search_setup(args)
     st = cfg.search.strategy
     print(f"{prep.graph.gm.__class__.__name__} from {prep.checkpoint}; {space.describe()}")
@@ -309,8 +310,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     best = best_trials(study)
     print("\nBest trial(s):")
     done = [t for t in study.get_trials(False) if t.state.name == "COMPLETE"]
-    print(best_table(best, list(st.metrics)) if best else "(no feasible trial: every trial broke a budget)" if done
-          else "(no trial completed)")  # fmt: skip
+    none = "(no feasible trial: every trial broke a budget)" if done else "(no trial completed)"
+    print(best_table(best, list(st.metrics), draws(study)) if best else none)
     if st.constraints:
         infeasible = sum(not t.user_attrs.get("feasible", True) for t in done)
         _note(f"budgets {_budgets(st.constraints)}: {infeasible} of {len(done)} completed trial(s) infeasible")
@@ -319,9 +320,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if weak:
             desc = ", ".join(f"{w['node']} ({w['sqnr_db']} dB)" for w in weak)
             _note(f"trial {t.number}: weakest nodes vs float (output SQNR, one batch): {desc}")
-    names = ("best.json", "trials.csv", "trials.json", "trials.jsonl", "best_model", "history.png", "pareto.png",
-             "sqnr.png")  # fmt: skip
-    written = [n for n in names if (out / n).exists()]
+    written = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if p.stat().st_mtime >= started)
     print(f"\ntrials: {summarize(study)}; outputs in {out}/ ({', '.join(written)})")
     if not best and not objective.interrupted:
         failed = [t for t in study.get_trials(False) if t.state.name == "FAIL"]

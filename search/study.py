@@ -14,6 +14,7 @@ import threading
 import time
 import traceback
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,8 +211,19 @@ class _Progress:
             self.bar.set_postfix(complete=self.complete)
 
 
-def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The best feasible trial (single objective) or the Pareto front of the feasible trials, by number."""
+def config_key(t: optuna.trial.FrozenTrial) -> str:
+    """A trial's configuration as one comparable string (equal configurations, equal keys)."""
+    return json.dumps(t.user_attrs.get("sampled_config", t.params), sort_keys=True, default=str)
+
+
+def draws(study: optuna.Study) -> Counter[str]:
+    """How many completed trials drew each configuration (:func:`config_key`)."""
+    return Counter(config_key(t) for t in study.get_trials(False, states=(TrialState.COMPLETE,)))
+
+
+def best_trials(study: optuna.Study, distinct: bool = True) -> list[optuna.trial.FrozenTrial]:
+    """The best feasible trial (single objective) or the Pareto front of the feasible trials, by number;
+    with ``distinct`` (the default) one trial per configuration (the first that drew it)."""
     done = [t for t in study.get_trials(False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible", True)]
     if not done:
         return []
@@ -220,15 +232,22 @@ def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         pick = max if maximize[0] else min
         return [pick(done, key=lambda t: t.values[0])]  # the first of equals, as study.best_trial
     mask = pareto_mask(np.array([t.values for t in done], float), maximize)
-    return [t for t, m in zip(done, mask, strict=True) if m]
+    front = [t for t, m in zip(done, mask, strict=True) if m]
+    if not distinct:
+        return front
+    seen: set[str] = set()
+    return [t for t in front if not (config_key(t) in seen or seen.add(config_key(t)))]  # type: ignore[func-returns-value]
 
 
 def _r(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
 
 
-def best_table(trials: list[optuna.trial.FrozenTrial], metric_names: list[str]) -> str:
-    """MASE's "Best trial(s)" table: number, software/hardware/scaled metrics, config."""
+def best_table(
+    trials: list[optuna.trial.FrozenTrial], metric_names: list[str], drawn: Counter[str] | None = None
+) -> str:
+    """MASE's "Best trial(s)" table: number, software/hardware/scaled metrics, config; with ``drawn``
+    (:func:`draws`) a column saying how many trials drew each configuration."""
     rows = []
     for t in trials:
         sw = {
@@ -247,12 +266,12 @@ def best_table(trials: list[optuna.trial.FrozenTrial], metric_names: list[str]) 
             if k != "default" and c.get("name") not in (None, "NA")
         }
         rows.append([t.number, _r(sw), _r(hw), _r(t.user_attrs["scaled_metrics"]), cfg])
-    return tabulate(
-        rows,
-        headers=["number", "software_metrics", "hardware_metrics", "scaled_metrics", "config"],
-        tablefmt="orgtbl",
-        showindex=True,
-    )
+        if drawn is not None:
+            rows[-1].insert(1, drawn[config_key(t)])
+    headers = ["number", "software_metrics", "hardware_metrics", "scaled_metrics", "config"]
+    if drawn is not None:
+        headers.insert(1, "trials")
+    return tabulate(rows, headers=headers, tablefmt="orgtbl", showindex=True)
 
 
 def study_data(study: optuna.Study, objective: Objective) -> StudyData:
@@ -290,19 +309,30 @@ BEST_KEYS = ("number", "value", "software_metrics", "hardware_metrics", "scaled_
              "weakest_nodes")  # fmt: skip
 
 
-def _write_best_graphs(best: list[optuna.trial.FrozenTrial], out: Path, ev: Evaluator) -> None:
-    """best_model/ (the first best trial's quantized graph) and the SQNR plot of every best / Pareto trial."""
+MAX_SQNR_PLOTS = 3  # SQNR plots written for the first distinct best configurations; the rest: qfx debug
+
+
+def _write_best_graphs(best: list[optuna.trial.FrozenTrial], out: Path, ev: Evaluator) -> list[str]:
+    """best_model/ (the first best configuration's quantized graph), pareto/trial_N/ for the other distinct
+    Pareto configurations, and SQNR plots of the first ``MAX_SQNR_PLOTS`` — on the SQNR batch the weakest-node
+    notes use (``Evaluator.SQNR_BATCH`` samples). Returns the names written."""
     from qfx.passes.debug import NumericsPass
     from qfx.passes.debug.views import plot_sqnr
     from qfx.passes.transforms.quantize import QuantizePass
 
-    for t in best:
+    written = []
+    xb = ev.x[: ev.SQNR_BATCH]
+    for i, t in enumerate(best):
         q = QuantizePass(t.user_attrs["sampled_config"])(ev.pristine).graph
-        if t is best[0]:
-            q.save(out / "best_model")
-        NumericsPass(ev.pristine, ev.x[:256])(q)
-        name = "sqnr.png" if len(best) == 1 else f"sqnr_trial_{t.number}.png"
-        plot_sqnr(q, out / name, f"trial {t.number}: output SQNR vs float, per node")
+        where = "best_model" if i == 0 else f"pareto/trial_{t.number}"
+        q.save(out / where)
+        written.append(where + "/")
+        if i < MAX_SQNR_PLOTS:
+            NumericsPass(ev.pristine, xb)(q)
+            name = "sqnr.png" if len(best) == 1 else f"sqnr_trial_{t.number}.png"
+            plot_sqnr(q, out / name, f"trial {t.number}: output SQNR vs float per node ({len(xb)} samples)")
+            written.append(name)
+    return written
 
 
 def write_outputs(study: optuna.Study, out: Path, objective: Objective) -> dict[str, Any]:
@@ -310,7 +340,15 @@ def write_outputs(study: optuna.Study, out: Path, objective: Objective) -> dict[
     out.mkdir(parents=True, exist_ok=True)
     _write_trials(study.get_trials(False), out, objective)
     best = best_trials(study)
-    best_json = {str(i): {k: _trial_record(t)[k] for k in BEST_KEYS} for i, t in enumerate(best)}
+    drawn = draws(study)
+    numbers: dict[str, list[int]] = {}
+    for t in study.get_trials(False, states=(TrialState.COMPLETE,)):
+        numbers.setdefault(config_key(t), []).append(t.number)
+    best_json = {
+        str(i): {**{k: _trial_record(t)[k] for k in BEST_KEYS}, "trials": drawn[config_key(t)],
+                 "trial_numbers": numbers.get(config_key(t), [t.number])}
+        for i, t in enumerate(best)
+    }  # fmt: skip
     (out / "best.json").write_text(json.dumps(best_json, indent=1, default=str))
     if best:
         _write_best_graphs(best, out, objective.evaluator)

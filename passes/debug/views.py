@@ -34,6 +34,7 @@ def plot_sqnr(graph: QGraph, path: str | Path, title: str = "", worst: int = 3) 
 
     pts = [(m.name, _sqnr(m.numerics), saturation(dict(m.numerics or {}))) for m in graph.metas()]
     pts = [(n, s, sat) for n, s, sat in pts if s is not None]
+    exact = {m.name for m in graph.metas() if (m.numerics or {}).get("exact")}
     fig = Figure(figsize=(max(6.0, 0.35 * len(pts)), 4.2))
     ax = fig.add_subplot()
     xs = list(range(len(pts)))
@@ -42,7 +43,8 @@ def plot_sqnr(graph: QGraph, path: str | Path, title: str = "", worst: int = 3) 
     if sat:
         ax.scatter([x for x, _, _ in sat], [s for _, s, _ in sat], s=[30 + 400 * v for _, _, v in sat],
                    facecolors="none", edgecolors="tab:red", label="saturating (size: fraction)")  # fmt: skip
-    for rank, (x, (name, s, _)) in enumerate(sorted(zip(xs, pts, strict=True), key=lambda t: t[1][1])[:worst]):
+    inexact = [(x, p) for x, p in zip(xs, pts, strict=True) if p[0] not in exact]  # exact nodes are never "weakest"
+    for rank, (x, (name, s, _)) in enumerate(sorted(inexact, key=lambda t: t[1][1])[:worst]):
         ax.annotate(f"{name}: {s:.1f} dB", (x, s), textcoords="offset points", xytext=(6, 10 + 22 * rank),
                     fontsize=7, arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5})  # fmt: skip
     ax.set_xticks(xs, [n for n, _, _ in pts], rotation=70, fontsize=7)

@@ -102,31 +102,13 @@ def verification_inputs(x: torch.Tensor, rows: int = 1000, seed: int = 0) -> tor
     return torch.cat([x, noise])
 
 
-FLOAT_TOLERANCE = 1e-5  # relative to the output's scale, for graphs that keep float nodes
-
-
-def float_nodes(graph: QGraph) -> list[str]:
-    """Compute nodes that keep float arithmetic (a MAC/affine/arithmetic node with an unquantized role):
-    their exports run float or wide fixed point, so the check is a stated tolerance, not bit identity."""
-    from qfx.passes.export.ir import build_ir
-
-    out = []
-    for lay in build_ir(graph, "verify"):
-        need = {"linear": ("data_in", "weight"), "conv": ("data_in", "weight"), "affine": ("data_in", "weight")}
-        roles = need.get(lay.op, ("data_in",) if lay.op in ("add", "sub", "mul") else ())
-        roles += ("bias",) if "bias" in lay.params else ()
-        if any(r not in lay.precision for r in roles):
-            out.append(lay.name)
-    return out
-
-
 def verify(e: Exported, graph: QGraph, x: torch.Tensor) -> dict[str, Any]:
     """Run the export with its own executor on ``x`` and compare with the graph's outputs.
 
     A fully quantized graph must be bit-identical; a graph with float nodes (:func:`float_nodes`) within
     ``FLOAT_TOLERANCE`` x max|output| (``required`` says which). ``ok`` is the verdict; on a difference
     ``first_difference`` names the node where the outputs part (see :mod:`qfx.passes.export.verify`)."""
-    from qfx.passes.export.verify import locate
+    from qfx.passes.export.verify import FLOAT_TOLERANCE, float_nodes, locate
 
     with torch.no_grad():
         ref = graph.gm.eval()(x).detach().float().numpy().reshape(len(x), -1)

@@ -1,0 +1,55 @@
+"""Search results by configuration: a sampler that draws the same configuration again gets it reported once
+(with how many trials drew it), one graph per distinct configuration, SQNR plots for a handful only."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from search_helpers import make_checkpoint, search_toml
+
+from qfx import cli
+from qfx.search.study import MAX_SQNR_PLOTS
+
+SMALL_SPACE = """
+[search.search_space.seed.default.config]
+name = ["NA"]
+
+[search.search_space.seed.linear.config]
+name = ["integer"]
+data_in_width = [8]
+weight_width = [2, 4, 8]
+bias_width = [8]
+"""
+
+
+@pytest.fixture(scope="module")
+def ck(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ck") / "ck", epochs=3)
+
+
+@pytest.mark.parametrize("single", [True, False])
+def test_repeated_configurations_are_reported_once(ck, tmp_path, capsys, single):
+    cfg = tmp_path / "s.toml"
+    # 3 points, 24 random trials: every configuration is drawn several times
+    cfg.write_text(search_toml("random", 24, single=single, space=SMALL_SPACE, num_samples=64))
+    out = tmp_path / "out"
+    assert cli.main(["search", "--config", str(cfg), "--checkpoint", str(ck), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    best = json.loads((out / "best.json").read_text())
+    configs = [json.dumps(b["sampled_config"], sort_keys=True) for b in best.values()]
+    assert len(configs) == len(set(configs)) >= 1  # each configuration once
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    for b in best.values():
+        same = [t["number"] for t in trials if t["sampled_config"] == b["sampled_config"] and t["state"] == "COMPLETE"]
+        assert b["trials"] == len(same) >= 1 and sorted(b["trial_numbers"]) == sorted(same)
+    assert sum(b["trials"] for b in best.values()) > len(best) or single  # repeats were drawn and folded
+    graphs = [p.parent for p in out.rglob("graph.json")]
+    assert len(graphs) == len(best)  # one saved graph per distinct best configuration
+    plots = list(out.glob("sqnr*.png"))
+    assert 1 <= len(plots) <= min(MAX_SQNR_PLOTS, len(best))
+    rows = [line for line in printed.split("Best trial(s):")[1].splitlines() if line.startswith("|")][1:]
+    assert len([r for r in rows if not r.startswith("|--")]) == len(best)
+    last = printed.strip().splitlines()[-1]
+    for name in ("best.json", "trials.jsonl", "best_model/", *(p.name for p in plots)):
+        assert name in last, last  # the final line lists every file written
