@@ -149,6 +149,7 @@ def main() -> None:
     ]
     rows = []
     for name, model, x in cases:
+        print(f"measuring {name} ({repeats} repeats of fp32, ours, ours-fused, torch.ao) ...", flush=True)
         model.eval()
         params = sum(p.numel() for p in model.parameters())
         q = QuantizePass(cfg)(trace(model, x[:2])).graph.gm.eval()

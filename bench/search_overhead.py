@@ -115,6 +115,7 @@ def main() -> None:
                     url = {"memory": None, "journal": f"journal:{Path(d) / 'j.log'}",
                            "sqlite": f"sqlite:///{Path(d) / 's.db'}"}[kind]  # fmt: skip
                     res[who] = fn(space, sampler, url, n)
+                    print(f"  {kind} / {sampler} / {who}: {n} trials done", flush=True)
             early = (_window(res["ours"], 0, w), _window(res["bare"], 0, w))
             late = (_window(res["ours"], n - w, n), _window(res["bare"], n - w, n))
             rows.append([kind, sampler, f"{early[0]:.2f}", f"{early[1]:.2f}", f"{early[0] / early[1]:.2f}x",

@@ -117,7 +117,8 @@ def hypervolumes(
     rows = [[s, f"{np.mean([c[-1] for c in cs]):.4g} ± {np.std([c[-1] for c in cs]):.2g}",
              f"{np.mean([c[min(len(c), half) - 1] for c in cs]):.4g}"] for s, cs in curves.items()]  # fmt: skip
     table = tabulate(rows, headers=["sampler", "final hypervolume", f"at trial {half}"], tablefmt="github")
-    _plot(curves, None, "", path, ylabel="hypervolume (scaled objectives, nadir reference)")
+    _plot(curves, None, "", path, ylabel="hypervolume (scaled objectives, nadir reference)",
+          title="Hypervolume of the feasible front vs trial, per sampler (band: min-max)")  # fmt: skip
     return {"reference_point": ref.tolist(), "curves": curves, "table": table,
             "points": {s: [p.tolist() for p in ps] for s, ps in points.items()}}  # fmt: skip
 
@@ -196,22 +197,26 @@ def compare_samplers(
 
 
 def _plot(curves: dict[str, list[list[float]]], optimum: float | None, kind: str, path: Path,
-          ylabel: str = "best objective so far") -> None:  # fmt: skip
+          ylabel: str = "best objective so far",
+          title: str = "Best objective so far vs trial, per sampler (band: min-max)") -> None:  # fmt: skip
+    import textwrap
+
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 5))
     ax = fig.add_subplot()
+    styles = ["-", "--", ":", "-."]  # lines that coincide stay visible
     for i, (s, cs) in enumerate(curves.items()):
         n = min(len(c) for c in cs)
         a = np.array([c[:n] for c in cs])
         x = np.arange(1, n + 1)
-        ax.plot(x, a.mean(0), color=f"C{i}", label=f"{s} (mean of {len(cs)})")
-        ax.fill_between(x, a.min(0), a.max(0), color=f"C{i}", alpha=0.15)
+        ax.plot(x, a.mean(0), color=f"C{i}", ls=styles[i % 4], lw=2 - 0.3 * (i % 3), label=f"{s} (mean of {len(cs)})")
+        ax.fill_between(x, a.min(0), a.max(0), color=f"C{i}", alpha=0.12)
     if optimum is not None:
-        ax.axhline(optimum, ls="--", c="k", lw=1, label=f"reference: {kind}")
-    ax.set(xlabel="trial", ylabel=ylabel, title="Sampler sample efficiency (band: min-max)")
+        ax.axhline(optimum, ls="--", c="k", lw=1, label=textwrap.shorten(f"reference: {kind}", 60))
+    ax.set(xlabel="trial", ylabel=ylabel, title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend()
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)  # below the axes: never squeezes them
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)

@@ -118,7 +118,7 @@ def plot_metric_vs_config(data: StudyData, path: Path) -> Path | None:
             ax.scatter(np.full(len(g), i), g, s=12, alpha=0.6)
         ax.plot(range(len(labels)), [np.mean(g) if g else np.nan for g in groups], "k_", ms=20, mew=2)
         ax.set_xticks(range(len(labels)), labels)
-        ax.set(title=d, ylabel=name if ax in axes[:, 0] else None)
+        ax.set(title=d, xlabel=f"{d} (choice)", ylabel=name if ax in axes[:, 0] else None)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     return _save(fig, path)

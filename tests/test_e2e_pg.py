@@ -37,7 +37,8 @@ def test_fresh_install_and_main_command(tmp_path):
     assert best
     for b in best.values():
         mase = {"number", "value", "software_metrics", "hardware_metrics", "scaled_metrics", "sampled_config"}
-        assert set(b) == mase | {"weakest_nodes"}  # MASE's layout plus the lowest-SQNR nodes
+        # MASE's layout plus the lowest-SQNR nodes and how many trials drew the configuration
+        assert set(b) == mase | {"weakest_nodes", "trials", "trial_numbers"}
         assert {"accuracy", "loss"} <= set(b["software_metrics"])
         assert {"average_bitwidth", "memory_density"} <= set(b["hardware_metrics"])
         assert b["sampled_config"]["linear"]["config"]["name"] == "integer"

@@ -131,7 +131,13 @@ def verify(e: Exported, graph: QGraph, x: torch.Tensor) -> dict[str, Any]:
     return e.agreement
 
 
-def export_all(graph: QGraph, formats: list[str], out: str | Path, x: torch.Tensor | None = None) -> list[Exported]:
+def export_all(
+    graph: QGraph,
+    formats: list[str],
+    out: str | Path,
+    x: torch.Tensor | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Exported]:
     """Export into ``out/<format>/`` for each format; with ``x``, verify each by its own executor.
 
     qonnx files have batch 1 (FINN/hls4ml convention; verification runs them row by row),
@@ -142,6 +148,9 @@ def export_all(graph: QGraph, formats: list[str], out: str | Path, x: torch.Tens
     check_out_dir(out)
     done = []
     for fmt in formats:
+        if progress is not None:
+            slow = " (hls4ml conversion, then g++ compiles its C simulation: ~30 s)" if fmt == "hls4ml" else ""
+            progress(f"exporting {fmt}{slow}" + (f", then verifying on {len(x)} rows" if x is not None else ""))
         e = export(graph, fmt, Path(out) / fmt)
         if x is not None:
             verify(e, graph, x)
