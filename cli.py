@@ -74,11 +74,15 @@ def _positive(v: str) -> int:
     return n
 
 
-def _positive_float(v: str) -> float:
+def _number(v: str) -> float:
     try:
-        x = float(v)
+        return float(v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
+
+
+def _positive_float(v: str) -> float:
+    x = _number(v)
     if not x > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {v}")
     return x
@@ -94,10 +98,7 @@ def _threads_arg(v: str) -> int:
 
 
 def _tolerance(v: str) -> float:
-    try:
-        x = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
+    x = _number(v)
     if not (x >= 0 and x < float("inf")):  # NaN fails both
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {v}")
     return x
@@ -327,7 +328,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     if objective.interrupted:
         print("interrupted: writing the outputs of the finished trials", file=sys.stderr)
-    write_outputs(study, out, objective)
+    best_json = write_outputs(study, out, objective)
     best = best_trials(study)
     print("\nBest trial(s):")
     done = [t for t in study.get_trials(False) if t.state.name == "COMPLETE"]
@@ -336,11 +337,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     if st.constraints:
         infeasible = sum(not t.user_attrs.get("feasible", True) for t in done)
         _note(f"budgets {_budgets(st.constraints)}: {infeasible} of {len(done)} completed trial(s) infeasible")
-    for t in best:
-        weak = t.user_attrs.get("weakest_nodes") or []
-        if weak:
-            desc = ", ".join(f"{w['node']} ({w['sqnr_db']} dB)" for w in weak)
-            _note(f"trial {t.number}: weakest nodes vs float (output SQNR, one batch): {desc}")
+    for b in best_json.values():
+        if b["weakest_nodes"]:
+            desc = ", ".join(f"{w['node']} ({w['sqnr_db']} dB)" for w in b["weakest_nodes"])
+            _note(f"trial {b['number']}: weakest nodes vs float (output SQNR, {ev.SQNR_BATCH} samples): {desc}")
     written = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if p.stat().st_mtime >= started)
     print(f"\ntrials: {summarize(study)}; outputs in {out}/ ({', '.join(written)})")
     if not best and not objective.interrupted:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -57,7 +59,7 @@ def per_trial(model_name: str, n_trials: int) -> list[str]:
     t0 = time.perf_counter()
     study, _ = run_study(space, ev, metrics, setup, None, progress=False)
     wall = (time.perf_counter() - t0) / len(study.trials)
-    tm = [t.user_attrs["timings"] for t in study.trials]
+    tm = [t.user_attrs["timings"] for t in study.trials if "cached" not in t.user_attrs["timings"]]  # evaluated
     med = {k: 1e3 * statistics.median(t[k] for t in tm) for k in ("sample", "rebuild", "evaluate", "hw")}
     trial_ms = [1e3 * t.duration.total_seconds() for t in study.trials]
     return [
@@ -69,6 +71,45 @@ def per_trial(model_name: str, n_trials: int) -> list[str]:
         f"{1e3 * wall:.2f}",
         *(f"{med[k]:.2f}" for k in med),
     ]
+
+
+def trial_floor(model_name: str, n_trials: int, storage_kind: str) -> list[str]:
+    """A whole search as a user runs it (random sampler, ``storage_kind`` storage, outputs written) against a bare
+    Optuna loop on the same distributions and storage: per-trial split sample / rebuild / evaluate / sqnr /
+    record (the rest of the trial: attrs, storage, progress), and output writing's share of the run."""
+    from search_overhead import bare
+
+    from qfx.search.study import write_outputs
+
+    ds = load_dataset("digits")
+    torch.manual_seed(0)
+    m = build_model(model_name, ds.num_features, ds.num_classes)
+    train(m, ds, epochs=3, progress=False)
+    g = analyze(trace(m, ds.val.x[:8]))
+    space = SearchSpace(g, "type", SEEDS)
+    ev = Evaluator(g, ds.train.head(512), ds.num_classes, ["accuracy", "average_bitwidth"])
+    metrics = {"accuracy": MetricSpec(scale=1.0), "average_bitwidth": MetricSpec(scale=-0.01)}
+    setup = StrategySetup(n_trials=n_trials, sampler="random", seed=0)
+    with tempfile.TemporaryDirectory() as d:
+        url = {"memory": None, "journal": f"journal:{Path(d) / 'j.log'}", "sqlite": f"sqlite:///{Path(d) / 's.db'}"}
+        t0 = time.perf_counter()
+        study, objective = run_study(space, ev, metrics, setup, Path(d) / "out", url[storage_kind],
+                                     "s" if url[storage_kind] else None, progress=False)  # fmt: skip
+        t1 = time.perf_counter()
+        write_outputs(study, Path(d) / "out", objective)
+        t2 = time.perf_counter()
+        url = {"memory": None, "journal": f"journal:{Path(d) / 'b.log'}", "sqlite": f"sqlite:///{Path(d) / 'b.db'}"}
+        bare_ms = 1e3 * statistics.median(bare(space, "random", url[storage_kind], n_trials))
+        trials = study.get_trials(False)  # while the storage file exists
+    tm = [t.user_attrs["timings"] for t in trials]
+    fresh = [t for t in tm if "cached" not in t]
+    med = {k: 1e3 * statistics.median(t.get(k, 0.0) for t in fresh) for k in ("sample", "rebuild", "evaluate", "sqnr")}
+    trial_ms = statistics.median(1e3 * t.duration.total_seconds() for t in trials)
+    record = max(trial_ms - sum(med.values()), 0.0)
+    wall = 1e3 * (t1 - t0) / n_trials
+    return [model_name, storage_kind, n_trials, f"{len(fresh)}", f"{trial_ms:.2f}", f"{wall:.2f}",
+            *(f"{med[k]:.2f}" for k in med), f"{record:.2f}", f"{bare_ms:.2f}", f"{wall / bare_ms:.1f}x",
+            f"{t2 - t1:.2f} s ({(t2 - t1) / (t2 - t0):.0%})"]  # fmt: skip
 
 
 def rebuild_scaling(depths: list[int]) -> list[list[str]]:
@@ -90,6 +131,12 @@ def rebuild_scaling(depths: list[int]) -> list[list[str]]:
 
 
 def main() -> None:
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("qfx").setLevel(logging.WARNING)
     quick = "--quick" in sys.argv
     torch.set_num_threads(1)
     n = 30 if quick else 100
@@ -113,6 +160,12 @@ def main() -> None:
             tablefmt="github",
         )
     )
+    print("\nwhole search as a user runs it: random sampler, 400 trials, outputs written, vs a bare Optuna loop")
+    rows = [trial_floor(name, 100 if quick else 400, kind) for name in ("jsc-tiny", "jsc-s")
+            for kind in (("memory", "journal") if quick else ("memory", "journal", "sqlite"))]  # fmt: skip
+    heads = ["model", "storage", "trials", "evaluated", "trial ms", "wall/trial ms", "sample", "rebuild", "evaluate",
+             "sqnr", "record", "bare ms", "wall/bare", "outputs (share of run)"]  # fmt: skip
+    print(tabulate(rows, headers=heads, tablefmt="github"), flush=True)
     print("\nrebuild (QuantizePass, shared weights) vs node count")
     depths = [10, 100, 500] if quick else [10, 100, 500, 2000]
     print(

@@ -34,7 +34,6 @@ class TrialResult:
     software: dict[str, float]
     hardware: dict[str, float]
     timings: dict[str, float] = field(default_factory=dict)
-    weakest: list[dict[str, Any]] = field(default_factory=list)  # lowest-SQNR nodes vs the float graph
 
     def metric(self, name: str) -> float:
         if name in self.software:
@@ -149,7 +148,7 @@ class Evaluator:
         key = json.dumps(config, sort_keys=True, default=str) if self.memo is not None else ""
         if self.memo is not None and key in self.memo:
             r = self.memo[key]
-            return TrialResult(dict(r.software), dict(r.hardware), {"cached": 1.0}, list(r.weakest))
+            return TrialResult(dict(r.software), dict(r.hardware), {"cached": 1.0})
         res = self._evaluate(config)
         if self.memo is not None:
             self.memo[key] = res
@@ -193,7 +192,5 @@ class Evaluator:
             if m.measure is not None:
                 (sw if m.kind == "software" else hw)[name] = float(m.measure(ctx))
         t4 = time.perf_counter()
-        weakest = self.weakest_nodes(q)
-        t5 = time.perf_counter()
-        timings = {"rebuild": t1 - t0, "qat": t2 - t1, "evaluate": t3 - t2, "hw": t4 - t3, "sqnr": t5 - t4}
-        return TrialResult(sw, hw, timings, weakest)
+        timings = {"rebuild": t1 - t0, "qat": t2 - t1, "evaluate": t3 - t2, "hw": t4 - t3}
+        return TrialResult(sw, hw, timings)  # weakest nodes: for the best configurations only (write_outputs)

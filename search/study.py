@@ -144,7 +144,6 @@ class Objective:
             scaled_metrics=scaled,
             sampled_config=config,
             timings={"sample": t_sample, **res.timings},
-            weakest_nodes=res.weakest,
         )
         if self.constraints:
             c = violations(res.metric, self.constraints)
@@ -312,27 +311,28 @@ BEST_KEYS = ("number", "value", "software_metrics", "hardware_metrics", "scaled_
 MAX_SQNR_PLOTS = 3  # SQNR plots written for the first distinct best configurations; the rest: qfx debug
 
 
-def _write_best_graphs(best: list[optuna.trial.FrozenTrial], out: Path, ev: Evaluator) -> list[str]:
+def _write_best_graphs(
+    best: list[optuna.trial.FrozenTrial], out: Path, ev: Evaluator
+) -> dict[int, list[dict[str, Any]]]:
     """best_model/ (the first best configuration's quantized graph), pareto/trial_N/ for the other distinct
-    Pareto configurations, and SQNR plots of the first ``MAX_SQNR_PLOTS`` — on the SQNR batch the weakest-node
-    notes use (``Evaluator.SQNR_BATCH`` samples). Returns the names written."""
+    Pareto configurations, and SQNR plots of the first ``MAX_SQNR_PLOTS``; returns each one's weakest nodes.
+    Plots and weakest nodes use the same batch (``Evaluator.SQNR_BATCH`` samples); they are computed here, for
+    the distinct best configurations only, not in every trial."""
     from qfx.passes.debug import NumericsPass
     from qfx.passes.debug.views import plot_sqnr
     from qfx.passes.transforms.quantize import QuantizePass
 
-    written = []
+    weakest = {}
     xb = ev.x[: ev.SQNR_BATCH]
     for i, t in enumerate(best):
         q = QuantizePass(t.user_attrs["sampled_config"])(ev.pristine).graph
-        where = "best_model" if i == 0 else f"pareto/trial_{t.number}"
-        q.save(out / where)
-        written.append(where + "/")
+        q.save(out / ("best_model" if i == 0 else f"pareto/trial_{t.number}"))
+        weakest[t.number] = ev.weakest_nodes(q) if hasattr(ev, "weakest_nodes") else []
         if i < MAX_SQNR_PLOTS:
             NumericsPass(ev.pristine, xb)(q)
             name = "sqnr.png" if len(best) == 1 else f"sqnr_trial_{t.number}.png"
             plot_sqnr(q, out / name, f"trial {t.number}: output SQNR vs float per node ({len(xb)} samples)")
-            written.append(name)
-    return written
+    return weakest
 
 
 def write_outputs(study: optuna.Study, out: Path, objective: Objective) -> dict[str, Any]:
@@ -344,14 +344,13 @@ def write_outputs(study: optuna.Study, out: Path, objective: Objective) -> dict[
     numbers: dict[str, list[int]] = {}
     for t in study.get_trials(False, states=(TrialState.COMPLETE,)):
         numbers.setdefault(config_key(t), []).append(t.number)
+    weakest = _write_best_graphs(best, out, objective.evaluator) if best else {}
     best_json = {
-        str(i): {**{k: _trial_record(t)[k] for k in BEST_KEYS}, "trials": drawn[config_key(t)],
-                 "trial_numbers": numbers.get(config_key(t), [t.number])}
+        str(i): {**{k: _trial_record(t)[k] for k in BEST_KEYS}, "weakest_nodes": weakest.get(t.number, []),
+                 "trials": drawn[config_key(t)], "trial_numbers": numbers.get(config_key(t), [t.number])}
         for i, t in enumerate(best)
     }  # fmt: skip
     (out / "best.json").write_text(json.dumps(best_json, indent=1, default=str))
-    if best:
-        _write_best_graphs(best, out, objective.evaluator)
     try:
         plot_study(study_data(study, objective), out)
     except Exception as e:  # noqa: BLE001 - plots must not lose the results
