@@ -158,6 +158,8 @@ class NodeSpec(Strict):
 
     @model_validator(mode="after")
     def _target(self) -> NodeSpec:
+        if self.name.startswith("__"):
+            raise ValueError(f"node name {self.name!r}: dunder names are reserved")
         t = self.target
         if self.op == "call_function":
             if not isinstance(t, FnV):

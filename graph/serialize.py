@@ -352,6 +352,8 @@ class _Reader:
         nn.Module.__init__(m)
         memo[path] = m
         own: dict[str, Any] = {}
+        for k in (*spec.params, *spec.buffers, *spec.children):
+            _check_member(cls, k, where)
         for k, p in spec.params.items():
             m._parameters[k] = None if p is None else self.param(p.key, p.grad, f"{where} parameter {k!r}")
             own[f"p:{k}"] = m._parameters[k]
@@ -379,6 +381,13 @@ def _check_attr(cls: type, k: str, where: str) -> None:
     bad = _attr_problem(cls, k)
     if bad:
         raise SerializationError(f"{where}: {bad}")
+
+
+def _check_member(cls: type, k: str, where: str) -> None:
+    """A parameter/buffer/child name may not be a dunder nor shadow a class member (``self.<name>`` in the code
+    fx generates would reach the class's method instead; ``nn.Module.add_module`` refuses such names too)."""
+    if k.startswith("__") or inspect.getattr_static(cls, k, None) is not None:
+        raise SerializationError(f"{where}: member name {k!r} is a dunder or shadows {cls.__name__}.{k}")
 
 
 @cache
@@ -520,6 +529,8 @@ def load_graph_module(
             raise SerializationError(f"graph spec: {S.error_line(e)}") from e
     if spec.format != FORMAT:
         raise SerializationError(f"not a {FORMAT} graph (format={spec.format[:40]!r})")
+    for t in (*spec.modules, *spec.tensors):
+        _check_member(fx.GraphModule, t.split(".")[0], f"target {t!r}")
     r = _Reader(tensors, trust)
     memo: dict[str, nn.Module] = {}
     root: dict[str, Any] = {t: r.module(s, t, memo) for t, s in spec.modules.items()}
