@@ -94,6 +94,27 @@ OP_TYPES: dict[str, tuple[OpKey, ...]] = {
     "getattr": (getattr,),
 }
 
+# what op types are, said once: "view" (no arithmetic: the same values seen through another shape, order or
+# dtype; hardware metrics follow parameters through them), "reshape" (the views that keep element order,
+# which every export can express as a batch-first reshape)
+OP_TRAITS: dict[str, frozenset[str]] = {
+    "view": frozenset(
+        {
+            "transpose",
+            "view",
+            "reshape",
+            "permute",
+            "contiguous",
+            "type_as",
+            "squeeze",
+            "expand",
+            "flatten",
+            "unflatten",
+        }
+    ),  # fmt: skip
+    "reshape": frozenset({"view", "reshape", "flatten", "unflatten", "contiguous"}),
+}
+
 # in-place target -> its out-of-place twin (quantized ops compute out of place, then write back)
 INPLACE_TWIN: dict[OpKey, OpKey] = {
     operator.iadd: operator.add,

@@ -22,6 +22,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from qfx.graph.meta import get_meta, is_tensor_shape
+from qfx.graph.registry import OP_TRAITS
 from qfx.graph.trace import QGraph, node_parameters
 
 FLOAT_BITS = 32
@@ -61,7 +62,7 @@ def _batch(g: QGraph) -> int:
     return 1
 
 
-_VIEW_TYPES = {"transpose", "view", "reshape", "permute", "contiguous", "type_as", "squeeze", "expand"}
+_VIEW_TYPES = OP_TRAITS["view"]
 
 
 def _use_bits(g: QGraph, consumer: fx.Node, value: fx.Node, modules: dict[str, nn.Module]) -> int:

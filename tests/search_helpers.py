@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -11,6 +12,23 @@ from qfx.zoo.models import build_model
 from qfx.zoo.train import save_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def blocks(lang: str) -> list[str]:
+    """The README's fenced code blocks of one language."""
+    return re.findall(rf"```{lang}\n(.*?)```", README, re.S)
+
+
+def commands() -> list[str]:
+    """Every shell command of the README, in order (the first two: set-up + main job, and the tests)."""
+    out = []
+    for b in blocks("sh"):
+        for cmd in b.replace("\\\n", " ").splitlines():
+            if cmd.strip() and not cmd.startswith("#"):
+                out.append(cmd.split("  #")[0].strip())
+    return out
+
 
 SPACE_18 = """
 [search.search_space.seed.default.config]

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from search_helpers import ROOT, make_checkpoint, search_toml
-from test_release import SETUP
+from search_helpers import ROOT, commands, make_checkpoint, search_toml
+
+SETUP = commands()[0]
+pytestmark = pytest.mark.slow  # fresh installs / kill -9 runs: minutes; CI runs them
 
 
 def test_fresh_install_and_main_command(tmp_path):

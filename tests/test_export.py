@@ -97,6 +97,7 @@ def test_qonnx_and_qdq_match_on_test_split(name, which, tmp_path):
     check(verify(e, q, X), which)
 
 
+@pytest.mark.slow  # g++ compiles hls4ml's C simulation
 @pytest.mark.parametrize("name", ["jsc-tiny", "jsc-toy", "jsc-s"])
 def test_hls4ml_c_simulation(name, tmp_path):
     if shutil.which("g++") is None:
@@ -210,6 +211,7 @@ def test_cli_export_and_search_export(tmp_path, capsys):
     assert len(written) >= 2
 
 
+@pytest.mark.slow  # g++ compiles hls4ml's C simulation
 def test_hls4ml_relu_requantized_at_another_frac_is_bit_exact(tmp_path):
     """A ReLU quantized at 8/3 feeding a Linear whose input is 8/4: two roundings/saturations; hls4ml gets an
     explicit cast layer (it used to keep the ReLU's type: 47-99% of rows agreed) — on 1,000 rows with
@@ -260,6 +262,7 @@ def test_inplace_aliasing_exported_as_the_model_computes_it(fmt, tmp_path):
     assert a["bit_identical"], a
 
 
+@pytest.mark.slow  # g++ compiles hls4ml's C simulation
 def test_hls4ml_project_reads_back_with_hls4ml_own_parser(tmp_path):
     from hls4ml.converters import parse_yaml_config
 

@@ -17,6 +17,8 @@ from search_helpers import ROOT, make_checkpoint, search_toml
 
 from qfx.search.storage import make_storage
 
+pytestmark = pytest.mark.slow  # fresh installs / kill -9 runs: minutes; CI runs them
+
 SPACE = """
 [search.search_space.seed.linear.config]
 name = ["integer"]

@@ -342,3 +342,12 @@ def test_quantize_function_and_pipeline_errors():
         PassError, match=r"pass 'boom' \(step 2 of 2; ran before it: shapes\) failed: RuntimeError: bad"
     ):
         Pipeline([ShapePass(), Boom()])(trace(model, inputs))
+
+
+def test_register_function_rule_refuses_module_classes():
+    import torch.nn as nn
+
+    from qfx.passes.transforms.quantize.quantize_pass import register_function_rule
+
+    with pytest.raises(TypeError, match="module classes.*register_module_rule"):
+        register_function_rule("gelu", "QGelu", ("data_in",), keys=(nn.GELU,))

@@ -10,28 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from search_helpers import ROOT
+from search_helpers import ROOT, blocks, commands
 
 from qfx import cli
 from qfx.search.config import load_config
 from qfx.search.session import build_search, prepare
 from qfx.search.study import run_study
-
-README = (ROOT / "README.md").read_text()
-
-
-def blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README, re.S)
-
-
-def commands() -> list[str]:
-    out = []
-    for b in blocks("sh"):
-        for cmd in b.replace("\\\n", " ").splitlines():
-            if cmd.strip() and not cmd.startswith("#"):
-                out.append(cmd.split("  #")[0].strip())
-    return out
-
 
 SETUP, TEST = commands()[0], commands()[1]
 
@@ -55,6 +39,7 @@ def test_readme_has_two_commands_and_ci_runs_the_test_command():
     assert TEST in ci and "pip install -q torch==2.13.0" in ci and "-e '.[dev,deploy,debug]'" in ci
 
 
+@pytest.mark.slow  # every README command, hls4ml export included
 def test_readme_cli_commands_run(tmp_path):
     """From an empty directory: configs by name, the installed console script."""
     qfx = shlex.quote(str(Path(sys.executable).parent / "qfx"))

@@ -18,7 +18,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from qfx.graph.meta import SHAPES, TensorPrecision, get_meta
-from qfx.graph.registry import is_inplace
+from qfx.graph.registry import OP_TRAITS, is_inplace
 from qfx.graph.trace import QGraph
 from qfx.passes.transforms.quantize.formats import code_range
 
@@ -89,12 +89,12 @@ def _module_layer(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
         attrs["kernel"] = list(m.kernel_size)
         return Layer(n.name, "conv", [src], attrs, p, prec)  # type: ignore[arg-type]
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        from qfx.passes.transforms.quantize.modules import _QBatchNorm
+        from qfx.passes.transforms.quantize.modules import fold_batch_norm
 
         if m.running_mean is None:
             raise _unsupported(n, "batch norm without running statistics", fmt)
         with torch.no_grad():
-            scale, shift = _QBatchNorm.folded(m)  # type: ignore[arg-type]
+            scale, shift = fold_batch_norm(m)
         p = {"weight": _param(m, "weight", scale), "bias": _param(m, "bias", shift)}
         return Layer(n.name, "affine", [src], {}, p, prec)  # type: ignore[arg-type]
     if t == "relu":
@@ -127,7 +127,7 @@ def _relu(n: fx.Node, prec: dict[str, TensorPrecision]) -> Layer:
 
 
 _ARITH = {"add": "add", "sub": "sub", "mul": "mul"}
-_VIEWS = {"view", "reshape", "flatten", "unflatten", "contiguous"}
+_VIEWS = OP_TRAITS["reshape"]  # views that keep the data and only reshape it
 
 
 def build_ir(graph: QGraph, fmt: str) -> list[Layer]:

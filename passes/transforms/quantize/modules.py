@@ -134,15 +134,8 @@ class _QBatchNorm(_QParam):
     _qfx_transient: ClassVar[dict[str, Any]] = {"_cache": None}
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float per-channel (scale, shift) from the running statistics and affine parameters."""
-        var, mean = self.running_var, self.running_mean
-        scale = torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = -mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias
-        return scale, shift
+        """Float per-channel (scale, shift): :func:`fold_batch_norm` of this layer."""
+        return fold_batch_norm(self)
 
     def _qaffine(self) -> tuple[torch.Tensor, torch.Tensor]:
         ps = [t for t in (self.weight, self.bias, self.running_mean, self.running_var) if t is not None]
@@ -172,6 +165,19 @@ class QBatchNorm1d(_QBatchNorm, nn.BatchNorm1d):
 
 class QBatchNorm2d(_QBatchNorm, nn.BatchNorm2d):
     float_cls = nn.BatchNorm2d
+
+
+def fold_batch_norm(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference batch norm (float or quantized ``nn.BatchNorm1d/2d``) as a per-channel affine map:
+    ``scale = gamma / sqrt(running_var + eps)``, ``shift = beta - running_mean * scale`` (float)."""
+    var, mean = m.running_var, m.running_mean
+    scale = torch.rsqrt(var + m.eps)
+    if m.weight is not None:
+        scale = scale * m.weight
+    shift = -mean * scale
+    if m.bias is not None:
+        shift = shift + m.bias
+    return scale, shift
 
 
 def _write_back(dst: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

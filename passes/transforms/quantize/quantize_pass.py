@@ -89,7 +89,14 @@ def register_module_rule(
 def register_function_rule(
     op_type: str, qtype: str, arg_roles: tuple[str | None, ...], unsigned_out: bool = False, keys: tuple = ()
 ) -> None:
-    """Function/method forms of ``op_type`` (default: every non-class alias in ``OP_TYPES``)."""
+    """Function/method forms of ``op_type`` (default: every non-class alias in ``OP_TYPES``). Module classes
+    are refused: they need a quantized module class (:func:`register_module_rule`)."""
+    classes = [k for k in keys if isinstance(k, type)]
+    if classes:
+        raise TypeError(
+            f"register_function_rule({op_type!r}): {classes} are module classes; register them with "
+            "register_module_rule(op_type, QuantizedClass)"
+        )
     keys = keys or tuple(k for k in OP_TYPES[op_type] if not isinstance(k, type))
     roles = tuple(dict.fromkeys(r for r in arg_roles if r)) or ("data_in",)
     QUANT_RULES.register(*keys)(QuantRule(op_type, qtype, roles, None, None, arg_roles, unsigned_out))
