@@ -582,6 +582,15 @@ def _graph_batch_args(p: argparse.ArgumentParser) -> None:
     _trust_arg(p)
 
 
+def _tables() -> dict[str, list[str]]:
+    """The names help texts list, read from their tables (zoo models, bundled datasets, export formats)."""
+    from qfx.passes.export.api import FORMATS
+    from qfx.zoo.data import BUNDLED
+    from qfx.zoo.models import MODELS
+
+    return {"models": list(MODELS), "datasets": list(BUNDLED), "formats": list(FORMATS)}
+
+
 def _tables_help() -> str:
     """Samplers and metrics as registered (the same tables config validation reads)."""
     from qfx.search.metrics import METRICS
@@ -649,8 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model",
-        help="zoo name (jsc-tiny, jsc-toy, jsc-s, cnn, transformer) or module:function "
-        "returning (model, example_inputs)",
+        help=f"zoo name ({', '.join(_tables()['models'])}) or module:function returning (model, example_inputs)",
     )
     p.add_argument("--dataset", default="digits", help="dataset giving a zoo model its sizes (default digits)")
     p.add_argument("--checkpoint", help="analyse a trained checkpoint instead")
@@ -665,8 +673,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a zoo model (seeded, progress bar); the checkpoint holds model name, "
         "dataset, seed and test metrics.",
     )
-    p.add_argument("--model", required=True, help="jsc-tiny, jsc-toy, jsc-s, cnn or transformer")
-    p.add_argument("--dataset", default="digits", help="digits, wine, breast_cancer, iris, or jsc:/path.h5|.csv")
+    p.add_argument("--model", required=True, help=", ".join(_tables()["models"]))
+    p.add_argument("--dataset", default="digits", help=f"{', '.join(_tables()['datasets'])}, or jsc:/path.h5|.csv")
     p.add_argument("--epochs", type=_positive, default=40, help="training epochs (default 40)")
     p.add_argument("--batch-size", type=_positive, default=32, help="mini-batch size (default 32)")
     p.add_argument("--lr", type=_positive_float, default=1e-2, help="peak learning rate of the one-cycle schedule")
@@ -741,8 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--export",
         help="export the best trial(s) (every Pareto trial) to OUT/export/<format>/ and verify each bit for bit on "
-        "1,000 rows (the test split, then saturating noise; a difference exits 2): comma-separated qonnx, "
-        "onnx-qdq, hls4ml, torch",
+        f"1,000 rows (the test split, then saturating noise; a difference exits 2): comma-separated "
+        f"{', '.join(_tables()['formats'])}",
     )
     p.set_defaults(fn=cmd_search)
 
@@ -788,7 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
         "onnxruntime, hls4ml C simulation, plain torch) on the graph's example inputs.",
     )
     p.add_argument("--graph", required=True, help="directory written by QGraph.save")
-    p.add_argument("--format", required=True, help="comma-separated: qonnx, onnx-qdq, hls4ml, torch")
+    p.add_argument("--format", required=True, help=f"comma-separated: {', '.join(_tables()['formats'])}")
     p.add_argument("--out", required=True, help="output directory (one sub-directory per format)")
     p.add_argument("--no-verify", action="store_true", help="write only; do not run the target executors")
     p.add_argument("--data", help="verify on this dataset's split (digits, iris, jsc:PATH ...); default: example rows")
