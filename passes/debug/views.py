@@ -45,8 +45,10 @@ def plot_sqnr(graph: QGraph, path: str | Path, title: str = "", worst: int = 3) 
                    facecolors="none", edgecolors="tab:red", label="saturating (size: fraction)")  # fmt: skip
     inexact = [(x, p) for x, p in zip(xs, pts, strict=True) if p[0] not in exact]  # exact nodes are never "weakest"
     for rank, (x, (name, s, _)) in enumerate(sorted(inexact, key=lambda t: t[1][1])[:worst]):
-        ax.annotate(f"{name}: {s:.1f} dB", (x, s), textcoords="offset points", xytext=(6, 10 + 22 * rank),
-                    fontsize=7, arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5})  # fmt: skip
+        right = x > (len(xs) - 1) / 2  # labels of right-half points extend leftwards: never cut at the edge
+        ax.annotate(f"{name}: {s:.1f} dB", (x, s), textcoords="offset points", xytext=(-6 if right else 6,
+                    10 + 22 * rank), ha="right" if right else "left", fontsize=7,
+                    arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5})  # fmt: skip
     ax.set_xticks(xs, [n for n, _, _ in pts], rotation=70, fontsize=7)
     ax.set_ylabel(f"SQNR (dB; exact drawn at {SQNR_CAP:.0f})")
     ax.set_title(title or "quantization error along the graph")
