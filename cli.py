@@ -257,20 +257,28 @@ def cmd_transform(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Path]:
+def _search_config(args: argparse.Namespace) -> Any:
+    """The config with the command line's setup overrides (an invalid one names its flag)."""
     from pydantic import ValidationError
 
     from qfx.search.config import load_config
-    from qfx.search.session import build_search, prepare, with_overrides
+    from qfx.search.session import with_overrides
 
     cfg = load_config(args.config, require_search=True)
     upd = {k: getattr(args, k) for k in ("n_trials", "sampler", "seed", "n_jobs", "timeout")}
     try:
-        cfg = with_overrides(cfg, **upd)
+        return with_overrides(cfg, **upd)
     except ValidationError as e:
         err = e.errors()[0]
         opt = "--" + str(err["loc"][0]).replace("_", "-")
         raise UsageError(f"{opt}: {err['msg'].removeprefix('Value error, ')}", "see qfx search --help") from None
+
+
+def _search_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Path]:
+    """Config, prepared model, space, evaluator and output directory (sensitivity, compare-samplers)."""
+    from qfx.search.session import build_search, prepare
+
+    cfg = _search_config(args)
     out = _out_dir(args, args.config, "search")
     _threads(args, None, cfg)  # a baseline trained by prepare() uses the explicit choice
     prep = prepare(cfg, args.checkpoint, out, not args.no_progress, args.trust_checkpoint)
@@ -302,7 +310,7 @@ def _budgets(constraints: dict[str, Any]) -> str:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from qfx.passes.export.api import parse_formats
-    from qfx.search.study import best_table, best_trials, draws, run_study, summarize, write_outputs
+    from qfx.search.session import run_search
 
     if args.export:
         try:
@@ -310,26 +318,29 @@ def cmd_search(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UsageError(f"--export: {e}", "comma-separated formats from the list") from None
     started = time.time() - 1  # files written from here on are this run's outputs (mtime resolution)
-    cfg, prep, space, ev, out = _search_setup(args)
-    st = cfg.search.strategy
-    print(f"{prep.graph.gm.__class__.__name__} from {prep.checkpoint}; {space.describe()}")
-    _fp32_note(cfg, ev)
-    study, objective = run_study(
-        space,
-        ev,
-        st.metrics,
-        st.setup,
-        out,
-        args.storage,
-        args.study_name,
-        not args.no_progress,
-        args.debug,
-        constraints=st.constraints,
-    )
-    if objective.interrupted:
-        print("interrupted: writing the outputs of the finished trials", file=sys.stderr)
-    best_json = write_outputs(study, out, objective)
-    best = best_trials(study)
+    cfg = _search_config(args)
+    out = _out_dir(args, args.config, "search")
+
+    def ready(prep: Any, space: Any, ev: Any) -> None:
+        print(f"{prep.graph.gm.__class__.__name__} from {prep.checkpoint}; {space.describe()}")
+        _fp32_note(cfg, ev)
+
+    run = run_search(cfg, args.checkpoint, out, args.storage, args.study_name, progress=not args.no_progress,
+                     trust=args.trust_checkpoint, tracebacks=args.debug, threads=args.threads or "auto",
+                     ready=ready)  # fmt: skip
+    if run.objective.interrupted:
+        print("interrupted: the outputs of the finished trials were written", file=sys.stderr)
+    _report_search(run, cfg, out, started)
+    if args.export and run.best:
+        _export_best(args, run.study, run.prep, out, run.objective.evaluator)
+    return 130 if run.objective.interrupted else 0
+
+
+def _report_search(run: Any, cfg: Any, out: Path, started: float) -> None:
+    """The Best table (one row per distinct configuration), budget and weakest-node notes, the files written."""
+    from qfx.search.study import best_table, draws, summarize
+
+    st, study, best = cfg.search.strategy, run.study, run.best
     print("\nBest trial(s):")
     done = [t for t in study.get_trials(False) if t.state.name == "COMPLETE"]
     none = "(no feasible trial: every trial broke a budget)" if done else "(no trial completed)"
@@ -337,13 +348,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     if st.constraints:
         infeasible = sum(not t.user_attrs.get("feasible", True) for t in done)
         _note(f"budgets {_budgets(st.constraints)}: {infeasible} of {len(done)} completed trial(s) infeasible")
-    for b in best_json.values():
+    for b in run.best_json.values():
         if b["weakest_nodes"]:
             desc = ", ".join(f"{w['node']} ({w['sqnr_db']} dB)" for w in b["weakest_nodes"])
-            _note(f"trial {b['number']}: weakest nodes vs float (output SQNR, {ev.SQNR_BATCH} samples): {desc}")
+            n = run.objective.evaluator.SQNR_BATCH
+            _note(f"trial {b['number']}: weakest nodes vs float (output SQNR, {n} samples): {desc}")
     written = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if p.stat().st_mtime >= started)
     print(f"\ntrials: {summarize(study)}; outputs in {out}/ ({', '.join(written)})")
-    if not best and not objective.interrupted:
+    if not best and not run.objective.interrupted:
         failed = [t for t in study.get_trials(False) if t.state.name == "FAIL"]
         if failed:
             err = (failed[0].user_attrs.get("error") or "").strip().splitlines()
@@ -351,9 +363,6 @@ def cmd_search(args: argparse.Namespace) -> int:
                 f"all {len(failed)} trial(s) failed; first error: {err[-1] if err else 'unknown'}",
                 f"tracebacks are in {out / 'trials.json'} (key 'error'); rerun with --debug to print them",
             )
-    if args.export and best:
-        _export_best(args, study, prep, out, ev)
-    return 130 if objective.interrupted else 0
 
 
 def _print_exports(done: list[Any]) -> None:

@@ -7,9 +7,10 @@ From Python: ``run_search("jsc_tiny_by_type", n_trials=10)`` returns the study a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import torch
@@ -23,7 +24,15 @@ from qfx.search.space import SearchSpace
 from qfx.search.study import Objective, best_trials, run_study, write_outputs
 from qfx.zoo.data import Dataset, load_dataset
 from qfx.zoo.models import build_model
-from qfx.zoo.train import evaluate, load_checkpoint, read_checkpoint, save_checkpoint, torch_threads, train
+from qfx.zoo.train import (
+    auto_threads,
+    evaluate,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    torch_threads,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,24 +159,31 @@ def fp32_vs_quantized(prep: Prepared, quantized: QGraph, split: str = "test") ->
 
 @dataclass
 class SearchRun:
-    """What :func:`run_search` returns: the study, its best trials (Pareto front when multi-objective),
-    the objective (space, evaluator, metrics) and where the outputs were written."""
+    """What :func:`run_search` returns: the study, its best trials (one per distinct configuration; the Pareto
+    front when multi-objective), the objective (space, evaluator, metrics), where the outputs were written,
+    best.json's content (empty without ``out``) and the prepared model and dataset."""
 
     study: optuna.Study
     best: list[optuna.trial.FrozenTrial]
     objective: Objective
     out: Path | None
+    best_json: dict[str, Any] = field(default_factory=dict)
+    prep: Prepared | None = None
 
 
 def run_search(
     config: RunConfig | str | Path, checkpoint: str | None = None, out: str | Path | None = None,
     storage: str | None = None, study_name: str | None = None, progress: bool = False, trust: bool = False,
-    **overrides: Any,
+    tracebacks: bool = False, threads: int | Literal["auto"] | None = None,
+    ready: Callable[[Prepared, SearchSpace, Evaluator], None] | None = None, **overrides: Any,
 ) -> SearchRun:  # fmt: skip
-    """Run a config's search from Python. ``config``: a RunConfig, a TOML path or a shipped config's name;
-    ``overrides``: ``[search.strategy.setup]`` keys (``n_trials=10, sampler="random"``). Without
-    ``checkpoint`` (or ``load_name``) a baseline is trained into ``out/baseline`` (a temporary directory when
-    ``out`` is None). With ``out`` the usual outputs (best.json, trials.csv, best_model/, plots) are written."""
+    """Run a config's search from Python (``qfx search`` calls this). ``config``: a RunConfig, a TOML path or a
+    shipped config's name; ``overrides``: ``[search.strategy.setup]`` keys (``n_trials=10, sampler="random"``).
+    Without ``checkpoint`` (or ``load_name``) a baseline is trained into ``out/baseline`` (a temporary directory
+    when ``out`` is None). With ``out`` the usual outputs (best.json, trials.csv, best_model/, plots) are written.
+    ``threads``: torch CPU threads for the run (default: the config's ``threads``; ``"auto"``: the config's, else
+    chosen from the model's size once it is loaded); the caller's count is restored after. ``ready`` is called
+    with the prepared model, the space and the evaluator before the first trial."""
     import tempfile
 
     cfg = config if isinstance(config, RunConfig) else load_config(config, require_search=True)
@@ -175,12 +191,16 @@ def run_search(
     if cfg.search is None:
         raise ConfigError("the config has no [search] section")
     st = cfg.search.strategy
-    with tempfile.TemporaryDirectory() as tmp, torch_threads(cfg.threads):
+    explicit = cfg.threads if threads in (None, "auto") else threads
+    with tempfile.TemporaryDirectory() as tmp, torch_threads(explicit):
         work = Path(out) if out is not None else Path(tmp)
         prep = prepare(cfg, checkpoint, work, progress, trust)
+        if threads == "auto" and explicit is None:
+            torch.set_num_threads(auto_threads(prep.model))  # restored by torch_threads
         space, ev = build_search(cfg, prep)
+        if ready is not None:
+            ready(prep, space, ev)
         study, objective = run_study(space, ev, st.metrics, st.setup, work if out else None, storage, study_name,
-                                     progress, constraints=st.constraints)  # fmt: skip
-        if out is not None:
-            write_outputs(study, work, objective)
-    return SearchRun(study, best_trials(study), objective, Path(out) if out is not None else None)
+                                     progress, tracebacks, constraints=st.constraints)  # fmt: skip
+        best_json = write_outputs(study, work, objective) if out is not None else {}
+    return SearchRun(study, best_trials(study), objective, Path(out) if out is not None else None, best_json, prep)

@@ -360,7 +360,7 @@ def test_memory_error_and_all_trials_failing(env, capsys, monkeypatch):
         raise MemoryError()
 
     monkeypatch.setattr(Evaluator, "evaluate", oom)
-    monkeypatch.setattr("qfx.search.study.run_study", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    monkeypatch.setattr("qfx.search.session.run_study", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
     rc, err = _run(
         ["search", "--config", str(p), "--checkpoint", str(ck), "--out", str(tmp / "m"), "--no-progress"], capsys
     )
