@@ -15,6 +15,7 @@ Weights/biases are stored as the exact values the graph computes with.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,66 +118,98 @@ class _Builder:
         return y
 
 
+Src = Callable[[int], str]  # input i of a layer as an ONNX tensor name (scalars become constants)
+Emitter = Callable[[_Builder, Layer, Src], str]
+# deployment-IR op -> the function writing its ONNX nodes (both flavours); one registration per op
+ONNX_EMITTERS: dict[str, Emitter] = {}
+
+
+def register_onnx(*ops: str) -> Callable[[Emitter], Emitter]:
+    """Register the ONNX form of IR op(s); a second registration of an op raises."""
+
+    def deco(fn: Emitter) -> Emitter:
+        for op in ops:
+            if op in ONNX_EMITTERS:
+                raise ValueError(f"IR op {op!r} already has an ONNX emitter")
+            ONNX_EMITTERS[op] = fn
+        return fn
+
+    return deco
+
+
 def _emit(b: _Builder, lay: Layer, env: dict[str, str]) -> str:
     def src(i: int) -> str:
         v = lay.inputs[i]
         return b.const("scalar", v) if isinstance(v, float) else env[v]
 
-    p = lay.precision
-    where = f"node {lay.name!r}"
-    if lay.op in ("linear", "conv", "affine"):
-        x = b.quant(src(0), p.get("data_in"), lay.name, f"{where} data_in")
-        w = lay.params["weight"].numpy()
-        bias = lay.params.get("bias")
-        if lay.op == "linear":
-            wq = b.quant(b.const(f"{lay.name}_weight", w.T), p.get("weight"), lay.name, f"{where} weight")
-            y = b.op("MatMul", [x, wq], lay.name)
-        elif lay.op == "conv":
-            wq = b.quant(b.const(f"{lay.name}_weight", w), p.get("weight"), lay.name, f"{where} weight")
-            a = lay.attrs
-            y = b.op(
-                "Conv",
-                [x, wq],
-                lay.name,
-                kernel_shape=a["kernel"],
-                strides=a["stride"],
-                pads=a["padding"] + a["padding"],
-                dilations=a["dilation"],
-                group=a["groups"],
-            )
-            if bias is not None:
-                bias = bias.reshape(-1, *([1] * len(a["kernel"])))
-        else:
-            rank = len(lay.out_shape or (0, 0))
-            shape = (-1, *([1] * (rank - 2)))
-            wq = b.quant(b.const(f"{lay.name}_scale", w.reshape(shape)), p.get("weight"), lay.name, f"{where} weight")
-            y = b.op("Mul", [x, wq], lay.name)
-            bias = bias.reshape(shape) if bias is not None else None
-        if bias is not None:
-            bq = b.quant(b.const(f"{lay.name}_bias", bias.numpy()), p.get("bias"), lay.name, f"{where} bias")
-            y = b.op("Add", [y, bq], lay.name)
-        return y
-    if lay.op == "relu":
-        return b.quant(b.op("Relu", [src(0)], lay.name), p.get("data_out"), lay.name, f"{where} output")
-    if lay.op in ("add", "sub", "mul"):
-        ins = [
-            b.quant(src(i), p.get("data_in"), lay.name, f"{where} input {i}")
-            if isinstance(lay.inputs[i], str)
-            else src(i)
-            for i in range(2)
-        ]
-        return b.op(lay.op.capitalize(), ins, lay.name)
-    if lay.op == "reshape":
-        shape = b.const("shape", [-1, *lay.out_shape[1:]], np.int64)  # type: ignore[index]
-        return b.op("Reshape", [src(0), shape], lay.name)
-    if lay.op == "maxpool":
+    fn = ONNX_EMITTERS.get(lay.op)
+    if fn is None:
+        raise ExportError(f"{b.fmt}: no ONNX form for layer op {lay.op!r} (node {lay.name!r})")
+    return fn(b, lay, src)
+
+
+@register_onnx("linear", "conv", "affine")
+def _mac(b: _Builder, lay: Layer, src: Src) -> str:
+    p, where = lay.precision, f"node {lay.name!r}"
+    x = b.quant(src(0), p.get("data_in"), lay.name, f"{where} data_in")
+    w = lay.params["weight"].numpy()
+    bias = lay.params.get("bias")
+    if lay.op == "linear":
+        wq = b.quant(b.const(f"{lay.name}_weight", w.T), p.get("weight"), lay.name, f"{where} weight")
+        y = b.op("MatMul", [x, wq], lay.name)
+    elif lay.op == "conv":
+        wq = b.quant(b.const(f"{lay.name}_weight", w), p.get("weight"), lay.name, f"{where} weight")
         a = lay.attrs
-        return b.op("MaxPool", [src(0)], lay.name, kernel_shape=a["kernel"], strides=a["stride"], pads=a["padding"] * 2)
-    if lay.op == "global_avgpool":
-        return b.op("GlobalAveragePool", [src(0)], lay.name)
-    if lay.op == "identity":
-        return b.op("Identity", [src(0)], lay.name)
-    raise ExportError(f"{b.fmt}: no ONNX form for layer op {lay.op!r} (node {lay.name!r})")
+        y = b.op("Conv", [x, wq], lay.name, kernel_shape=a["kernel"], strides=a["stride"],
+                 pads=a["padding"] + a["padding"], dilations=a["dilation"], group=a["groups"])  # fmt: skip
+        if bias is not None:
+            bias = bias.reshape(-1, *([1] * len(a["kernel"])))
+    else:
+        rank = len(lay.out_shape or (0, 0))
+        shape = (-1, *([1] * (rank - 2)))
+        wq = b.quant(b.const(f"{lay.name}_scale", w.reshape(shape)), p.get("weight"), lay.name, f"{where} weight")
+        y = b.op("Mul", [x, wq], lay.name)
+        bias = bias.reshape(shape) if bias is not None else None
+    if bias is not None:
+        bq = b.quant(b.const(f"{lay.name}_bias", bias.numpy()), p.get("bias"), lay.name, f"{where} bias")
+        y = b.op("Add", [y, bq], lay.name)
+    return y
+
+
+@register_onnx("relu")
+def _relu(b: _Builder, lay: Layer, src: Src) -> str:
+    return b.quant(b.op("Relu", [src(0)], lay.name), lay.precision.get("data_out"), lay.name,
+                   f"node {lay.name!r} output")  # fmt: skip
+
+
+@register_onnx("add", "sub", "mul")
+def _arith(b: _Builder, lay: Layer, src: Src) -> str:
+    p = lay.precision.get("data_in")
+    ins = [b.quant(src(i), p, lay.name, f"node {lay.name!r} input {i}") if isinstance(lay.inputs[i], str)
+           else src(i) for i in range(2)]  # fmt: skip
+    return b.op(lay.op.capitalize(), ins, lay.name)
+
+
+@register_onnx("reshape")
+def _reshape(b: _Builder, lay: Layer, src: Src) -> str:
+    shape = b.const("shape", [-1, *lay.out_shape[1:]], np.int64)  # type: ignore[index]
+    return b.op("Reshape", [src(0), shape], lay.name)
+
+
+@register_onnx("maxpool")
+def _maxpool(b: _Builder, lay: Layer, src: Src) -> str:
+    a = lay.attrs
+    return b.op("MaxPool", [src(0)], lay.name, kernel_shape=a["kernel"], strides=a["stride"], pads=a["padding"] * 2)
+
+
+@register_onnx("global_avgpool")
+def _gap(b: _Builder, lay: Layer, src: Src) -> str:
+    return b.op("GlobalAveragePool", [src(0)], lay.name)
+
+
+@register_onnx("identity")
+def _identity(b: _Builder, lay: Layer, src: Src) -> str:
+    return b.op("Identity", [src(0)], lay.name)
 
 
 def to_onnx(graph: QGraph, fmt: str = "qonnx", batch: int | None = None) -> onnx.ModelProto:

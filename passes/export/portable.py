@@ -19,6 +19,7 @@ A quantized value is ``code * 2**-frac``. Activations are quantized where ``prec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -114,7 +115,6 @@ if save_beside not in SAVE_HOOKS:
     SAVE_HOOKS.append(save_beside)
 
 
-_OPS = ("linear", "conv", "affine", "relu", "add", "sub", "mul", "reshape", "maxpool", "global_avgpool", "identity")
 _PARAM_OPS = {"linear", "conv", "affine"}
 
 
@@ -143,7 +143,7 @@ class PortableAttrs(_Strict):
 
 class PortableLayer(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=200)]
-    op: Literal[_OPS]  # type: ignore[valid-type]
+    op: Annotated[str, Field(max_length=64)]  # one of PORTABLE_RUNNERS (checked below)
     inputs: list[Annotated[str, Field(max_length=200)] | float]
     attrs: PortableAttrs
     tensors: dict[Literal["weight", "bias"], Annotated[str, Field(max_length=400)]]
@@ -151,6 +151,8 @@ class PortableLayer(_Strict):
 
     @model_validator(mode="after")
     def _needs(self) -> PortableLayer:
+        if self.op not in PORTABLE_RUNNERS:
+            raise ValueError(f"layer {self.name!r}: op {self.op!r} is not one of {', '.join(PORTABLE_RUNNERS)}")
         need = {
             "conv": ("stride", "padding", "dilation", "groups", "kernel"),
             "maxpool": ("kernel", "stride", "padding"),
@@ -251,31 +253,75 @@ def _q(v: torch.Tensor, p: PortablePrecision | None) -> torch.Tensor:
     return torch.clamp(torch.round(v * s), lo, hi) / s
 
 
+Runner = Callable[[PortableLayer, list[Any], dict[str, torch.Tensor]], torch.Tensor]
+# manifest op -> how the plain-PyTorch reader computes it; one registration per op
+PORTABLE_RUNNERS: dict[str, Runner] = {}
+
+
+def register_portable(*ops: str) -> Callable[[Runner], Runner]:
+    """Register how the reader runs manifest op(s); a second registration of an op raises."""
+
+    def deco(fn: Runner) -> Runner:
+        for op in ops:
+            if op in PORTABLE_RUNNERS:
+                raise ValueError(f"portable op {op!r} already has a runner")
+            PORTABLE_RUNNERS[op] = fn
+        return fn
+
+    return deco
+
+
 def _run_layer(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
+    return PORTABLE_RUNNERS[lay.op](lay, ins, t)  # ops are validated against this table when the file is read
+
+
+@register_portable("linear", "conv", "affine")
+def _mac(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
     import torch.nn.functional as F
 
-    pr, a, op = lay.precision, lay.attrs, lay.op
-    if op in _PARAM_OPS:
-        h = _q(ins[0], pr.get("data_in"))
-        w = _deq(t, lay.tensors["weight"], pr.get("weight"))
-        b = _deq(t, lay.tensors.get("bias"), pr.get("bias"))
-        if op == "linear":
-            return F.linear(h, w, b)
-        if op == "conv":
-            conv = F.conv1d if len(a.kernel) == 1 else F.conv2d  # type: ignore[arg-type]
-            return conv(h, w, b, a.stride, a.padding, a.dilation, a.groups)
-        shape = (1, -1) + (1,) * (h.dim() - 2)
-        return h * w.reshape(shape) + (0 if b is None else b.reshape(shape))  # type: ignore[union-attr]
-    if op == "relu":
-        return _q(torch.relu(ins[0]), pr.get("data_out"))
-    if op in ("add", "sub", "mul"):
-        u, v = (_q(i, pr.get("data_in")) if isinstance(i, torch.Tensor) else i for i in ins)
-        return u + v if op == "add" else u - v if op == "sub" else u * v
-    if op == "reshape":
-        return ins[0].reshape(a.shape)
-    if op == "maxpool":
-        pool = F.max_pool1d if len(a.kernel) == 1 else F.max_pool2d  # type: ignore[arg-type]
-        return pool(ins[0], a.kernel, a.stride, a.padding)
-    if op == "global_avgpool":
-        return ins[0].mean(dim=tuple(range(2, ins[0].dim())), keepdim=True)
-    return ins[0]  # identity: the one op that passes its input on
+    pr, a = lay.precision, lay.attrs
+    h = _q(ins[0], pr.get("data_in"))
+    w = _deq(t, lay.tensors["weight"], pr.get("weight"))
+    b = _deq(t, lay.tensors.get("bias"), pr.get("bias"))
+    if lay.op == "linear":
+        return F.linear(h, w, b)
+    if lay.op == "conv":
+        conv = F.conv1d if len(a.kernel) == 1 else F.conv2d  # type: ignore[arg-type]
+        return conv(h, w, b, a.stride, a.padding, a.dilation, a.groups)
+    shape = (1, -1) + (1,) * (h.dim() - 2)
+    return h * w.reshape(shape) + (0 if b is None else b.reshape(shape))  # type: ignore[union-attr]
+
+
+@register_portable("relu")
+def _relu(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
+    return _q(torch.relu(ins[0]), lay.precision.get("data_out"))
+
+
+@register_portable("add", "sub", "mul")
+def _arith(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
+    u, v = (_q(i, lay.precision.get("data_in")) if isinstance(i, torch.Tensor) else i for i in ins)
+    return u + v if lay.op == "add" else u - v if lay.op == "sub" else u * v
+
+
+@register_portable("reshape")
+def _reshape(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
+    return ins[0].reshape(lay.attrs.shape)
+
+
+@register_portable("maxpool")
+def _maxpool(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    a = lay.attrs
+    pool = F.max_pool1d if len(a.kernel) == 1 else F.max_pool2d  # type: ignore[arg-type]
+    return pool(ins[0], a.kernel, a.stride, a.padding)
+
+
+@register_portable("global_avgpool")
+def _gap(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
+    return ins[0].mean(dim=tuple(range(2, ins[0].dim())), keepdim=True)
+
+
+@register_portable("identity")
+def _identity(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
+    return ins[0]
