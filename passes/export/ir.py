@@ -10,6 +10,7 @@ the precision of every quantized input/weight/bias/output. Ops outside this voca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from qfx.graph.meta import SHAPES, TensorPrecision, get_meta
-from qfx.graph.registry import OP_TRAITS, is_inplace
+from qfx.graph.registry import OP_TRAITS, OpRegistry, is_inplace
 from qfx.graph.trace import QGraph
 from qfx.passes.transforms.quantize.formats import code_range
 
@@ -69,55 +70,87 @@ def _input_names(n: fx.Node, fmt: str) -> list[str | float]:
     return out
 
 
-def _module_layer(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
-    meta = get_meta(n)
-    prec = dict(meta.precision)
-    src = n.args[0].name  # type: ignore[union-attr]
-    t = meta.op_type
-    if isinstance(m, nn.Linear):
-        p = {"weight": _param(m, "weight", m.weight)}
-        if m.bias is not None:
-            p["bias"] = _param(m, "bias", m.bias)
-        return Layer(n.name, "linear", [src], {}, p, prec)  # type: ignore[arg-type]
-    if isinstance(m, (nn.Conv1d, nn.Conv2d)) and not isinstance(m, nn.modules.conv._ConvTransposeNd):
-        if m.padding_mode != "zeros" or isinstance(m.padding, str):
-            raise _unsupported(n, f"conv padding {m.padding!r}/{m.padding_mode}", fmt)
-        p = {"weight": _param(m, "weight", m.weight)}
-        if m.bias is not None:
-            p["bias"] = _param(m, "bias", m.bias)
-        attrs = {"stride": list(m.stride), "padding": list(m.padding), "dilation": list(m.dilation), "groups": m.groups}
-        attrs["kernel"] = list(m.kernel_size)
-        return Layer(n.name, "conv", [src], attrs, p, prec)  # type: ignore[arg-type]
-    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        from qfx.passes.transforms.quantize.modules import fold_batch_norm
+ModuleRule = Callable[[fx.Node, nn.Module, str], Layer]
+# module class (float; quantized replacements resolve to it) -> the IR layer of a call of it
+IR_MODULE_RULES: OpRegistry[ModuleRule] = OpRegistry("deployment IR")
 
-        if m.running_mean is None:
-            raise _unsupported(n, "batch norm without running statistics", fmt)
-        with torch.no_grad():
-            scale, shift = fold_batch_norm(m)
-        p = {"weight": _param(m, "weight", scale), "bias": _param(m, "bias", shift)}
-        return Layer(n.name, "affine", [src], {}, p, prec)  # type: ignore[arg-type]
-    if t == "relu":
-        return _relu(n, prec)
-    if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
-        if m.dilation not in (1, (1, 1)) or m.ceil_mode or m.return_indices:
-            raise _unsupported(n, "max pool with dilation/ceil_mode/indices", fmt)
-        nd = 1 if isinstance(m, nn.MaxPool1d) else 2
 
-        def tup(v: Any) -> list[int]:
-            return list(v) if isinstance(v, tuple) else [v] * nd
+def _module_layer(n: fx.Node, m: nn.Module, fmt: str, modules: dict[str, nn.Module]) -> Layer:
+    rule = IR_MODULE_RULES.lookup(n, modules)
+    if rule is None:
+        raise _unsupported(n, f"module {type(m).__name__}", fmt)
+    return rule(n, m, fmt)
 
-        attrs = {"kernel": tup(m.kernel_size), "stride": tup(m.stride or m.kernel_size), "padding": tup(m.padding)}
-        return Layer(n.name, "maxpool", [src], attrs)
-    if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
-        if m.output_size not in (1, (1,), (1, 1)):
-            raise _unsupported(n, f"adaptive average pool to {m.output_size}", fmt)
-        return Layer(n.name, "global_avgpool", [src])
-    if isinstance(m, (nn.Flatten, nn.Unflatten)):
-        return Layer(n.name, "reshape", [src])
-    if isinstance(m, (nn.Dropout, nn.Identity)):
-        return Layer(n.name, "identity", [src])
-    raise _unsupported(n, f"module {type(m).__name__}", fmt)
+
+def _src(n: fx.Node) -> str:
+    return n.args[0].name  # type: ignore[union-attr]
+
+
+@IR_MODULE_RULES.register(nn.Linear)
+def _linear(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
+    p = {"weight": _param(m, "weight", m.weight)}
+    if m.bias is not None:
+        p["bias"] = _param(m, "bias", m.bias)
+    return Layer(n.name, "linear", [_src(n)], {}, p, dict(get_meta(n).precision))  # type: ignore[arg-type]
+
+
+@IR_MODULE_RULES.register(nn.Conv1d, nn.Conv2d)
+def _conv(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
+    if m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise _unsupported(n, f"conv padding {m.padding!r}/{m.padding_mode}", fmt)
+    p = {"weight": _param(m, "weight", m.weight)}
+    if m.bias is not None:
+        p["bias"] = _param(m, "bias", m.bias)
+    attrs = {"stride": list(m.stride), "padding": list(m.padding), "dilation": list(m.dilation), "groups": m.groups}
+    attrs["kernel"] = list(m.kernel_size)
+    return Layer(n.name, "conv", [_src(n)], attrs, p, dict(get_meta(n).precision))  # type: ignore[arg-type]
+
+
+@IR_MODULE_RULES.register(nn.BatchNorm1d, nn.BatchNorm2d)
+def _batch_norm(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
+    from qfx.passes.transforms.quantize.modules import fold_batch_norm
+
+    if m.running_mean is None:
+        raise _unsupported(n, "batch norm without running statistics", fmt)
+    with torch.no_grad():
+        scale, shift = fold_batch_norm(m)
+    p = {"weight": _param(m, "weight", scale), "bias": _param(m, "bias", shift)}
+    return Layer(n.name, "affine", [_src(n)], {}, p, dict(get_meta(n).precision))  # type: ignore[arg-type]
+
+
+@IR_MODULE_RULES.register(nn.ReLU)
+def _relu_module(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
+    return _relu(n, dict(get_meta(n).precision))
+
+
+@IR_MODULE_RULES.register(nn.MaxPool1d, nn.MaxPool2d)
+def _maxpool(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
+    if m.dilation not in (1, (1, 1)) or m.ceil_mode or m.return_indices:
+        raise _unsupported(n, "max pool with dilation/ceil_mode/indices", fmt)
+    nd = 1 if isinstance(m, nn.MaxPool1d) else 2
+
+    def tup(v: Any) -> list[int]:
+        return list(v) if isinstance(v, tuple) else [v] * nd
+
+    attrs = {"kernel": tup(m.kernel_size), "stride": tup(m.stride or m.kernel_size), "padding": tup(m.padding)}
+    return Layer(n.name, "maxpool", [_src(n)], attrs)
+
+
+@IR_MODULE_RULES.register(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+def _global_avgpool(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
+    if m.output_size not in (1, (1,), (1, 1)):
+        raise _unsupported(n, f"adaptive average pool to {m.output_size}", fmt)
+    return Layer(n.name, "global_avgpool", [_src(n)])
+
+
+@IR_MODULE_RULES.register(nn.Flatten, nn.Unflatten)
+def _flatten(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
+    return Layer(n.name, "reshape", [_src(n)])
+
+
+@IR_MODULE_RULES.register(nn.Dropout, nn.Identity)
+def _identity(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
+    return Layer(n.name, "identity", [_src(n)])
 
 
 def _relu(n: fx.Node, prec: dict[str, TensorPrecision]) -> Layer:
@@ -169,7 +202,7 @@ def _layer_of(n: fx.Node, graph: QGraph, modules: dict[str, nn.Module], layers: 
             raise _unsupported(n, "non-tensor or nested outputs", fmt)
         layers.append(Layer(n.name, "output", [o.name for o in outs]))
     elif n.op == "call_module" and getattr(modules[n.target], "node_op", None) is None:
-        lay = _module_layer(n, modules[n.target], fmt)
+        lay = _module_layer(n, modules[n.target], fmt, modules)
         lay.out_shape = meta.out_shape
         layers.append(lay)
     elif n.op == "get_attr":
