@@ -19,7 +19,7 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from qfx.graph.trace import QGraph
 from qfx.passes.export.ir import ExportError, Layer, build_ir
 from qfx.passes.transforms.quantize.formats import code_range
 
-HLS_OPS = ("linear", "affine", "relu", "identity")
+PASS_THROUGH = ("input", "output", "reshape", "identity")  # no hls4ml layer: the chain reads through them
 
 
 @dataclass(frozen=True)
@@ -80,13 +80,13 @@ class HlsPlan:
 
 
 def _chain(layers: list[Layer]) -> list[Layer]:
-    body = [lay for lay in layers if lay.op not in ("input", "output", "reshape", "identity")]
+    body = [lay for lay in layers if lay.op not in PASS_THROUGH]
     inputs = [lay for lay in layers if lay.op == "input"]
     outputs = [lay for lay in layers if lay.op == "output"]
     if len(inputs) != 1 or len(outputs) != 1 or len(outputs[0].inputs) != 1:
         raise ExportError("hls4ml: export needs one input and one output")
     for lay in body:
-        if lay.op not in HLS_OPS:
+        if lay.op not in HLS_MODULES:
             raise ExportError(
                 f"hls4ml: node {lay.name!r} ({lay.op}) cannot be exported; the hls4ml export supports chains of "
                 "nn.Linear, nn.BatchNorm1d (folded), ReLU and flatten/identity (use qonnx/onnx-qdq for convs, adds)"
@@ -104,25 +104,54 @@ def _chain(layers: list[Layer]) -> list[Layer]:
     return body
 
 
+PlainBuilder = Callable[[Layer], nn.Module]
+# deployment-IR op -> the float torch layer hls4ml's PyTorch converter reads for it; one registration per op
+HLS_MODULES: dict[str, PlainBuilder] = {}
+
+
+def register_hls(*ops: str) -> Callable[[PlainBuilder], PlainBuilder]:
+    """Register the plain torch layer hls4ml converts for IR op(s); a second registration of an op raises."""
+
+    def deco(fn: PlainBuilder) -> PlainBuilder:
+        for op in ops:
+            if op in HLS_MODULES:
+                raise ValueError(f"IR op {op!r} already has an hls4ml layer")
+            HLS_MODULES[op] = fn
+        return fn
+
+    return deco
+
+
 def _plain_module(lay: Layer) -> nn.Module:
     """The float torch layer hls4ml's PyTorch converter reads for one IR layer."""
-    if lay.op == "linear":
-        w = lay.params["weight"]
-        m: nn.Module = nn.Linear(w.shape[1], w.shape[0], bias="bias" in lay.params)
-        with torch.no_grad():
-            m.weight.copy_(w)
-            if m.bias is not None:
-                m.bias.copy_(lay.params["bias"])
-    elif lay.op == "affine":
-        m = nn.BatchNorm1d(lay.params["weight"].numel(), eps=0.0)  # scale = gamma / sqrt(1 + 0) exactly
-        with torch.no_grad():
-            m.weight.copy_(lay.params["weight"])
+    return HLS_MODULES[lay.op](lay).eval()
+
+
+@register_hls("linear")
+def _linear(lay: Layer) -> nn.Module:
+    w = lay.params["weight"]
+    m = nn.Linear(w.shape[1], w.shape[0], bias="bias" in lay.params)
+    with torch.no_grad():
+        m.weight.copy_(w)
+        if m.bias is not None:
             m.bias.copy_(lay.params["bias"])
-            m.running_mean.zero_()
-            m.running_var.fill_(1.0)
-    else:
-        m = nn.ReLU()
-    return m.eval()
+    return m
+
+
+@register_hls("affine")
+def _affine(lay: Layer) -> nn.Module:
+    m = nn.BatchNorm1d(lay.params["weight"].numel(), eps=0.0)  # scale = gamma / sqrt(1 + 0) exactly
+    with torch.no_grad():
+        m.weight.copy_(lay.params["weight"])
+        m.bias.copy_(lay.params["bias"])
+        m.running_mean.zero_()
+        m.running_var.fill_(1.0)
+    return m
+
+
+@register_hls("relu")
+def _relu(lay: Layer) -> nn.Module:
+    return nn.ReLU()
 
 
 def _mac_types(lay: Layer, cur: Fx, notes: list[str]) -> tuple[dict[str, str], Fx]:
