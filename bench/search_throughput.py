@@ -45,7 +45,8 @@ SEEDS = {
 }
 
 
-def per_trial(model_name: str, n_trials: int) -> list[str]:
+def _search_inputs(model_name: str) -> tuple:
+    """A briefly trained model's graph, the by-type space, an evaluator on 512 rows and the two metrics."""
     ds = load_dataset("digits")
     torch.manual_seed(0)
     m = build_model(model_name, ds.num_features, ds.num_classes)
@@ -55,6 +56,11 @@ def per_trial(model_name: str, n_trials: int) -> list[str]:
     # digits' validation split has 288 rows: time on 512 training rows instead (timing only)
     ev = Evaluator(g, ds.train.head(512), ds.num_classes, ["accuracy", "average_bitwidth"])
     metrics = {"accuracy": MetricSpec(scale=1.0), "average_bitwidth": MetricSpec(scale=-0.01)}
+    return g, space, ev, metrics
+
+
+def per_trial(model_name: str, n_trials: int) -> list[str]:
+    g, space, ev, metrics = _search_inputs(model_name)
     setup = StrategySetup(n_trials=n_trials, sampler="tpe")
     t0 = time.perf_counter()
     study, _ = run_study(space, ev, metrics, setup, None, progress=False)
@@ -82,14 +88,7 @@ def trial_floor(model_name: str, n_trials: int, storage_kind: str) -> list[str]:
 
     from qfx.search.study import write_outputs
 
-    ds = load_dataset("digits")
-    torch.manual_seed(0)
-    m = build_model(model_name, ds.num_features, ds.num_classes)
-    train(m, ds, epochs=3, progress=False)
-    g = analyze(trace(m, ds.val.x[:8]))
-    space = SearchSpace(g, "type", SEEDS)
-    ev = Evaluator(g, ds.train.head(512), ds.num_classes, ["accuracy", "average_bitwidth"])
-    metrics = {"accuracy": MetricSpec(scale=1.0), "average_bitwidth": MetricSpec(scale=-0.01)}
+    _, space, ev, metrics = _search_inputs(model_name)
     setup = StrategySetup(n_trials=n_trials, sampler="random", seed=0)
     with tempfile.TemporaryDirectory() as d:
         url = {"memory": None, "journal": f"journal:{Path(d) / 'j.log'}", "sqlite": f"sqlite:///{Path(d) / 's.db'}"}

@@ -19,7 +19,7 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from qfx.graph.meta import TensorPrecision
 from qfx.graph.trace import QGraph
-from qfx.passes.export.ir import ExportError, Layer, build_ir
+from qfx.passes.export.ir import ExportError, Layer, OpTable, build_ir
 from qfx.passes.transforms.quantize.formats import code_range
 
 PASS_THROUGH = ("input", "output", "reshape", "identity")  # no hls4ml layer: the chain reads through them
@@ -104,22 +104,9 @@ def _chain(layers: list[Layer]) -> list[Layer]:
     return body
 
 
-PlainBuilder = Callable[[Layer], nn.Module]
 # deployment-IR op -> the float torch layer hls4ml's PyTorch converter reads for it; one registration per op
-HLS_MODULES: dict[str, PlainBuilder] = {}
-
-
-def register_hls(*ops: str) -> Callable[[PlainBuilder], PlainBuilder]:
-    """Register the plain torch layer hls4ml converts for IR op(s); a second registration of an op raises."""
-
-    def deco(fn: PlainBuilder) -> PlainBuilder:
-        for op in ops:
-            if op in HLS_MODULES:
-                raise ValueError(f"IR op {op!r} already has an hls4ml layer")
-            HLS_MODULES[op] = fn
-        return fn
-
-    return deco
+HLS_MODULES = OpTable("hls4ml export")
+register_hls = HLS_MODULES.register
 
 
 def _plain_module(lay: Layer) -> nn.Module:

@@ -30,6 +30,25 @@ SUPPORTED = (
 )
 
 
+class OpTable(dict[str, Callable[..., Any]]):
+    """A back end's table keyed by deployment-IR op (``linear``, ``relu`` ...): ``@table.register("op")``
+    adds the function for op(s); a second registration of an op raises."""
+
+    def __init__(self, concern: str) -> None:
+        super().__init__()
+        self.concern = concern
+
+    def register(self, *ops: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+            for op in ops:
+                if op in self:
+                    raise ValueError(f"{self.concern}: IR op {op!r} is already registered")
+                self[op] = fn
+            return fn
+
+        return deco
+
+
 class ExportError(ValueError):
     """The graph holds something a format cannot express; the message names the node."""
 

@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qfx.graph.meta import TensorPrecision
 from qfx.graph.trace import QGraph
-from qfx.passes.export.ir import ExportError, Layer, build_ir
+from qfx.passes.export.ir import ExportError, Layer, OpTable, build_ir
 from qfx.passes.transforms.quantize.formats import code_range
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
@@ -119,22 +119,9 @@ class _Builder:
 
 
 Src = Callable[[int], str]  # input i of a layer as an ONNX tensor name (scalars become constants)
-Emitter = Callable[[_Builder, Layer, Src], str]
 # deployment-IR op -> the function writing its ONNX nodes (both flavours); one registration per op
-ONNX_EMITTERS: dict[str, Emitter] = {}
-
-
-def register_onnx(*ops: str) -> Callable[[Emitter], Emitter]:
-    """Register the ONNX form of IR op(s); a second registration of an op raises."""
-
-    def deco(fn: Emitter) -> Emitter:
-        for op in ops:
-            if op in ONNX_EMITTERS:
-                raise ValueError(f"IR op {op!r} already has an ONNX emitter")
-            ONNX_EMITTERS[op] = fn
-        return fn
-
-    return deco
+ONNX_EMITTERS = OpTable("ONNX export")
+register_onnx = ONNX_EMITTERS.register
 
 
 def _emit(b: _Builder, lay: Layer, env: dict[str, str]) -> str:

@@ -19,7 +19,6 @@ A quantized value is ``code * 2**-frac``. Activations are quantized where ``prec
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from qfx.graph.meta import TensorPrecision
 from qfx.graph.trace import SAVE_HOOKS, QGraph
-from qfx.passes.export.ir import build_ir
+from qfx.passes.export.ir import OpTable, build_ir
 from qfx.passes.transforms.quantize.formats import code_range
 
 FORMAT = "qfx-portable/1"
@@ -253,22 +252,9 @@ def _q(v: torch.Tensor, p: PortablePrecision | None) -> torch.Tensor:
     return torch.clamp(torch.round(v * s), lo, hi) / s
 
 
-Runner = Callable[[PortableLayer, list[Any], dict[str, torch.Tensor]], torch.Tensor]
 # manifest op -> how the plain-PyTorch reader computes it; one registration per op
-PORTABLE_RUNNERS: dict[str, Runner] = {}
-
-
-def register_portable(*ops: str) -> Callable[[Runner], Runner]:
-    """Register how the reader runs manifest op(s); a second registration of an op raises."""
-
-    def deco(fn: Runner) -> Runner:
-        for op in ops:
-            if op in PORTABLE_RUNNERS:
-                raise ValueError(f"portable op {op!r} already has a runner")
-            PORTABLE_RUNNERS[op] = fn
-        return fn
-
-    return deco
+PORTABLE_RUNNERS = OpTable("portable reader")
+register_portable = PORTABLE_RUNNERS.register
 
 
 def _run_layer(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
