@@ -51,12 +51,16 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+UNITS = {"average_bitwidth": " (bits)", "memory_bytes": " (bytes)", "model_size": " (bytes)",
+         "latency": " (ms)", "latency_per_sample": " (ms)"}  # fmt: skip
+
+
 def plot_history(data: StudyData, path: Path) -> Path:
     """One panel per objective (the summed objective, or each metric in its own units): trials and best so far."""
     series = {"sum of scaled metrics": (data.values, True)} if data.single else {
         m: ([t[m] for t in data.metrics], mx) for m, mx in data.objectives.items()
     }  # fmt: skip
-    fig = Figure(figsize=(7, 3.2 * len(series)))
+    fig = Figure(figsize=(8, 3.2 * len(series)))
     axes = fig.subplots(len(series), 1, squeeze=False)[:, 0]
     nums = np.array(data.numbers)
     ok = np.array(data.feasible, bool)
@@ -68,9 +72,10 @@ def plot_history(data: StudyData, path: Path) -> Path:
         if (~ok).any():
             ax.scatter(nums[~ok], v[~ok], s=14, marker="x", c="0.5", label="infeasible")
         ax.step(nums, np.where(np.isfinite(best), best, np.nan), where="post", color="C3", label="best so far")
-        ax.set(xlabel="trial", ylabel=name)
+        ax.set(xlabel="trial", ylabel=name + UNITS.get(name, ""))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # beside the points
+    fig.tight_layout()
     axes[0].set_title("Optimisation history")
     return _save(fig, path)
 
@@ -94,8 +99,7 @@ def plot_pareto(data: StudyData, path: Path) -> Path:
         ax.scatter(xy[~ok, 0], xy[~ok, 1], s=14, marker="x", c="0.75", label="infeasible (over budget)")
     order = np.argsort(xy[mask, 0])
     ax.plot(xy[mask, 0][order], xy[mask, 1][order], "o-", c="C3", label="Pareto front")
-    unit = {"average_bitwidth": " (bits)", "memory_bytes": " (bytes)", "model_size": " (bytes)"}
-    ax.set(xlabel=xl + unit.get(xl, ""), ylabel=yl + unit.get(yl, ""), title="Pareto front")
+    ax.set(xlabel=xl + UNITS.get(xl, ""), ylabel=yl + UNITS.get(yl, ""), title="Pareto front")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
