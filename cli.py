@@ -375,6 +375,7 @@ def _print_exports(done: list[Any]) -> None:
             [
                 e.fmt,
                 str(e.path),
+                a.get("checked_by", "-"),
                 a.get("samples", "-"),
                 a.get("required", "-"),
                 {True: "yes", False: "NO"}.get(a.get("ok"), "-"),  # type: ignore[arg-type]
@@ -383,7 +384,7 @@ def _print_exports(done: list[Any]) -> None:
                 a.get("same_class", "-"),
             ]
         )
-    headers = ["format", "written", "rows", "required", "passed", "bit-identical", "max |diff|", "same class"]
+    headers = ["format", "written", "checked by", "rows", "required", "passed", "bit-identical", "max |diff|", "same class"]
     print(tabulate(rows, headers=headers, tablefmt="github"))
     for e in done:
         for n in e.notes:

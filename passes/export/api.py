@@ -51,12 +51,41 @@ def _torch(graph: QGraph, out: Path, batch: int | None) -> Exported:
     return Exported("torch", export_portable(graph, out))
 
 
+def _da4ml(flavor: str) -> Callable[[QGraph, Path, int | None], Exported]:
+    def write(graph: QGraph, out: Path, batch: int | None) -> Exported:
+        from qfx.passes.export.da4ml_backend import trace_graph, write_project
+
+        tr = trace_graph(graph)
+        write_project(tr, out, flavor)
+        fmt = {"hls": "da4ml-hls"}.get(flavor, flavor)
+        note = (
+            f"da4ml estimate: {tr.luts:,.0f} LUTs, adder depth {tr.latency:g} (combinational; no control logic or "
+            f"registers); input port: {tr.input_precision} codes of {tr.in_shape}"
+        )
+        return Exported(fmt, out, [note], tr)
+
+    return write
+
+
 # format -> (writer, what it guarantees)
 FORMATS: dict[str, tuple[Callable[[QGraph, Path, int | None], Exported], str]] = {
     "qonnx": (_qonnx, "ONNX with QONNX Quant nodes; executed by qonnx's execute_onnx"),
     "onnx-qdq": (_qdq, "standard QuantizeLinear/DequantizeLinear (opset 21, <= 16 bits); executed by onnxruntime"),
     "hls4ml": (_hls, "hls4ml project with per-layer ap_fixed precisions; C simulation via compile()/predict()"),
     "torch": (_torch, "portable checkpoint: integer codes + manifest, torch.load(weights_only=True)"),
+    "verilog": (_da4ml("verilog"), "combinational Verilog from da4ml (adder graphs); da4ml's interpreter + Verilator"),
+    "vhdl": (_da4ml("vhdl"), "the same logic as VHDL; checked by da4ml's interpreter"),
+    "da4ml-hls": (_da4ml("hls"), "the same logic as HLS C++ (Vitis/Vivado HLS); checked by da4ml's interpreter"),
+}
+DA4ML_FORMATS = ("verilog", "vhdl", "da4ml-hls")
+CHECKED_BY = {
+    "qonnx": "qonnx execute_onnx",
+    "onnx-qdq": "onnxruntime",
+    "hls4ml": "hls4ml C simulation",
+    "torch": "plain-torch reader",
+    "verilog": "da4ml interpreter + Verilator",
+    "vhdl": "da4ml interpreter",
+    "da4ml-hls": "da4ml interpreter",
 }
 
 
@@ -68,6 +97,8 @@ def export(graph: QGraph, fmt: str, out: str | Path, batch: int | None = None) -
 
 
 def _target_outputs(e: Exported, x: np.ndarray) -> np.ndarray:
+    if e.fmt in DA4ML_FORMATS:
+        return _da4ml_outputs(e, x)
     if e.fmt == "qonnx":
         import onnx
 
@@ -90,6 +121,39 @@ def _target_outputs(e: Exported, x: np.ndarray) -> np.ndarray:
     return run_portable(e.path, torch.from_numpy(x)).numpy().reshape(len(x), -1)
 
 
+def _da4ml_outputs(e: Exported, x: np.ndarray) -> np.ndarray:
+    """da4ml's interpreter; for Verilog also the RTL compiled by Verilator where it is on PATH (the
+    outputs returned are the RTL's then, and the interpreter's must equal them)."""
+    from qfx.passes.export.da4ml_backend import RTLSimulator, tools
+
+    tr = e.handle
+    got = tr.predict(x)
+    e.agreement["checked_by"] = "da4ml interpreter"
+    if e.fmt != "verilog":
+        return got
+    missing = [t for t in ("verilator", "g++") if tools()[t] is None]
+    if missing:
+        e.notes.append(f"{' and '.join(missing)} not on PATH: the Verilog was checked by da4ml's interpreter only")
+        return got
+    rtl = RTLSimulator(Path(e.path), tr).predict(x)
+    e.agreement["checked_by"] = "da4ml interpreter + Verilator"
+    e.agreement["interpreter_vs_rtl_identical"] = bool(np.array_equal(rtl, got))
+    if not np.array_equal(rtl, got):
+        return np.where(rtl == got, rtl, np.nan)  # a disagreement between the two is a difference too
+    return rtl
+
+
+def _reference(e: Exported, graph: QGraph, x: torch.Tensor) -> np.ndarray:
+    """The graph's outputs; float64 for the fixed-point RTL formats, whose accumulators are exact (float32
+    rounds sums wider than 24 bits, the RTL does not)."""
+    import copy
+
+    with torch.no_grad():
+        if e.fmt in DA4ML_FORMATS:
+            return copy.deepcopy(graph.gm).double().eval()(x.double()).numpy().reshape(len(x), -1)
+        return graph.gm.eval()(x).detach().float().numpy().reshape(len(x), -1)
+
+
 def verification_inputs(x: torch.Tensor, rows: int = 1000, seed: int = 0) -> torch.Tensor:
     """``x`` followed by rows that reach and pass every saturation bound: normal noise at the data's own
     scale and at 4x, 16x and 64x it (seeded), ``rows`` in all (at least ``len(x)``)."""
@@ -110,14 +174,15 @@ def verify(e: Exported, graph: QGraph, x: torch.Tensor) -> dict[str, Any]:
     ``first_difference`` names the node where the outputs part (see :mod:`qfx.passes.export.verify`)."""
     from qfx.passes.export.verify import FLOAT_TOLERANCE, float_nodes, locate
 
-    with torch.no_grad():
-        ref = graph.gm.eval()(x).detach().float().numpy().reshape(len(x), -1)
+    ref = _reference(e, graph, x)
     got = _target_outputs(e, x.numpy().astype(np.float32))
     same = (got == ref).all(1) if ref.size else np.ones(len(x), bool)
     floats = float_nodes(graph)
-    diff = float(np.abs(got - ref).max()) if ref.size else 0.0
+    diff = float(np.nan_to_num(np.abs(got - ref), nan=np.inf).max()) if ref.size else 0.0
     tol = FLOAT_TOLERANCE * max(1.0, float(np.abs(ref).max()) if ref.size else 0.0)
     e.agreement = {
+        "checked_by": e.agreement.get("checked_by", CHECKED_BY.get(e.fmt, e.fmt)),
+        **{k: v for k, v in e.agreement.items() if k == "interpreter_vs_rtl_identical"},
         "samples": len(x),
         "max_abs_diff": diff,
         "bit_identical": bool(same.all()),

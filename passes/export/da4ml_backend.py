@@ -1,0 +1,472 @@
+"""The FPGA back end: a quantized graph traced into da4ml's fixed-point IR, with LUT cost and latency.
+
+da4ml (the distributed-arithmetic back end hls4ml uses) represents every value as an exact fixed-point
+interval and compiles each constant matrix-vector product (CMVM) into an adder graph. This module
+traces the deployment IR (:func:`~qfx.passes.export.ir.build_ir`) with the semantics of QuantizePass:
+
+- a quantized tensor is ``clamp(round_half_even(x * 2**frac), lo, hi) * 2**-frac`` with ``lo``/``hi``
+  from the format's code range (:func:`code_range`, so signedness comes from the format registry).
+  da4ml rounds half up or truncates; half-to-even is built exactly from its primitives (:func:`fixed`):
+  add ``2**-(f+1) - eps`` plus ``eps`` when the kept LSB is odd (``eps`` the value's own step), truncate,
+  saturate;
+- linear/conv/affine compute exactly (weights and biases are the quantized constants), ReLU then its
+  output quantization, add/sub/mul after their inputs' quantization, views reshape.
+
+Every tensor a MAC reads must be quantized (a float MAC has no fixed-point circuit): such a graph is
+refused naming the node, as is any op outside :data:`DA4ML_OPS`. The network input arrives as the
+codes of the format of its first reader (the host quantizes it; all readers must agree).
+
+Costs are da4ml's: ``cost`` is its LUT estimate of the combinational logic (adder graphs, ReLUs,
+quantizers, muxes), ``latency`` its adder depth; no control logic, registers or I/O. Each CMVM is solved
+once per (matrix, input intervals) and cached (:data:`CMVM_CACHE`), so a search pays each distinct layer
+configuration once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import re
+import shutil
+import subprocess
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qfx.graph.meta import TensorPrecision
+from qfx.graph.trace import QGraph
+from qfx.passes.export.ir import ExportError, Layer, OpTable, build_ir
+from qfx.passes.transforms.quantize.formats import code_range
+
+FMT = "da4ml"
+CACHE_SIZE = 4096
+
+
+def _da4ml() -> Any:
+    try:
+        import da4ml.trace as trace
+    except ImportError as e:  # pragma: no cover - da4ml is a declared dependency of the deploy extra
+        raise ExportError("the FPGA back end needs da4ml: pip install 'qfx[deploy]'") from e
+    return trace
+
+
+def kif(p: TensorPrecision) -> tuple[int, int, int]:
+    """da4ml's (sign bit, integer bits, fraction bits) of a fixed-point precision."""
+    lo, hi = code_range(p)  # type: ignore[misc]  # build_ir refused non fixed-point precisions
+    k = int(lo < 0)
+    f = p.frac or 0
+    return k, p.width - k - f, f
+
+
+def _fixed_var(v: Any, k: int, i: int, f: int) -> Any:
+    """Round half to even to ``f`` fraction bits, then saturate to (k, i, f): exact, built from TRN ops."""
+    _f = v.kif[2]
+    if _f <= f or v.low == v.high and float(v.low) * 2.0**f == math.floor(float(v.low) * 2.0**f):
+        return v.quantize(k, i, f, "SAT", "TRN")
+    step, eps = 2.0**-f, 2.0**-_f
+    lsb = v.quantize(0, 1 - f, f, "WRAP", "TRN")  # the kept LSB: 0 or 2**-f
+    return (v + (step / 2 - eps) + lsb * (eps / step)).quantize(k, i, f, "SAT", "TRN")
+
+
+def fixed(x: Any, p: TensorPrecision | None) -> Any:
+    """``x`` (a FixedVariableArray) quantized as QuantizePass does for precision ``p`` (None: unchanged)."""
+    if p is None:
+        return x
+    trace = _da4ml()
+    k, i, f = kif(p)
+    out = np.array([_fixed_var(v, k, i, f) for v in x._vars.ravel()], dtype=object).reshape(x._vars.shape)
+    return trace.FixedVariableArray(out, x.solver_options, hwconf=x.hwconf)
+
+
+# (matrix bytes, shape, input intervals) -> da4ml solution; LRU
+CMVM_CACHE: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+CACHE_STATS = {"hits": 0, "misses": 0}
+
+
+def cmvm(x: Any, mat: np.ndarray) -> Any:
+    """``x @ mat`` for a vector FixedVariableArray and a constant matrix, through a cached CMVM solution."""
+    from da4ml.cmvm import solve
+
+    trace = _da4ml()
+    mat = np.ascontiguousarray(mat, dtype=np.float32)
+    qint = tuple((float(v.low), float(v.high), float(v.step)) for v in x._vars)
+    key = (mat.tobytes(), mat.shape, qint)
+    sol = CMVM_CACHE.get(key)
+    if sol is None:
+        CACHE_STATS["misses"] += 1
+        sol = solve(mat, qintervals=list(qint), latencies=[0.0] * len(qint))
+        CMVM_CACHE[key] = sol
+        if len(CMVM_CACHE) > CACHE_SIZE:
+            CMVM_CACHE.popitem(last=False)
+    else:
+        CACHE_STATS["hits"] += 1
+        CMVM_CACHE.move_to_end(key)
+    return trace.FixedVariableArray(np.asarray(sol(x._vars), dtype=object), x.solver_options, hwconf=x.hwconf)
+
+
+def _exact(w: torch.Tensor, lay: Layer, role: str) -> np.ndarray:
+    """Constant ``role`` of ``lay`` as float64; refused when float32 (da4ml's kernel type) changes it."""
+    a = w.detach().double().numpy()
+    if role in ("weight",) and not np.array_equal(a.astype(np.float32).astype(np.float64), a):
+        raise ExportError(f"{FMT}: node {lay.name!r} {role} is not exact in float32 (da4ml's constant type)")
+    return a
+
+
+# deployment-IR op -> fn(layer, input arrays (FixedVariableArray | float), env) -> FixedVariableArray
+DA4ML_OPS = OpTable("da4ml")
+register_da4ml = DA4ML_OPS.register
+
+
+def _needs(lay: Layer, *roles: str) -> None:
+    missing = [r for r in roles if r not in lay.precision]
+    if missing:
+        raise ExportError(
+            f"{FMT}: node {lay.name!r} ({lay.op}) does not quantize {', '.join(missing)}; a fixed-point circuit "
+            "needs every MAC operand quantized (quantize the node, or export to onnx/torch)"
+        )
+
+
+def _affine_out(lay: Layer, acc: Any, channels_first: bool) -> Any:
+    b = lay.params.get("bias")
+    if b is None:
+        return acc
+    bias = _exact(b, lay, "bias")
+    if channels_first and acc.ndim > 1:
+        bias = bias.reshape((-1,) + (1,) * (acc.ndim - 1))
+    return acc + bias
+
+
+@register_da4ml("linear")
+def _linear(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
+    _needs(lay, "data_in", "weight", *(("bias",) if "bias" in lay.params else ()))
+    x = fixed(ins[0], lay.precision["data_in"])
+    w = _exact(lay.params["weight"], lay, "weight").T  # (in, out)
+    flat = x.reshape((-1, x.shape[-1]))
+    rows = [cmvm(flat[r], w) for r in range(flat.shape[0])]
+    acc = _stack(rows).reshape((*x.shape[:-1], w.shape[1]))
+    b = lay.params.get("bias")
+    return acc if b is None else acc + _exact(b, lay, "bias")
+
+
+def _stack(arrs: list[Any]) -> Any:
+    trace = _da4ml()
+    return trace.FixedVariableArray(np.stack([a._vars for a in arrs]), arrs[0].solver_options, hwconf=arrs[0].hwconf)
+
+
+def _zero(x: Any) -> Any:
+    from da4ml.trace import FixedVariable
+
+    return FixedVariable.from_const(0.0, hwconf=x.hwconf)
+
+
+@register_da4ml("conv")
+def _conv(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
+    """Conv1d/2d unrolled over output positions: one CMVM per (position, group), solutions shared."""
+    _needs(lay, "data_in", "weight", *(("bias",) if "bias" in lay.params else ()))
+    trace = _da4ml()
+    x = fixed(ins[0], lay.precision["data_in"])
+    a = lay.attrs
+    nd = len(a["kernel"])
+    xv = x._vars.reshape((x.shape[0],) + x.shape[1:] + (1,) * (2 - nd))  # (C, H, W) with W=1 for 1-d
+    pad = list(a["padding"]) + [0] * (2 - nd)
+    dil = list(a["dilation"]) + [1] * (2 - nd)
+    st = list(a["stride"]) + [1] * (2 - nd)
+    kern = list(a["kernel"]) + [1] * (2 - nd)
+    c, h, wd = xv.shape
+    padded = np.full((c, h + 2 * pad[0], wd + 2 * pad[1]), _zero(x), dtype=object)
+    padded[:, pad[0] : pad[0] + h, pad[1] : pad[1] + wd] = xv
+    oh = (h + 2 * pad[0] - dil[0] * (kern[0] - 1) - 1) // st[0] + 1
+    ow = (wd + 2 * pad[1] - dil[1] * (kern[1] - 1) - 1) // st[1] + 1
+    wt = _exact(lay.params["weight"], lay, "weight")
+    cout, groups = wt.shape[0], a["groups"]
+    cin_g, cout_g = c // groups, cout // groups
+    wt = wt.reshape(cout, cin_g, kern[0], kern[1])
+    out = np.empty((cout, oh, ow), dtype=object)
+    for g in range(groups):
+        mat = wt[g * cout_g : (g + 1) * cout_g].reshape(cout_g, -1).T  # (cin_g*kh*kw, cout_g)
+        for i in range(oh):
+            for j in range(ow):
+                hs, ws = i * st[0], j * st[1]
+                patch = padded[
+                    g * cin_g : (g + 1) * cin_g,
+                    hs : hs + dil[0] * (kern[0] - 1) + 1 : dil[0],
+                    ws : ws + dil[1] * (kern[1] - 1) + 1 : dil[1],
+                ].ravel()
+                vec = trace.FixedVariableArray(patch, x.solver_options, hwconf=x.hwconf)
+                out[g * cout_g : (g + 1) * cout_g, i, j] = cmvm(vec, mat)._vars
+    res = trace.FixedVariableArray(out if nd == 2 else out.reshape(cout, oh), hwconf=x.hwconf)
+    return _affine_out(lay, res, channels_first=True)
+
+
+@register_da4ml("affine")
+def _affine(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
+    _needs(lay, "data_in", "weight", "bias")
+    x = fixed(ins[0], lay.precision["data_in"])
+    w = _exact(lay.params["weight"], lay, "weight")
+    w = w.reshape((-1,) + (1,) * (x.ndim - 1))
+    return _affine_out(lay, x * w, channels_first=True)
+
+
+@register_da4ml("relu")
+def _relu(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
+    return fixed(ins[0].relu(), lay.precision.get("data_out"))
+
+
+def _dyadic(v: float, lay: Layer) -> float:
+    if not math.isfinite(v) or v * 2.0**24 != math.floor(v * 2.0**24) or abs(v) > 2.0**24:
+        raise ExportError(f"{FMT}: node {lay.name!r} uses the constant {v!r}, not an exact fixed-point value")
+    return v
+
+
+@register_da4ml("add", "sub", "mul")
+def _arith(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
+    p = lay.precision.get("data_in")
+    u, v = (fixed(i, p) if not isinstance(i, float) else _dyadic(i, lay) for i in ins)
+    if lay.op == "mul" and not (isinstance(u, float) or isinstance(v, float)):
+        _needs(lay, "data_in")
+    return u + v if lay.op == "add" else u - v if lay.op == "sub" else u * v
+
+
+@register_da4ml("reshape")
+def _reshape(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
+    return ins[0].reshape(tuple(lay.out_shape[1:]))  # type: ignore[index]
+
+
+@register_da4ml("identity")
+def _identity(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
+    return ins[0]
+
+
+@register_da4ml("maxpool")
+def _maxpool(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
+    trace = _da4ml()
+    a = lay.attrs
+    if any(a["padding"]):
+        raise ExportError(f"{FMT}: node {lay.name!r}: max pool with padding is not supported")
+    x = ins[0]._vars
+    nd = len(a["kernel"])
+    xv = x.reshape(x.shape + (1,) * (2 - nd))
+    k = list(a["kernel"]) + [1] * (2 - nd)
+    s = list(a["stride"]) + [1] * (2 - nd)
+    oh, ow = (xv.shape[1] - k[0]) // s[0] + 1, (xv.shape[2] - k[1]) // s[1] + 1
+    out = np.empty((xv.shape[0], oh, ow), dtype=object)
+    for idx in np.ndindex(out.shape):
+        c, i, j = idx
+        win = xv[c, i * s[0] : i * s[0] + k[0], j * s[1] : j * s[1] + k[1]].ravel()
+        m = win[0]
+        for v in win[1:]:
+            m = m.max_of(v)
+        out[idx] = m
+    return trace.FixedVariableArray(out.reshape(out.shape[: 1 + nd]), hwconf=ins[0].hwconf)
+
+
+@register_da4ml("global_avgpool")
+def _gap(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
+    trace = _da4ml()
+    x = ins[0]._vars
+    flat = x.reshape(x.shape[0], -1)
+    n = flat.shape[1]
+    if n & (n - 1):
+        raise ExportError(f"{FMT}: node {lay.name!r}: average over {n} positions is not a power of two (inexact)")
+    out = np.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=object)
+    for c in range(x.shape[0]):
+        s = flat[c, 0]
+        for v in flat[c, 1:]:
+            s = s + v
+        out.reshape(-1)[c] = s * (1.0 / n)
+    return trace.FixedVariableArray(out, hwconf=ins[0].hwconf)
+
+
+@dataclass
+class Traced:
+    """A graph as one da4ml combinational logic: ``comb`` (cost, latency, predict), the input precision
+    (the host feeds its codes) and the per-sample input/output shapes."""
+
+    comb: Any
+    input_precision: TensorPrecision
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+
+    @property
+    def luts(self) -> float:
+        return float(self.comb.cost)
+
+    @property
+    def latency(self) -> float:
+        return float(self.comb.latency[1])
+
+    def quantize_input(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The float64 fixed-point values the host feeds for float inputs ``x`` (QuantizePass semantics)."""
+        from qfx.passes.transforms.quantize.quantizers import make_quantizer
+
+        t = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+        return make_quantizer(self.input_precision)(t).numpy().reshape(len(t), -1)
+
+    def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """da4ml's bit-exact interpreter on float inputs (quantized to the input precision first)."""
+        return np.asarray(self.comb.predict(self.quantize_input(x), n_threads=1)).reshape(len(x), -1)
+
+
+def _input_precision(layers: list[Layer]) -> TensorPrecision:
+    """The precision every reader of the input quantizes it to (through reshapes): the port's format."""
+    front = [next(lay.name for lay in layers if lay.op == "input")]
+    readers: list[Layer] = []
+    while front:
+        name = front.pop()
+        for lay in layers:
+            if name in lay.inputs:
+                (front.append(lay.name) if lay.op in ("reshape", "identity") else readers.append(lay))
+    precs = {str(lay.precision.get("data_in")): lay.precision.get("data_in") for lay in readers}
+    if len(precs) != 1 or None in precs.values():
+        who = ", ".join(f"{lay.name} ({lay.precision.get('data_in') or 'float'})" for lay in readers)
+        raise ExportError(
+            f"{FMT}: the input must be read at one fixed-point precision (the RTL's input port); "
+            f"its readers read it as: {who}"
+        )
+    return next(iter(precs.values()))  # type: ignore[return-value]
+
+
+def trace_graph(graph: QGraph) -> Traced:
+    """The graph traced into one da4ml combinational logic (raises :class:`ExportError` naming a node it
+    cannot express)."""
+    trace = _da4ml()
+    layers = build_ir(graph, FMT)
+    if sum(lay.op == "input" for lay in layers) != 1:
+        raise ExportError(f"{FMT}: the RTL back end takes graphs with exactly one input")
+    p_in = _input_precision(layers)
+    env: dict[str, Any] = {}
+    inp = None
+    out_name = None
+    for lay in layers:
+        if lay.op == "input":
+            inp = trace.FixedVariableArrayInput(tuple(lay.out_shape[1:]))  # type: ignore[index]
+            env[lay.name] = inp.quantize(*kif(p_in), "WRAP", "TRN")  # the port carries the codes
+            continue
+        if lay.op == "output":
+            if len(lay.inputs) != 1:
+                raise ExportError(f"{FMT}: the RTL back end takes graphs with exactly one output")
+            out_name = lay.inputs[0]
+            continue
+        fn = DA4ML_OPS.get(lay.op)
+        if fn is None:
+            raise ExportError(f"{FMT}: node {lay.name!r} ({lay.op}) has no fixed-point circuit; supported: {', '.join(DA4ML_OPS)}")
+        env[lay.name] = fn(lay, [env[i] if isinstance(i, str) else i for i in lay.inputs], env)
+    out = env[out_name]  # type: ignore[index]
+    if not hasattr(out, "_vars"):
+        raise ExportError(f"{FMT}: the output {out_name!r} is not a tensor computed from the input")
+    comb = trace.comb_trace(inp, out)
+    return Traced(comb, p_in, tuple(inp.shape), tuple(out.shape))  # type: ignore[union-attr]
+
+
+
+# ---------------------------------------------------------------- projects, simulation, synthesis
+
+TOP = "qfx_model"
+STATIC_SOURCES = ("binop.v", "multiplier.v", "mux.v", "negative.v", "shift_adder.v")  # no lookup tables
+
+
+def write_project(traced: Traced, out: str | Path, flavor: str) -> Path:
+    """Write da4ml's project for ``traced`` into directory ``out``: ``verilog``/``vhdl`` (RTL with
+    Vivado/Quartus scripts, ``src/qfx_model.v``) or ``hls`` (da4ml's HLS C++). Returns ``out``."""
+    from da4ml.codegen import HLSModel, RTLModel
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if traced.comb.lookup_tables:
+        raise ExportError(f"{FMT}: the traced logic uses lookup tables, which qfx does not emit")
+    if flavor == "hls":
+        HLSModel(traced.comb, TOP, out).write()
+    else:
+        RTLModel(traced.comb, TOP, out, flavor=flavor).write()
+    return out
+
+
+def tools() -> dict[str, str | None]:
+    """The external tools the RTL checks use, with their paths (None: not on PATH)."""
+    return {t: shutil.which(t) for t in ("verilator", "yosys", "g++")}
+
+
+def _verilator_include() -> Path:
+    """Verilator's include directory (``verilator --getenv VERILATOR_ROOT``)."""
+    r = subprocess.run(["verilator", "--getenv", "VERILATOR_ROOT"], capture_output=True, text=True, check=True)
+    return Path(r.stdout.strip()) / "include"
+
+
+class RTLSimulator:
+    """The Verilog of a project compiled by Verilator into a shared library, run on batches of inputs.
+
+    Built here (not with da4ml's makefile) so that it works with the Verilator of the Debian/Ubuntu
+    package as well: ``verilator --cc --build`` then g++ links da4ml's binder with Verilator's runtime."""
+
+    def __init__(self, project: Path, traced: Traced, jobs: int = 2) -> None:
+        self.traced = traced
+        sim = project / "sim"
+        obj = sim / "obj_dir"
+        shutil.rmtree(obj, ignore_errors=True)
+        wrapper = f"{TOP}_wrapper"
+        inc = _verilator_include()
+        self._run(
+            ["verilator", "--cc", "--build", "-j", str(jobs), f"{wrapper}.v", "--prefix", f"V{wrapper}",
+             "-CFLAGS", "-std=c++17 -fPIC -O", "-I../src", "-I../src/static"], sim)  # fmt: skip
+        lib = sim / f"lib{wrapper}.so"
+        self._run(
+            ["g++", "-std=c++17", "-fPIC", "-O", "-shared", "-pthread", f"-I{obj}", f"-I{inc}", f"-I{inc / 'vltstd'}",
+             "-I../src", "-o", str(lib), f"{wrapper}_binder.cc", str(obj / f"V{wrapper}__ALL.a"),
+             str(inc / "verilated.cpp"), str(inc / "verilated_threads.cpp"), "-Wl,--no-undefined"], sim)  # fmt: skip
+        self._lib = ctypes.CDLL(str(lib))
+
+    @staticmethod
+    def _run(cmd: list[str], cwd: Path) -> None:
+        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        if r.returncode != 0:
+            tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"{cmd[0]} failed in {cwd}: {' / '.join(tail)}")
+
+    def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The RTL's outputs for float inputs ``x`` (quantized to the input precision first)."""
+        from da4ml.codegen.rtl.rtl_model import get_io_kifs
+
+        comb = self.traced.comb
+        data = self.traced.quantize_input(x)
+        n_in, n_out = comb.shape
+        kin, kout = get_io_kifs(comb)
+        w_in, w_out = int(sum(map(np.max, kin))), int(sum(map(np.max, kout)))
+        if max(w_in, w_out) > 32:
+            raise ExportError(f"{FMT}: ports of {w_in}/{w_out} bits do not fit the simulator's int32 words")
+        f_in = int(np.max(kin[2]))
+        inp = np.ascontiguousarray(np.floor(data.ravel() * 2.0**f_in), dtype=np.int32)
+        out = np.empty(len(data) * n_out, dtype=np.int32)
+        ptr = ctypes.POINTER(ctypes.c_int32)
+        self._lib.inference(inp.ctypes.data_as(ptr), out.ctypes.data_as(ptr), ctypes.c_size_t(len(data)), ctypes.c_size_t(1))
+        k, i, f = (int(np.max(a)) for a in kout)
+        span, off = 2.0 ** (k + i + f), k * 2.0 ** (i + f)
+        return ((out.reshape(len(data), n_out).astype(np.float64) + off) % span - off) * 2.0**-f
+
+
+def synth(project: Path, timeout: float = 1800) -> dict[str, int]:
+    """Yosys ``synth_xilinx`` of the project's Verilog: cell counts ``LUT`` (all LUT1-6), ``FF``, ``CARRY``
+    (CARRY4/8), ``DSP`` (DSP48*), ``MUXF`` and each raw cell type. Raises RuntimeError when yosys fails."""
+    src = project / "src"
+    files = [str(src / "static" / s) for s in STATIC_SOURCES] + [str(src / f"{TOP}.v")]
+    stat = project / "yosys_stat.txt"
+    script = f"read_verilog -sv {' '.join(files)}; synth_xilinx -top {TOP} -flatten; tee -q -o {stat} stat"
+    r = subprocess.run(["yosys", "-q", "-p", script], capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"yosys failed: {' / '.join((r.stderr or r.stdout).strip().splitlines()[-3:])}")
+    cells: dict[str, int] = {}
+    for line in stat.read_text().splitlines():
+        m = re.match(r"^\s+(\w+)\s+(\d+)$", line)
+        if m:
+            cells[m.group(1)] = int(m.group(2))
+    total = {
+        "LUT": sum(v for c, v in cells.items() if re.fullmatch(r"LUT\d", c)) + cells.get("INV", 0),
+        "FF": sum(v for c, v in cells.items() if re.fullmatch(r"FD\w*", c)),
+        "CARRY": sum(v for c, v in cells.items() if c.startswith("CARRY")),
+        "DSP": sum(v for c, v in cells.items() if c.startswith("DSP")),
+        "MUXF": sum(v for c, v in cells.items() if c.startswith("MUXF")),
+    }
+    return {**total, **{f"cell:{c}": v for c, v in sorted(cells.items())}}
