@@ -384,7 +384,17 @@ def _print_exports(done: list[Any]) -> None:
                 a.get("same_class", "-"),
             ]
         )
-    headers = ["format", "written", "checked by", "rows", "required", "passed", "bit-identical", "max |diff|", "same class"]
+    headers = [
+        "format",
+        "written",
+        "checked by",
+        "rows",
+        "required",
+        "passed",
+        "bit-identical",
+        "max |diff|",
+        "same class",
+    ]
     print(tabulate(rows, headers=headers, tablefmt="github"))
     for e in done:
         for n in e.notes:

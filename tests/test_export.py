@@ -200,7 +200,10 @@ def test_cli_export_and_search_export(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("True") >= 3 and (tmp_path / "x" / "onnx-qdq" / "model.onnx").is_file()
     assert cli.main(["export", "--graph", str(tmp_path / "g"), "--format", "tflite", "--out", str(tmp_path)]) == 2
-    assert "unknown export format(s) ['tflite']; formats: qonnx, onnx-qdq, hls4ml, torch, verilog, vhdl, da4ml-hls" in capsys.readouterr().err
+    assert (
+        "unknown export format(s) ['tflite']; formats: qonnx, onnx-qdq, hls4ml, torch, verilog, vhdl, da4ml-hls"
+        in capsys.readouterr().err
+    )
     from search_helpers import ROOT
 
     args = ["search", "--config", str(ROOT / "configs" / "jsc_tiny_by_type.toml"), "--n-trials", "3", "--no-progress"]

@@ -353,14 +353,15 @@ def trace_graph(graph: QGraph) -> Traced:
             continue
         fn = DA4ML_OPS.get(lay.op)
         if fn is None:
-            raise ExportError(f"{FMT}: node {lay.name!r} ({lay.op}) has no fixed-point circuit; supported: {', '.join(DA4ML_OPS)}")
+            raise ExportError(
+                f"{FMT}: node {lay.name!r} ({lay.op}) has no fixed-point circuit; supported: {', '.join(DA4ML_OPS)}"
+            )
         env[lay.name] = fn(lay, [env[i] if isinstance(i, str) else i for i in lay.inputs], env)
     out = env[out_name]  # type: ignore[index]
     if not hasattr(out, "_vars"):
         raise ExportError(f"{FMT}: the output {out_name!r} is not a tensor computed from the input")
     comb = trace.comb_trace(inp, out)
     return Traced(comb, p_in, tuple(inp.shape), tuple(out.shape))  # type: ignore[union-attr]
-
 
 
 # ---------------------------------------------------------------- projects, simulation, synthesis
@@ -441,7 +442,9 @@ class RTLSimulator:
         inp = np.ascontiguousarray(np.floor(data.ravel() * 2.0**f_in), dtype=np.int32)
         out = np.empty(len(data) * n_out, dtype=np.int32)
         ptr = ctypes.POINTER(ctypes.c_int32)
-        self._lib.inference(inp.ctypes.data_as(ptr), out.ctypes.data_as(ptr), ctypes.c_size_t(len(data)), ctypes.c_size_t(1))
+        self._lib.inference(
+            inp.ctypes.data_as(ptr), out.ctypes.data_as(ptr), ctypes.c_size_t(len(data)), ctypes.c_size_t(1)
+        )
         k, i, f = (int(np.max(a)) for a in kout)
         span, off = 2.0 ** (k + i + f), k * 2.0 ** (i + f)
         return ((out.reshape(len(data), n_out).astype(np.float64) + off) % span - off) * 2.0**-f
