@@ -459,6 +459,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Verilog of a saved graph through da4ml, then Yosys ``synth_xilinx``: LUT/FF/CARRY/DSP beside da4ml's
+    estimate. Absent tools are named in one line (exit 2)."""
+    from tabulate import tabulate
+
+    from qfx.graph import QGraph
+    from qfx.graph.safeio import check_out_dir
+    from qfx.passes.export.da4ml_backend import synth, tools, trace_graph, write_project
+
+    if tools()["yosys"] is None:
+        raise UsageError("yosys is not on PATH: synthesis needs it", "apt-get install yosys (or use qfx export)")
+    g = QGraph.load(args.graph, trust=args.trust_checkpoint)
+    out = check_out_dir(Path(args.out) if args.out else Path(args.graph) / "synth")
+    tr = trace_graph(g)
+    write_project(tr, out, "verilog")
+    _note(f"yosys synth_xilinx of {out / 'src'} (a jsc-s-sized network takes about a minute)")
+    cells = synth(out)
+    rows = [["yosys synth_xilinx", cells["LUT"], cells["FF"], cells["CARRY"], cells["DSP"], cells["MUXF"]]]
+    rows.append(["da4ml estimate", f"{tr.luts:.0f}", "-", "-", "-", "-"])
+    print(tabulate(rows, headers=["", "LUT", "FF", "CARRY", "DSP", "MUXF7/8"], tablefmt="github"))
+    print(f"\ncombinational adder depth {tr.latency:g} (da4ml); cell counts in {out / 'yosys_stat.txt'}")
+    return 0
+
+
 def _verification_batch(args: argparse.Namespace, g: Any) -> Any:
     """``--data``'s split (else the graph's example inputs) plus saturating rows: ``--verify-rows`` in all."""
     from qfx.passes.export.api import verification_inputs
@@ -829,6 +853,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _trust_arg(p)
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser(
+        "synth",
+        help="synthesize a saved quantized graph's Verilog with yosys (LUT/FF/CARRY/DSP)",
+        description="Trace the graph into da4ml's adder graphs, write its Verilog and run Yosys synth_xilinx: "
+        "an open-source count of the FPGA cells beside da4ml's LUT estimate. Needs yosys on PATH.",
+    )
+    p.add_argument("--graph", required=True, help="directory written by QGraph.save")
+    p.add_argument("--out", help="project directory (default GRAPH/synth)")
+    _trust_arg(p)
+    p.set_defaults(fn=cmd_synth)
     return ap
 
 

@@ -94,6 +94,26 @@ for _m in (
     register_metric(_m)
 
 
+def _fpga(fn: str) -> Callable[[MetricContext], float]:
+    def measure(ctx: MetricContext) -> float:
+        from qfx.hw import fpga
+
+        return float(getattr(fpga, fn)(ctx.graph))
+
+    return measure
+
+
+for _m in (
+    Metric("ebops", "hardware", "minimize", "effective BOPs: used bits of each weight x its input width (hw/fpga)",
+           _fpga("ebops")),
+    Metric("fpga_luts", "hardware", "minimize", "da4ml's LUT estimate of the generated RTL's datapath (hw/fpga)",
+           _fpga("fpga_luts")),
+    Metric("fpga_latency", "hardware", "minimize", "da4ml's adder depth of that combinational logic (hw/fpga)",
+           _fpga("fpga_latency")),
+):  # fmt: skip
+    register_metric(_m)
+
+
 def scalarize(values: Callable[[str], float], metrics: dict[str, Any], signed: bool = False) -> float:
     """The one scalar objective: sum of ``scale * value`` over the configured metrics (``sum_scaled_metrics``).
 

@@ -63,7 +63,14 @@ def kif(p: TensorPrecision) -> tuple[int, int, int]:
 
 
 def _fixed_var(v: Any, k: int, i: int, f: int) -> Any:
-    """Round half to even to ``f`` fraction bits, then saturate to (k, i, f): exact, built from TRN ops."""
+    """Round half to even to ``f`` fraction bits, then saturate to (k, i, f): exact, built from TRN ops.
+
+    da4ml carries constant shifts as a power-of-two ``_factor`` on a variable; its saturation muxes can
+    order their constant operand wrongly when that factor is far from 1. The value is therefore looked at
+    in units of its factor (``v * 2**e`` is the same wires, a relabelling) and scaled back afterwards."""
+    e = -round(math.log2(abs(float(v._factor)))) if v.low != v.high else 0
+    if e:
+        return _fixed_var(v * 2.0**e, k, i + e, f - e) * 2.0**-e
     _f = v.kif[2]
     if _f <= f or v.low == v.high and float(v.low) * 2.0**f == math.floor(float(v.low) * 2.0**f):
         return v.quantize(k, i, f, "SAT", "TRN")
@@ -410,9 +417,32 @@ class RTLSimulator:
         shutil.rmtree(obj, ignore_errors=True)
         wrapper = f"{TOP}_wrapper"
         inc = _verilator_include()
+        compat = sim / "static_compat"  # lint pragmas older Verilators (Debian's 5.006) reject: same logic
+        compat.mkdir(exist_ok=True)
+        for f in (project / "src" / "static").glob("*.v"):
+            (compat / f.name).write_text(re.sub(r"lint_(off|on) WIDTH(TRUNC|EXPAND)", r"lint_\1 WIDTH", f.read_text()))
         self._run(
-            ["verilator", "--cc", "--build", "-j", str(jobs), f"{wrapper}.v", "--prefix", f"V{wrapper}",
-             "-CFLAGS", "-std=c++17 -fPIC -O", "-I../src", "-I../src/static"], sim)  # fmt: skip
+            [
+                "verilator",
+                "--cc",
+                "--build",
+                "-j",
+                str(jobs),
+                f"{wrapper}.v",
+                "--prefix",
+                f"V{wrapper}",
+                "-CFLAGS",
+                "-std=c++17 -fPIC -O0",
+                "-MAKEFLAGS",
+                "OPT_FAST=-O0",
+                "-MAKEFLAGS",
+                "OPT_SLOW=-O0",
+                "-I../src",
+                "-Istatic_compat",
+                "-I../src/static",
+            ],
+            sim,
+        )  # fmt: skip  -O0: -Os takes minutes
         lib = sim / f"lib{wrapper}.so"
         self._run(
             ["g++", "-std=c++17", "-fPIC", "-O", "-shared", "-pthread", f"-I{obj}", f"-I{inc}", f"-I{inc / 'vltstd'}",

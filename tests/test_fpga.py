@@ -1,0 +1,234 @@
+"""The FPGA back end: da4ml's trace of a quantized graph is bit-identical to the graph (its interpreter and
+the Verilog run by Verilator), refuses what it cannot express, and its costs are usable as metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qfx.graph import QGraph, trace
+from qfx.graph.meta import TensorPrecision
+from qfx.passes.analysis import analyze
+from qfx.passes.export import ExportError
+from qfx.passes.export.api import export, verification_inputs, verify
+from qfx.passes.transforms.quantize import QuantizePass, quantizable_nodes
+from qfx.passes.transforms.quantize.quantizers import integer_quantize
+from qfx.zoo.data import load_dataset
+from qfx.zoo.models import build_model
+from qfx.zoo.train import train
+
+pytest.importorskip("da4ml")
+from qfx.passes.export.da4ml_backend import RTLSimulator, fixed, synth, tools, trace_graph  # noqa: E402
+
+DS = load_dataset("digits")
+X = DS.test.x  # 360 rows
+IN_CI = bool(os.environ.get("CI") or os.environ.get("QFX_CI"))
+
+
+def need(tool: str) -> None:
+    """Skip where a tool is absent, saying which; in CI (which installs them) absence is a failure."""
+    if tools()[tool] is None:
+        if IN_CI:
+            pytest.fail(f"{tool} is not on PATH in CI (.ci/run installs it)")
+        pytest.skip(f"{tool} is not on PATH (apt-get install {tool})")
+
+
+@pytest.mark.parametrize(("k", "i", "f"), [(1, 2, 2), (0, 3, 1), (1, 1, 3), (1, 4, 0), (0, 0, 4), (1, -1, 5)])
+def test_round_half_even_and_saturation_exact_for_every_code(k, i, f):
+    from da4ml.trace import FixedVariableArray, FixedVariableArrayInput, comb_trace
+
+    inp = FixedVariableArrayInput((1,))
+    x = inp.quantize(1, 6, 6)  # 13-bit values with 6 fraction bits: every tie case is among them
+    w = k + i + f
+    out = fixed(x, TensorPrecision("integer" if k else "uinteger", w, f))
+    comb = comb_trace(inp, FixedVariableArray(out._vars))
+    codes = np.arange(-(2**12), 2**12) / 64.0
+    got = comb.predict(codes[:, None], n_threads=1).ravel()
+    ref = integer_quantize(torch.tensor(codes, dtype=torch.float64), w, f, signed=bool(k)).numpy()
+    assert np.array_equal(got, ref), np.flatnonzero(got != ref)[:5]
+
+
+def _random_config(g: QGraph, seed: int) -> dict:
+    """Every quantizable node at its own width 2-12; fracs calibrated ("auto") from the graph's example rows."""
+    rng = random.Random(seed)
+    out: dict = {"by": "name"}
+    for name in quantizable_nodes(g):
+        dw, ww, bw = rng.randint(2, 12), rng.randint(2, 12), rng.randint(6, 12)
+        out[name] = {
+            "name": "integer",
+            "data_in_width": dw,
+            "data_in_frac_width": "auto",
+            "weight_width": ww,
+            "weight_frac_width": "auto",
+            "bias_width": bw,
+            "bias_frac_width": "auto",
+        }
+    return out
+
+
+_FLOAT: dict[str, QGraph] = {}
+
+
+def _float_graph(name: str) -> QGraph:
+    if name not in _FLOAT:
+        torch.manual_seed(0)
+        kw = {"width": 4} if name == "cnn" else {}  # a narrow CNN keeps the unrolled RTL small
+        m = build_model(name, DS.num_features, DS.num_classes, image_shape=DS.image_shape, **kw)
+        train(m, DS, epochs=2, progress=False)
+        from qfx.passes.analysis.calibrate import CalibrationPass
+
+        g = analyze(trace(m.eval(), X[:8]))
+        _FLOAT[name] = CalibrationPass(inputs=(DS.train.x[:256],))(g).graph
+    return _FLOAT[name]
+
+
+def _quantized(name: str, seed: int) -> QGraph:
+    g = _float_graph(name)
+    return QuantizePass(_random_config(g, seed))(g).graph
+
+
+@pytest.mark.parametrize("name", ["jsc-tiny", "jsc-s", "cnn"])
+def test_interpreter_bit_identical_on_test_split_and_saturating_rows(name):
+    x = verification_inputs(X, 1000)
+    for seed in range(2):
+        q = _quantized(name, seed)
+        assert any(p.fmt == "uinteger" for m in q.metas() for p in m.precision.values())  # ReLU outputs
+        assert any(p.fmt == "integer" for m in q.metas() for p in m.precision.values())
+        tr = trace_graph(q)
+        import copy
+
+        ref = copy.deepcopy(q.gm).double().eval()(x.double()).detach().numpy().reshape(len(x), -1)
+        got = tr.predict(x)
+        assert np.array_equal(got, ref), (name, seed, float(np.abs(got - ref).max()))
+        assert tr.luts > 0 and tr.latency > 0 and np.ptp(ref, axis=0).max() > 0  # a circuit, not a constant
+
+
+@pytest.mark.slow  # Verilator compiles the RTL
+@pytest.mark.parametrize("name", ["jsc-tiny", "jsc-s", "cnn"])
+def test_verilog_through_verilator_bit_identical(name, tmp_path):
+    need("verilator")
+    q = _quantized(name, 0)
+    e = export(q, "verilog", tmp_path / "v")
+    a = verify(e, q, verification_inputs(X, 1000))
+    assert a["checked_by"] == "da4ml interpreter + Verilator", a
+    assert a["ok"] and a["bit_identical"] and a["interpreter_vs_rtl_identical"], a
+    assert (tmp_path / "v" / "src" / "qfx_model.v").is_file()
+    rtl = RTLSimulator(tmp_path / "v", e.handle).predict(X)  # the RTL alone, against the graph
+    assert np.array_equal(rtl, e.handle.predict(X))
+
+
+def test_vhdl_and_hls_written_and_checked(tmp_path):
+    q = _quantized("jsc-tiny", 1)
+    for fmt, path in (("vhdl", "src/qfx_model.vhd"), ("da4ml-hls", "src/qfx_model.hh")):
+        e = export(q, fmt, tmp_path / fmt)
+        assert verify(e, q, X)["ok"], e.agreement
+        assert (tmp_path / fmt / path).is_file(), sorted(p.name for p in (tmp_path / fmt).rglob("*"))
+
+
+def test_float_mac_and_unsupported_ops_refused_naming_the_node():
+    g = _float_graph("jsc-s")
+    lin = [n for n, t in quantizable_nodes(g).items() if t == "linear"]
+    cfg = _random_config(g, 0)
+    del cfg[lin[1]]  # that Linear stays float
+    with pytest.raises(ExportError, match=rf"node '{lin[1]}' \(linear\) does not quantize data_in, weight"):
+        trace_graph(QuantizePass(cfg)(g).graph)
+    torch.manual_seed(0)
+    t = analyze(trace(build_model("transformer", 16, 5).eval(), torch.randn(4, 16)))
+    with pytest.raises(ExportError, match="node '.*' .*cannot be exported|has no fixed-point circuit"):
+        trace_graph(QuantizePass({"by": "type"})(t).graph)
+
+
+def test_input_read_at_two_precisions_refused():
+    class Two(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x) + self.b(x)
+
+    g = analyze(trace(Two().eval(), torch.randn(3, 4)))
+    c = {"name": "integer", "weight_width": 6, "weight_frac_width": 4, "bias_width": 8, "bias_frac_width": 4}
+    q = QuantizePass(
+        {
+            "by": "name",
+            "a": {**c, "data_in_width": 8, "data_in_frac_width": 4},
+            "b": {**c, "data_in_width": 6, "data_in_frac_width": 3},
+            "add": {**c, "data_in_width": 12, "data_in_frac_width": 8},
+        }
+    )(g).graph
+    with pytest.raises(ExportError, match=r"input must be read at one fixed-point precision.*a \(int8\.4\)"):
+        trace_graph(q)
+
+
+def test_cli_export_verilog_of_a_lying_meta_exits_nonzero(tmp_path, capsys):
+    from qfx import cli
+
+    q = _quantized("jsc-tiny", 0)
+    q.save(tmp_path / "g")
+    meta = json.loads((tmp_path / "g" / "meta.json").read_text())
+    lin = next(n for n in meta["nodes"] if n["name"] == "seq_blocks_2")
+    lin["precision"]["data_in"]["frac"] = lin["precision"]["data_in"]["frac"] + 1  # the modules say otherwise
+    (tmp_path / "g" / "meta.json").write_text(json.dumps(meta))
+    rc = cli.main(["export", "--graph", str(tmp_path / "g"), "--format", "vhdl", "--out", str(tmp_path / "o")])
+    out, err = capsys.readouterr()
+    assert rc == 2, out
+    assert err.startswith("error: vhdl export differs from the graph") and "seq_blocks_2" in err, err
+
+
+def test_fpga_metrics_cached_and_ebops_counts_used_bits():
+    from qfx.hw.fpga import effective_bits, fpga_cost
+    from qfx.passes.export.da4ml_backend import CACHE_STATS
+
+    assert effective_bits(np.array([0, 1, 2, 3, -4, 6, 12, 127, -128])).tolist() == [0, 1, 1, 2, 1, 2, 2, 7, 1]
+    q = _quantized("jsc-s", 3)
+    luts, lat = fpga_cost(q)
+    misses = CACHE_STATS["misses"]
+    assert fpga_cost(_quantized("jsc-s", 3)) == (luts, lat)  # same configuration rebuilt: memo
+    assert CACHE_STATS["misses"] == misses
+    tr = trace_graph(q)
+    assert (tr.luts, tr.latency) == (luts, lat) and CACHE_STATS["misses"] == misses  # CMVMs cached
+
+
+@pytest.mark.slow  # yosys synthesis
+def test_cli_synth_counts_cells(tmp_path, capsys):
+    need("yosys")
+    from qfx import cli
+
+    _quantized("jsc-tiny", 1).save(tmp_path / "g")
+    assert cli.main(["synth", "--graph", str(tmp_path / "g"), "--out", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "yosys synth_xilinx" in out and "da4ml estimate" in out
+    cells = synth(tmp_path / "s")
+    assert cells["LUT"] > 0 and cells["DSP"] == 0
+
+
+def test_cli_synth_without_yosys_names_it(tmp_path, capsys, monkeypatch):
+    from qfx import cli
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
+    _quantized("jsc-tiny", 1).save(tmp_path / "g")
+    assert cli.main(["synth", "--graph", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert "yosys is not on PATH" in err and "Traceback" not in err
+
+
+@pytest.mark.slow  # trains jsc-s (60 epochs), then traces each trial's RTL
+def test_search_with_fpga_luts_objective(tmp_path):
+    from search_helpers import ROOT
+
+    from qfx import cli
+
+    cfg = ROOT / "configs" / "jsc_s_fpga.toml"
+    assert cli.main(["search", "--config", str(cfg), "--n-trials", "4", "--no-progress", "--out", str(tmp_path)]) == 0
+    best = json.loads((tmp_path / "best.json").read_text())
+    rows = best if isinstance(best, list) else best.get("best", best)
+    text = json.dumps(rows)
+    assert "fpga_luts" in text
+    assert Path(tmp_path / "best_model").is_dir()
