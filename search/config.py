@@ -72,7 +72,8 @@ class StrategySetup(_M):
     sum_scaled_metrics: bool = True
     direction: Literal["maximize", "minimize"] = "maximize"
     seed: int = 0
-    warm_start: Literal["none", "sensitivity"] = "none"  # sensitivity: greedy bit allocations as first trials
+    # sensitivity: greedy bit allocations as first trials; ilp: the integer program's optimum (search/ilp.py)
+    warm_start: Literal["none", "sensitivity", "ilp"] = "none"
 
     @field_validator("sampler")
     @classmethod

@@ -189,6 +189,12 @@ for _spec in (
         "Optuna TPE (multivariate)",
         constraints=True,
     ),  # fmt: skip
+    SamplerSpec(
+        "ilp",
+        lambda sp, s: _S.TPESampler(seed=s, multivariate=True),
+        "sensitivity table + integer program (scipy milp) under the budgets, then TPE refines",
+        constraints=True,
+    ),  # fmt: skip
     SamplerSpec("random", lambda sp, s: _S.RandomSampler(seed=s), "uniform random"),
     SamplerSpec(
         "nsgaii", lambda sp, s: _S.NSGAIISampler(seed=s), "NSGA-II genetic algorithm", constraints=True

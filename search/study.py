@@ -160,6 +160,29 @@ def _warm_start(study: optuna.Study, objective: Objective) -> None:
     log.info("warm start: %d sensitivity-guided trial(s) enqueued", len(points))
 
 
+def _warm_start_ilp(study: optuna.Study, objective: Objective) -> None:
+    """Enqueue the integer program's optimum under the hardware budgets (and, for hardware objectives of a
+    multi-objective search, its optima over a sweep of budgets) as the first trials."""
+    from qfx.search.ilp import measure_table, proposals
+    from qfx.search.metrics import METRICS
+
+    space, ev = objective.space, objective.evaluator
+    budgets = {k: b for k, b in objective.constraints.items() if METRICS[k].kind == "hardware"}
+    sweep = [k for k in objective.metrics if METRICS[k].kind == "hardware" and k not in budgets]
+    table = measure_table(space, ev, list(dict.fromkeys([*budgets, *sweep])))
+    points = proposals(table, space, ev, budgets, sweep if not objective.single or not budgets else None)
+    for p in points:
+        study.enqueue_trial(p, skip_if_exists=True)
+    approx = [k for k, ok in table.additive.items() if not ok]
+    log.info(
+        "ilp: sensitivity table of %d dims from %d evaluations; %d point(s) enqueued%s",
+        len(table.dims), table.evaluations, len(points),
+        f" ({', '.join(approx)} not additive: each point checked against the real metric)" if approx else "",
+    )  # fmt: skip
+    if not points:
+        log.warning("ilp: no point of the space meets the budgets %s by the model; the sampler continues", budgets)
+
+
 def run_study(
     space: SearchSpace,
     evaluator: Evaluator,
@@ -187,6 +210,8 @@ def run_study(
     study = _open_study(objective, setup, storage, study_name)
     if setup.warm_start == "sensitivity" and not study.get_trials(False):
         _warm_start(study, objective)
+    if (setup.warm_start == "ilp" or spec.name == "ilp") and not study.get_trials(False):
+        _warm_start_ilp(study, objective)
     finished = counted(study.get_trials(False))
     remaining = max(n_trials - finished, 0)
     if finished:
