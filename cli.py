@@ -343,11 +343,15 @@ def _report_search(run: Any, cfg: Any, out: Path, started: float) -> None:
     st, study, best = cfg.search.strategy, run.study, run.best
     print("\nBest trial(s):")
     done = [t for t in study.get_trials(False) if t.state.name == "COMPLETE"]
-    none = "(no feasible trial: every trial broke a budget)" if done else "(no trial completed)"
+    refused = sum("refused" in t.user_attrs for t in study.get_trials(False) if t.state.name == "PRUNED")
+    none = "(no feasible trial: every trial broke a budget)" if done or refused else "(no trial completed)"
     print(best_table(best, list(st.metrics), draws(study)) if best else none)
     if st.constraints:
         infeasible = sum(not t.user_attrs.get("feasible", True) for t in done)
-        _note(f"budgets {_budgets(st.constraints)}: {infeasible} of {len(done)} completed trial(s) infeasible")
+        _note(
+            f"budgets {_budgets(st.constraints)}: {infeasible} of {len(done)} evaluated trial(s) infeasible; "
+            f"{refused} sampled point(s) broke a hardware budget and were refused before evaluation"
+        )
     for b in run.best_json.values():
         if b["weakest_nodes"]:
             desc = ", ".join(f"{w['node']} ({w['sqnr_db']} dB)" for w in b["weakest_nodes"])

@@ -62,6 +62,7 @@ class Objective:
     constraints: dict[str, Any] = field(default_factory=dict)  # metric -> Bound (budgets)
     shared: bool = True  # other workers/threads may run trials at once: cap checks and point claims needed
     progress: Progress | None = None  # bar and JSONL record of every finished trial
+    hard_pruned: int = 0  # points refused before evaluation for breaking a hardware budget
 
     @staticmethod
     def _claim(trial: optuna.Trial, point: dict[str, Any]) -> None:
@@ -76,6 +77,17 @@ class Objective:
                 raise optuna.TrialPruned(f"point already taken by trial {t.number}")
         trial.set_user_attr(_CLAIM, True)
 
+    def _check_budgets(self, trial: optuna.Trial, config: dict[str, Any]) -> None:
+        """Hardware budgets are functions of the configuration: a point that breaks one is refused before
+        any evaluation (pruned, not counted toward n_trials)."""
+        hard = _hard_budgets(self.constraints)
+        if not hard:
+            return
+        hw = self.evaluator.hardware(config)
+        c = violations(hw.__getitem__, hard)
+        if any(v > 0 for v in c.values()):
+            _refuse(self, trial, config, hw, c)
+
     @property
     def directions(self) -> list[str]:
         return ["maximize"] if self.single else [m.direction for m in self.metrics.values()]
@@ -87,6 +99,9 @@ class Objective:
             out, attrs, params = self._run(trial)
             state, values = "COMPLETE", [out] if self.single else out
             return out
+        except _Refused as e:
+            state, attrs = "PRUNED", e.attrs
+            raise
         except optuna.TrialPruned:
             state = "PRUNED"
             raise
@@ -124,6 +139,7 @@ class Objective:
         if self.unique and self.shared:
             self._claim(trial, params)
         config = self.space.to_config(point)
+        self._check_budgets(trial, config)
         try:
             res = self.evaluator.evaluate(config)
         except Exception as e:
@@ -146,6 +162,34 @@ class Objective:
             attrs.update(constraints=c, feasible=all(v <= 0 for v in c.values()))
         set_user_attrs(trial, attrs)
         return (scalarize(res.metric, self.metrics) if self.single else list(scaled.values())), attrs, params
+
+
+HARD_LIMIT = 20  # refused points per requested trial before the study gives up on finding feasible ones
+
+
+def _hard_budgets(constraints: dict[str, Any]) -> dict[str, Any]:
+    from qfx.search.metrics import METRICS
+
+    return {k: b for k, b in constraints.items() if METRICS[k].kind == "hardware"}
+
+
+def _refuse(obj: Objective, trial: optuna.Trial, config: dict[str, Any], hw: dict[str, float], c: dict) -> None:
+    """Record a point that breaks a hardware budget (never evaluated) and prune its trial (uncounted)."""
+    for name, v in c.items():
+        trial.set_constraint(name, v)  # constraint-aware samplers learn the infeasible region from it
+    attrs = {"hardware_metrics": hw, "sampled_config": config, "constraints": c, "feasible": False}
+    set_user_attrs(trial, {**attrs, "refused": "breaks a hardware budget: not evaluated"})
+    obj.hard_pruned += 1
+    if obj.n_trials is not None and obj.hard_pruned > HARD_LIMIT * obj.n_trials:
+        trial.study.stop()
+        log.warning("%d sampled points broke the hardware budgets %s; stopping", obj.hard_pruned, list(c))
+    raise _Refused(attrs)
+
+
+class _Refused(optuna.TrialPruned):
+    def __init__(self, attrs: dict[str, Any]) -> None:
+        super().__init__("breaks a hardware budget: not evaluated")
+        self.attrs = attrs
 
 
 def _record(number: int, state: str, values: list[float] | None, params: dict[str, Any], attrs: dict[str, Any],

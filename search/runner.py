@@ -154,6 +154,18 @@ class Evaluator:
             self.memo[key] = res
         return res
 
+    def hardware(self, config: Any) -> dict[str, float]:
+        """The hardware metrics of ``config`` without running the model (functions of the configuration:
+        what a budget can be checked on before an evaluation is spent)."""
+        q = QuantizePass(config)(self.pristine).graph
+        hw = hw_metrics(q, self.hw.compare_to, self.hw.activations)
+        ctx = MetricContext(q, torch.empty(0), self.y, self)
+        for name in self.metrics:
+            m = METRICS[name]
+            if m.measure is not None and m.kind == "hardware":
+                hw[name] = float(m.measure(ctx))
+        return hw
+
     def _evaluate(self, config: Any) -> TrialResult:
         t0 = time.perf_counter()
         q = QuantizePass(config, copy_weights=bool(self.qat.steps))(self.pristine).graph

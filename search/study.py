@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from qfx.search.config import MetricSpec, StrategySetup
-from qfx.search.objective import FINISHED, Objective, Progress
+from qfx.search.objective import FINISHED, HARD_LIMIT, Objective, Progress
 from qfx.search.outputs import (
     MAX_SQNR_PLOTS,
     best_table,
@@ -125,6 +125,7 @@ def _optimize(study: optuna.Study, objective: Objective, setup: StrategySetup, p
     n_trials = objective.n_trials or setup.n_trials
     remaining = max(n_trials - counted(study.get_trials(False)), 0)
     while remaining:
+        refused = objective.hard_pruned
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             break
@@ -141,7 +142,13 @@ def _optimize(study: optuna.Study, objective: Objective, setup: StrategySetup, p
                 gc_after_trial=False,
             )
         points = objective.space.size if objective.unique else None
-        if not persistent or not _await_stale(study, n_trials, points):
+        if not persistent:
+            # points refused for a hardware budget were not evaluated and do not count: draw again for them
+            remaining = max(n_trials - counted(study.get_trials(False)), 0)
+            if objective.hard_pruned > refused and objective.hard_pruned <= HARD_LIMIT * n_trials:
+                continue
+            break
+        if not _await_stale(study, n_trials, points):
             break
 
 

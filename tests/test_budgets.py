@@ -58,7 +58,20 @@ def test_cli_reports_infeasible_count_and_no_feasible_trial(tmp_path, ckpt, caps
                      "--no-progress"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "(no feasible trial: every trial broke a budget)" in out
-    assert "budgets average_bitwidth <= 0.5: 3 of 3 completed trial(s) infeasible" in out
+    # a hardware budget is a function of the configuration: no point was evaluated, each was refused (then the
+    # study gives up after HARD_LIMIT x n_trials refusals)
+    assert "budgets average_bitwidth <= 0.5: 0 of 0 evaluated trial(s) infeasible; 61 sampled point(s)" in out
+
+
+def test_hardware_budget_checked_before_evaluation(tmp_path, ckpt):
+    """No evaluation is spent on a point that breaks a hardware budget; the study still gets n evaluated
+    trials, all feasible."""
+    run = run_search(_cfg(tmp_path, "random", "average_bitwidth.max = 9.0", n=10), checkpoint=str(ckpt))
+    done = [t for t in run.study.trials if t.state.name == "COMPLETE"]
+    refused = [t for t in run.study.trials if t.state.name == "PRUNED" and "refused" in t.user_attrs]
+    assert len(done) == 10 and all(t.user_attrs["feasible"] for t in done)
+    assert refused and all(t.user_attrs["hardware_metrics"]["average_bitwidth"] > 9.0 for t in refused)
+    assert all("software_metrics" not in t.user_attrs for t in refused)  # never evaluated
 
 
 @pytest.mark.parametrize(
