@@ -189,12 +189,6 @@ for _spec in (
         "Optuna TPE (multivariate)",
         constraints=True,
     ),  # fmt: skip
-    SamplerSpec(
-        "ilp",
-        lambda sp, s: _S.TPESampler(seed=s, multivariate=True),
-        "sensitivity table + integer program (scipy milp) under the budgets, then TPE refines",
-        constraints=True,
-    ),  # fmt: skip
     SamplerSpec("random", lambda sp, s: _S.RandomSampler(seed=s), "uniform random"),
     SamplerSpec(
         "nsgaii", lambda sp, s: _S.NSGAIISampler(seed=s), "NSGA-II genetic algorithm", constraints=True
@@ -225,6 +219,12 @@ for _spec in (
     ),  # fmt: skip
     SamplerSpec(
         "exhaustive", lambda sp, s: ExhaustiveSampler(sp), "every point once in order, any space size", enumerates=True
+    ),  # fmt: skip
+    SamplerSpec(
+        "ilp",
+        lambda sp, s: _S.TPESampler(seed=s, multivariate=True),
+        "sensitivity table + integer program (scipy milp) under the budgets, then TPE refines",
+        constraints=True,
     ),  # fmt: skip
 ):
     register_sampler(_spec)
