@@ -336,6 +336,24 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 130 if run.objective.interrupted else 0
 
 
+def _selection_note(run: Any, st: Any) -> None:
+    """With a selection split: its size, how many candidates it judged, and search/selection/test figures."""
+    if not run.selection:
+        return
+    n = run.selection["splits"]
+    _note(
+        f"selection: the {len(run.selection['trials'])} best distinct configuration(s) of the search "
+        f"({n['search']} samples) re-scored on a held-out selection split ({n['selection']} samples); "
+        f"test split {n['test']} samples (reported, never used to choose)"
+    )
+    for b in run.best_json.values():
+        if "selection_metrics" in b:
+            fig = {k: b[f] for k, f in (("search", "software_metrics"), ("selection", "selection_metrics"),
+                                        ("test", "test_metrics"))}  # fmt: skip
+            acc = ", ".join(f"{k} {100 * v['accuracy']:.1f}%" for k, v in fig.items() if "accuracy" in v)
+            _note(f"trial {b['number']}: accuracy {acc}")
+
+
 def _report_search(run: Any, cfg: Any, out: Path, started: float) -> None:
     """The Best table (one row per distinct configuration), budget and weakest-node notes, the files written."""
     from qfx.search.study import best_table, draws, summarize
@@ -352,6 +370,7 @@ def _report_search(run: Any, cfg: Any, out: Path, started: float) -> None:
             f"budgets {_budgets(st.constraints)}: {infeasible} of {len(done)} evaluated trial(s) infeasible; "
             f"{refused} sampled point(s) broke a hardware budget and were refused before evaluation"
         )
+    _selection_note(run, st)
     for b in run.best_json.values():
         if b["weakest_nodes"]:
             desc = ", ".join(f"{w['node']} ({w['sqnr_db']} dB)" for w in b["weakest_nodes"])

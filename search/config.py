@@ -104,6 +104,16 @@ class Bound(_M):
         return self
 
 
+class Selection(_M):
+    """``fraction`` > 0: that share of the evaluation split is held out as a *selection* split (stratified,
+    seeded). The search scores on the rest; its ``top_k`` best distinct configurations are re-scored on the
+    selection split and the best there is reported, with its test-split figures (single objective; a
+    multi-objective front is reported with both figures per point)."""
+
+    fraction: float = Field(0.0, ge=0.0, le=0.9)
+    top_k: int = Field(5, ge=1, le=100)
+
+
 class Strategy(_M):
     name: Literal["optuna"] = "optuna"
     eval_mode: bool = True
@@ -112,6 +122,7 @@ class Strategy(_M):
     setup: StrategySetup = StrategySetup()
     metrics: dict[str, MetricSpec] = Field(min_length=1)
     constraints: dict[str, Bound] = {}  # budgets: trials outside them are infeasible (Optuna constraints_func)
+    selection: Selection = Selection()
 
     @field_validator("metrics", "constraints")
     @classmethod

@@ -148,11 +148,20 @@ def _write_best_graphs(
     return weakest
 
 
-def write_outputs(study: optuna.Study, out: Path, objective: Objective) -> dict[str, Any]:
-    """best.json, trials.csv/json, best_model/, plots; returns best.json's content."""
+def write_outputs(
+    study: optuna.Study,
+    out: Path,
+    objective: Objective,
+    best: list[optuna.trial.FrozenTrial] | None = None,
+    selection: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """best.json, trials.csv/json, best_model/, plots; returns best.json's content. ``best``: the reported
+    trials (default :func:`best_trials`); ``selection``: split sizes and each candidate's selection/test
+    figures (:mod:`qfx.search.selection`), written beside the search figures."""
     out.mkdir(parents=True, exist_ok=True)
     _write_trials(study.get_trials(False), out, objective)
-    best = best_trials(study)
+    best = best_trials(study) if best is None else best
+    figs = (selection or {}).get("trials", {})
     drawn = draws(study)
     numbers: dict[str, list[int]] = {}
     for t in study.get_trials(False, states=(TrialState.COMPLETE,)):
@@ -160,7 +169,8 @@ def write_outputs(study: optuna.Study, out: Path, objective: Objective) -> dict[
     weakest = _write_best_graphs(best, out, objective.evaluator) if best else {}
     best_json = {
         str(i): {**{k: trial_record(t)[k] for k in BEST_KEYS}, "weakest_nodes": weakest.get(t.number, []),
-                 "trials": drawn[config_key(t)], "trial_numbers": numbers.get(config_key(t), [t.number])}
+                 "trials": drawn[config_key(t)], "trial_numbers": numbers.get(config_key(t), [t.number]),
+                 **({"split_sizes": selection["splits"], **figs[t.number]} if t.number in figs else {})}
         for i, t in enumerate(best)
     }  # fmt: skip
     (out / "best.json").write_text(json.dumps(best_json, indent=1, default=str))

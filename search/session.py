@@ -107,17 +107,17 @@ def calibrate(cfg: RunConfig, graph: QGraph, ds: Dataset, widths: tuple[int, ...
     return CalibrationPass(split.x, c.method, c.percentile, **refine)(graph).info
 
 
-def build_search(cfg: RunConfig, prep: Prepared) -> tuple[SearchSpace, Evaluator]:
-    """The config's search space over the prepared graph and its evaluator."""
+def build_search(cfg: RunConfig, prep: Prepared, eval_split: Any = None) -> tuple[SearchSpace, Evaluator]:
+    """The config's search space over the prepared graph and its evaluator (on ``eval_split``, default the
+    config's evaluation split)."""
     assert cfg.search is not None
     ss, st = cfg.search.search_space, cfg.search.strategy
     space = SearchSpace(prep.graph, ss.setup.by, ss.seed)
     for note in space.notes:
         log.warning("search space: %s", note)
-    be = st.sw_runner.basic_evaluation
     ev = Evaluator(
         prep.graph,
-        eval_split=prep.dataset.split(be.data_loader).head(be.num_samples),
+        eval_split=eval_split if eval_split is not None else search_split(cfg, prep),
         num_classes=prep.dataset.num_classes,
         metrics=list(dict.fromkeys([*st.metrics, *st.constraints])),  # budgets need their metrics measured
         hw=st.hw_runner.average_bitwidth,
@@ -128,6 +128,12 @@ def build_search(cfg: RunConfig, prep: Prepared) -> tuple[SearchSpace, Evaluator
         seed=cfg.seed,
     )
     return space, ev
+
+
+def search_split(cfg: RunConfig, prep: Prepared) -> Any:
+    """The split the config's search evaluates on (its ``num_samples`` head of ``data_loader``)."""
+    be = cfg.search.strategy.sw_runner.basic_evaluation  # type: ignore[union-attr]
+    return prep.dataset.split(be.data_loader).head(be.num_samples)
 
 
 def with_overrides(cfg: RunConfig, **setup: Any) -> RunConfig:
@@ -169,6 +175,7 @@ class SearchRun:
     out: Path | None
     best_json: dict[str, Any] = field(default_factory=dict)
     prep: Prepared | None = None
+    selection: dict[str, Any] = field(default_factory=dict)  # split sizes and per-candidate figures
 
 
 def run_search(
@@ -197,10 +204,23 @@ def run_search(
         prep = prepare(cfg, checkpoint, work, progress, trust)
         if threads == "auto" and explicit is None:
             torch.set_num_threads(auto_threads(prep.model))  # restored by torch_threads
-        space, ev = build_search(cfg, prep)
+        split, held = search_split(cfg, prep), None
+        if st.selection.fraction > 0:
+            from qfx.search.selection import split_off
+
+            split, held = split_off(split, st.selection.fraction, cfg.seed)
+        space, ev = build_search(cfg, prep, split)
         if ready is not None:
             ready(prep, space, ev)
         study, objective = run_study(space, ev, st.metrics, st.setup, work if out else None, storage, study_name,
                                      progress, tracebacks, constraints=st.constraints)  # fmt: skip
-        best_json = write_outputs(study, work, objective) if out is not None else {}
-    return SearchRun(study, best_trials(study), objective, Path(out) if out is not None else None, best_json, prep)
+        best, figures = best_trials(study), {}
+        if held is not None:
+            from qfx.search.selection import referee, rescore
+
+            best, figures = rescore(study, objective, referee(ev, held), referee(ev, prep.dataset.test),
+                                    st.selection.top_k)  # fmt: skip
+            figures = {"splits": {"search": len(split), "selection": len(held), "test": len(prep.dataset.test)},
+                       "trials": figures}  # fmt: skip
+        best_json = write_outputs(study, work, objective, best, figures) if out is not None else {}
+    return SearchRun(study, best, objective, Path(out) if out is not None else None, best_json, prep, figures)

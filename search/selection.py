@@ -1,0 +1,86 @@
+"""Selection that generalizes: the search's best candidates re-scored on a held-out split, chosen there.
+
+A small validation split is easy to overfit: the configuration that scores best on it is often not the
+one that does best on new data. With ``[search.strategy.selection] fraction > 0`` the evaluation split is
+cut in two (stratified, seeded): the search scores on one part, and its ``top_k`` best distinct feasible
+configurations are re-scored on the other, the *selection* split; the reported best is the best there.
+Every candidate also gets its test-split figures (reported, never used to choose).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from qfx.search.metrics import scalarize
+from qfx.zoo.data import Split
+
+
+def split_off(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """``(search part, selection part)`` of ``split``: ``fraction`` of it held out, stratified by label."""
+    from sklearn.model_selection import train_test_split
+
+    idx = list(range(len(split)))
+    y = split.y.numpy()
+    counts = {c: int((y == c).sum()) for c in set(y.tolist())}
+    strat = y if min(counts.values()) >= 2 else None
+    keep, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=strat)
+    return Split(split.x[keep], split.y[keep]), Split(split.x[held], split.y[held])
+
+
+def referee(ev: Any, split: Split) -> Any:
+    """The evaluator ``ev`` scoring on ``split`` instead (same metrics, fresh memo)."""
+    r = copy.copy(ev)
+    r.x, r.y, r.split = split.x.to(ev.x.device), split.y, split
+    r.memo = {} if ev.memo is not None else None
+    return r
+
+
+def _key(t: optuna.trial.FrozenTrial) -> str:
+    return json.dumps(t.user_attrs.get("sampled_config", t.params), sort_keys=True, default=str)
+
+
+def candidates(study: optuna.Study, objective: Any, top_k: int) -> list[optuna.trial.FrozenTrial]:
+    """The ``top_k`` best distinct feasible trials by search value (single objective), or the distinct
+    Pareto front (multi-objective)."""
+    from qfx.search.outputs import best_trials
+
+    if not objective.single:
+        return best_trials(study)
+    done = [t for t in study.get_trials(False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible", True)]
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    done.sort(key=lambda t: (-t.values[0] if maximize else t.values[0], t.number))
+    out, seen = [], set()
+    for t in done:
+        if _key(t) not in seen:
+            seen.add(_key(t))
+            out.append(t)
+        if len(out) == top_k:
+            break
+    return out
+
+
+def rescore(
+    study: optuna.Study, objective: Any, selection: Any, test: Any, top_k: int
+) -> tuple[list[optuna.trial.FrozenTrial], dict[int, dict[str, Any]]]:
+    """Re-score the candidates on the selection split and report them on test: ``(chosen, figures)`` where
+    ``chosen`` is the best on selection (single objective; ties to the better search value) or the front,
+    and ``figures[number]`` holds ``selection_metrics``, ``test_metrics`` and ``selection_value``."""
+    cands = candidates(study, objective, top_k)
+    figures: dict[int, dict[str, Any]] = {}
+    for t in cands:
+        cfg = t.user_attrs["sampled_config"]
+        s, te = selection.evaluate(cfg), test.evaluate(cfg)
+        figures[t.number] = {
+            "selection_metrics": {**s.software, **s.hardware},
+            "test_metrics": {**te.software, **te.hardware},
+            "selection_value": scalarize(s.metric, objective.metrics, signed=True),
+        }
+    if not cands or not objective.single:
+        return cands, figures
+    best = max(cands, key=lambda t: figures[t.number]["selection_value"])  # cands are in search order: first wins
+    return [best], figures

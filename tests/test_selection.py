@@ -1,0 +1,52 @@
+"""Selection that generalizes: a held-out selection split, disjoint from the search's and from test, picks
+the reported configuration among the search's best; best.json carries search, selection and test figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from search_helpers import make_checkpoint, search_toml
+
+from qfx.search.selection import split_off
+from qfx.zoo.data import Split, load_dataset
+
+
+def test_split_off_is_disjoint_stratified_and_seeded():
+    ds = load_dataset("digits")
+    a, b = split_off(ds.val, 0.5, 0)
+    assert len(a) + len(b) == len(ds.val) and abs(len(a) - len(b)) <= 1
+    rows = {tuple(r.tolist()) for r in a.x}
+    assert not any(tuple(r.tolist()) in rows for r in b.x)  # no row in both
+    for c in range(10):  # stratified: every class in both halves, in proportion
+        n = int((ds.val.y == c).sum())
+        assert abs(int((a.y == c).sum()) - n / 2) <= 1
+    a2, _ = split_off(ds.val, 0.5, 0)
+    assert torch.equal(a.x, a2.x)
+    tiny = Split(torch.randn(6, 2), torch.tensor([0, 0, 0, 0, 0, 1]))  # a class of one: unstratified, no crash
+    assert len(split_off(tiny, 0.5, 0)[1]) == 3
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ck"), epochs=3)
+
+
+def test_reported_best_is_chosen_on_the_selection_split(tmp_path, ckpt):
+    from qfx.search.session import run_search
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(search_toml("random", 12) + "\n[search.strategy.selection]\nfraction = 0.5\ntop_k = 4\n")
+    run = run_search(cfg, checkpoint=str(ckpt), out=tmp_path / "o")
+    n = run.selection["splits"]
+    assert n["search"] + n["selection"] == 256 and n["test"] == 360
+    assert len(run.objective.evaluator.y) == n["search"]  # the search never saw the selection rows
+    figs = run.selection["trials"]
+    assert 1 <= len(figs) <= 4
+    (best,) = run.best
+    assert figs[best.number]["selection_value"] == max(f["selection_value"] for f in figs.values())
+    b = json.loads((tmp_path / "o" / "best.json").read_text())["0"]
+    assert b["number"] == best.number and b["split_sizes"] == n
+    assert {"accuracy", "loss"} <= set(b["selection_metrics"]) and {"accuracy", "loss"} <= set(b["test_metrics"])
+    assert b["software_metrics"]["accuracy"] == pytest.approx(best.user_attrs["software_metrics"]["accuracy"])
