@@ -585,6 +585,13 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _test_referee(ev: Any, prep: Any) -> Any:
+    """The evaluator scoring on the test split (what each sampler's chosen configuration is reported on)."""
+    from qfx.search.selection import referee
+
+    return referee(ev, prep.dataset.test)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from qfx.search.compare import compare_samplers, variant
     from qfx.search.config import StrategySetup
@@ -613,6 +620,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.tolerance,
         exhaustive_limit=args.exhaustive_limit,
         reference_trials=args.reference_trials,
+        constraints=st.constraints,
+        test=_test_referee(ev, prep),
     )
     print(
         f"objective (maximised): {res['objective']}; reference: {res['optimum']:.4f} ({res['reference']}); "
@@ -847,7 +856,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--samplers",
         type=_sampler_list,
         default=["tpe", "bruteforce", "random"],
-        help="comma-separated sampler names; NAME+sensitivity adds the sensitivity warm start (tpe+sensitivity)",
+        help="comma-separated sampler names; NAME+sensitivity / NAME+ilp add that warm start (tpe+ilp)",
     )
     p.add_argument("--reference-trials", type=_positive, help="trials of the long reference run (default 10 x n)")
     p.add_argument("--exhaustive-limit", type=_positive, default=4096, help="enumerate spaces up to this size")

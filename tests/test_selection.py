@@ -50,3 +50,19 @@ def test_reported_best_is_chosen_on_the_selection_split(tmp_path, ckpt):
     assert b["number"] == best.number and b["split_sizes"] == n
     assert {"accuracy", "loss"} <= set(b["selection_metrics"]) and {"accuracy", "loss"} <= set(b["test_metrics"])
     assert b["software_metrics"]["accuracy"] == pytest.approx(best.user_attrs["software_metrics"]["accuracy"])
+
+
+def test_compare_samplers_reports_test_accuracy_of_the_chosen_configuration(tmp_path, ckpt, capsys):
+    from qfx import cli
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(search_toml("tpe", 8) + "\n[search.strategy.constraints]\naverage_bitwidth.max = 9.0\n")
+    args = ["compare-samplers", "--config", str(cfg), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")]
+    assert cli.main([*args, "--samplers", "tpe,ilp", "--n-trials", "6", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "test acc % of chosen" in out and "sensitivity table's evaluations" in out
+    res = json.loads((tmp_path / "o" / "compare" / "compare.json").read_text())
+    for s in ("tpe", "ilp"):
+        accs = res["samplers"][s]["test_accuracy_of_chosen"]
+        assert len(accs) == 2 and all(0 < a <= 1 for a in accs)
+    assert res["optimum_kind"] == "exhaustive"  # the optimum over the feasible points only
