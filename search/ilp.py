@@ -147,6 +147,23 @@ def brute_force(table: Table, bounds: dict[str, tuple[float | None, float | None
     return best
 
 
+def uniform_points(table: Table, space: Any, ev: Any, budgets: dict[str, Any]) -> list[dict[str, int]]:
+    """The widest uniform-width point (every width dimension at the same width, or the nearest choice below
+    it) that meets every hardware budget by the real metric: the baseline a mixed allocation must beat."""
+    from qfx.search.metrics import violations
+
+    levels = sorted({c for ch in table.dims.values() for c in ch}, reverse=True)
+    for w in levels:
+        p = dict(table.top)
+        for d, ch in table.dims.items():
+            below = [i for i, c in enumerate(ch) if c <= w]
+            p[d] = max(below, key=lambda i: ch[i]) if below else min(range(len(ch)), key=lambda i: ch[i])
+        hw = ev.evaluate(space.to_config(p)).hardware if budgets else {}
+        if all(v <= 0 for v in violations(hw.__getitem__, budgets).values()):
+            return [p]
+    return []
+
+
 def proposals(
     table: Table,
     space: Any,
@@ -158,7 +175,8 @@ def proposals(
     """Optuna parameters of the ILP's points: the optimum under ``budgets`` (metric -> Bound), tightened
     until the real metric meets each non-additive budget (at most 6 times, 10% at a time); with ``sweep``
     (hardware objectives of a multi-objective search), also the optima under ``steps`` budgets evenly
-    spread over each swept metric's range (a seeded Pareto front)."""
+    spread over each swept metric's range (a seeded Pareto front); then the widest uniform-width point that
+    meets the budgets (:func:`uniform_points`)."""
     bounds = {k: (b.min, b.max) for k, b in budgets.items()}
     out: list[dict[str, int]] = []
     p = solve(table, bounds)
@@ -182,4 +200,5 @@ def proposals(
             q = solve(table, {**bounds, k: (None, cap)})
             if q is not None and q not in out:
                 out.append(q)
+    out += [q for q in uniform_points(table, space, ev, budgets) if q not in out]
     return [space.params(q) for q in out]

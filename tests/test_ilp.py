@@ -123,5 +123,12 @@ def test_ilp_sampler_first_point_meets_the_budget(tmp_path, capsys):
     cfg.write_text(HEAD + "".join(SEED.format(n=n) for n in lins) + TAIL)
     assert cli.main(["-v", "search", "--config", str(cfg), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     trials = json.loads((tmp_path / "o" / "trials.json").read_text())
-    assert trials[0]["feasible"] and trials[0]["hardware_metrics"]["average_bitwidth"] <= 4.0
-    assert "ilp: sensitivity table of 4 dims from 28 evaluations; 1 point(s) enqueued" in capsys.readouterr().err
+    for t in trials[:2]:  # the ILP optimum, then the widest uniform width within the budget
+        assert t["feasible"] and t["hardware_metrics"]["average_bitwidth"] <= 4.0
+    widths = {
+        c["config"]["weight_width"]
+        for c in trials[1]["sampled_config"].values()
+        if isinstance(c, dict) and "weight_width" in c.get("config", {})
+    }
+    assert len(widths) == 1  # uniform
+    assert "ilp: sensitivity table of 4 dims from 28 evaluations; 2 point(s) enqueued" in capsys.readouterr().err
