@@ -111,20 +111,32 @@ def _uniform(space: Any, w: int) -> dict[str, int]:
 def _run(
     cfg: Any, space: Any, ev: Any, method: str, budget: float, seed: int, trials: int
 ) -> tuple[Any, int, int, float]:
-    sampler, _, warm = method.partition("+")
+    """One search; the chosen configuration is its best feasible trial on validation, or with " (selection)"
+    the best of its top 5 on a held-out half of validation (the search then scores on the other half)."""
+    from qfx.search.selection import referee, rescore, split_off
+
+    name, _, select = method.partition(" (")
+    sampler, _, warm = name.partition("+")
     c = with_overrides(cfg, sampler=sampler, seed=seed, n_trials=trials, warm_start=warm or "none")
     st = c.search.strategy
     fresh = copy.copy(ev)
     fresh.memo = {}  # the method pays for its own evaluations (the enumeration's are not reused)
+    held = None
+    if select:
+        part, held = split_off(ev.split, 0.5, seed)
+        fresh = referee(ev, part)
     cev = Counting(fresh)
     t0 = time.perf_counter()
-    study, _ = run_study(space, cev, st.metrics, st.setup, None, progress=False,
-                         constraints={"average_bitwidth": Bound(max=budget)})  # fmt: skip
+    study, objective = run_study(space, cev, st.metrics, st.setup, None, progress=False,
+                                 constraints={"average_bitwidth": Bound(max=budget)})  # fmt: skip
+    if held is not None:
+        (best,), _ = rescore(study, objective, referee(ev, held), referee(ev, held), 5)
+    else:
+        done = [t for t in study.trials if t.state.name == "COMPLETE" and t.user_attrs.get("feasible", True)]
+        best = max(done, key=lambda t: t.value)
     wall = time.perf_counter() - t0
-    done = [t for t in study.trials if t.state.name == "COMPLETE" and t.user_attrs.get("feasible", True)]
-    best = max(done, key=lambda t: t.value)
     chosen = space.to_config(space.point_of(best.params))
-    return chosen, len(cev.cache), cev.index(chosen), wall
+    return chosen, len(cev.cache) + (5 if held is not None else 0), cev.index(chosen), wall
 
 
 def bench_model(model: str, seeds: int, trials: int, epochs: int, out: Path) -> list[list[Any]]:
