@@ -4,16 +4,24 @@
   batch norm), the bits of the quantized constant that are really used — the span from its lowest to its
   highest set bit of ``|code|`` (0 for a zero weight) — times the width of the input it multiplies; a
   conv counts each weight once per output position. Float operands count 32 bits.
-- ``fpga_luts`` / ``fpga_latency``: the graph traced by da4ml (:mod:`qfx.passes.export.da4ml_backend`,
-  the same logic ``qfx export --format verilog`` writes), its LUT estimate and adder depth. Estimated:
-  the combinational datapath (CMVM adder graphs, biases, ReLUs, rounding/saturation); not estimated:
-  control logic, pipeline registers, I/O. Each CMVM is solved once per (matrix, input intervals) and
-  whole configurations are memoised, so a search pays each distinct layer configuration once.
+- ``fpga_luts`` / ``fpga_latency``: additive per layer, as an integer program needs them. Each MAC layer
+  (linear, conv, folded batch norm) is traced alone by da4ml (:mod:`qfx.passes.export.da4ml_backend`)
+  with its input arriving in its ``data_in`` format, or in its ReLU producer's output format (then the
+  re-quantization into ``data_in`` is part of the layer): the LUT estimate of that logic plus the adder
+  graph and bias, and its adder depth. ``fpga_luts`` is their sum,
+  ``fpga_latency`` the sum of the depths (the layers are in series). A layer's cost is a pure function
+  of (layer, its quantized weights' config, input format) and is cached on exactly that, so a search
+  pays each distinct layer configuration once. Estimated: the CMVM datapath and the re-quantization of
+  ReLU outputs; not estimated: ReLUs themselves, re-quantization of accumulators, control logic, I/O.
+- :func:`fpga_cost`: the whole network traced as one logic (what ``qfx export --format verilog`` writes and
+  ``qfx synth`` synthesizes): its LUT estimate and adder depth, re-quantization included; memoised per
+  configuration. Slower than the per-layer sum (a full trace per distinct configuration).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import weakref
 from collections import OrderedDict
 from typing import Any
@@ -101,9 +109,64 @@ def fpga_cost(graph: QGraph) -> tuple[float, float]:
     return hit
 
 
+_LAYERS: OrderedDict[tuple[Any, ...], tuple[float, float]] = OrderedDict()
+
+
+def _layer_key(lay: Any, in_shape: Any) -> tuple[Any, ...]:
+    h = hashlib.blake2b(digest_size=16)
+    for role in sorted(lay.params):
+        h.update(role.encode())
+        h.update(lay.params[role].detach().double().numpy().tobytes())
+    prec = tuple(sorted((r, str(p)) for r, p in lay.precision.items()))
+    return lay.op, json.dumps(lay.attrs, sort_keys=True, default=str), prec, tuple(in_shape), h.hexdigest()
+
+
+def _trace_layer(lay: Any, in_shape: tuple[int, ...], src: Any) -> tuple[float, float]:
+    from da4ml.trace import FixedVariableArrayInput, comb_trace
+
+    from qfx.passes.export.da4ml_backend import DA4ML_OPS, kif
+
+    inp = FixedVariableArrayInput(in_shape)
+    # the value arrives in its producer's format when a ReLU quantized it (the layer's data_in quantization of
+    # it is then part of the layer's logic), else in the layer's own data_in format
+    x = inp.quantize(*kif(src if src is not None else lay.precision["data_in"]), "WRAP", "TRN")
+    comb = comb_trace(inp, DA4ML_OPS[lay.op](lay, [x], {}))
+    return float(comb.cost), float(comb.latency[1])
+
+
+def layer_costs(graph: QGraph) -> dict[str, tuple[float, float]]:
+    """``{MAC layer: (LUTs, adder depth)}`` of each layer traced alone (see the module docstring); raises
+    ExportError naming a layer da4ml cannot express (a float operand, an unsupported op)."""
+    from qfx.passes.export.da4ml_backend import FMT, _needs
+    from qfx.passes.export.ir import build_ir
+
+    out = {}
+    layers = build_ir(graph, FMT)
+    by_name = {lay.name: lay for lay in layers}
+    for lay in layers:
+        if lay.op not in _MAC_OPS:
+            continue
+        _needs(lay, "data_in", "weight", *(("bias",) if "bias" in lay.params else ()))
+        in_shape = tuple(graph.meta(lay.name).in_shapes[0][1:])
+        src = by_name.get(lay.inputs[0]) if isinstance(lay.inputs[0], str) else None
+        while src is not None and src.op in ("reshape", "identity", "maxpool"):  # value-preserving: look through
+            src = by_name.get(src.inputs[0]) if isinstance(src.inputs[0], str) else None
+        relu = src.precision.get("data_out") if src is not None and src.op == "relu" else None
+        key = (*_layer_key(lay, in_shape), str(relu))
+        hit = _LAYERS.get(key)
+        if hit is None:
+            hit = _LAYERS[key] = _trace_layer(lay, in_shape, relu)
+            if len(_LAYERS) > MEMO_SIZE:
+                _LAYERS.popitem(last=False)
+        out[lay.name] = hit
+    return out
+
+
 def fpga_luts(graph: QGraph) -> float:
-    return fpga_cost(graph)[0]
+    """Sum of the MAC layers' da4ml LUT estimates (see the module docstring)."""
+    return sum(c for c, _ in layer_costs(graph).values())
 
 
 def fpga_latency(graph: QGraph) -> float:
-    return fpga_cost(graph)[1]
+    """Sum of the MAC layers' adder depths (see the module docstring)."""
+    return sum(lat for _, lat in layer_costs(graph).values())

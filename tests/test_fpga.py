@@ -232,3 +232,23 @@ def test_search_with_fpga_luts_objective(tmp_path):
     text = json.dumps(rows)
     assert "fpga_luts" in text
     assert Path(tmp_path / "best_model").is_dir()
+
+
+def test_fpga_luts_is_additive_per_layer_and_cached_per_layer_config():
+    from qfx.hw import fpga
+
+    g = _float_graph("jsc-tiny")
+    cfg = _random_config(g, 5)
+    q = QuantizePass(cfg)(g).graph
+    costs = fpga.layer_costs(q)
+    macs = [n for n, t in quantizable_nodes(g).items() if t in ("linear", "batch_norm1d")]
+    assert set(costs) == set(macs)
+    assert fpga.fpga_luts(q) == sum(c for c, _ in costs.values()) > 0
+    assert fpga.fpga_latency(q) == sum(lat for _, lat in costs.values())
+    # one layer's width changed: only that layer's entry changes, the others come from the cache
+    lin = next(n for n in macs if quantizable_nodes(g)[n] == "linear")
+    cfg2 = {**cfg, lin: {**cfg[lin], "weight_width": 3 if cfg[lin]["weight_width"] != 3 else 4}}
+    before = len(fpga._LAYERS)
+    costs2 = fpga.layer_costs(QuantizePass(cfg2)(g).graph)
+    assert len(fpga._LAYERS) == before + 1
+    assert {n for n in macs if costs2[n] != costs[n]} <= {lin}
