@@ -80,47 +80,28 @@ def test_sensitivity_of_a_weights_only_space_varies_weights_only():
     assert t.loss["seq_blocks_2/weight_width"][0] == pytest.approx(1 / 2 - 1 / 8)
 
 
-SEED = """
-[search.search_space.seed.{n}.config]
-name = ["integer"]
-data_in_width = [8]
-data_in_frac_width = ["auto"]
-weight_width = [2, 3, 4, 5, 6, 7, 8]
-weight_frac_width = ["auto"]
-bias_width = [8]
-bias_frac_width = ["auto"]
-"""
-HEAD = """model = "jsc-s"
-dataset = "digits"
-max_epochs = 5
-[search.search_space]
-name = "graph/quantize/mixed_precision_ptq"
-[search.search_space.setup]
-by = "name"
-[search.search_space.seed.default.config]
-name = ["NA"]
-"""
-TAIL = """
-[search.strategy]
-name = "optuna"
-[search.strategy.setup]
-n_trials = 3
-sampler = "ilp"
-direction = "maximize"
-[search.strategy.metrics]
-accuracy.scale = 1.0
-[search.strategy.constraints]
-average_bitwidth.max = 4.0
-"""
+def _weights_only(nodes: tuple[str, ...]) -> str:
+    """A space where only each node's weight width (2-8) varies; inputs 8-bit, fracs calibrated."""
+    seeds = '[search.search_space.seed.default.config]\nname = ["NA"]\n'
+    for n in nodes:
+        seeds += (
+            f'[search.search_space.seed.{n}.config]\nname = ["integer"]\ndata_in_width = [8]\n'
+            'data_in_frac_width = ["auto"]\nweight_width = [2, 3, 4, 5, 6, 7, 8]\nweight_frac_width = ["auto"]\n'
+            'bias_width = [8]\nbias_frac_width = ["auto"]\n'
+        )
+    return seeds
 
 
 @pytest.mark.slow  # trains jsc-s briefly, then a short search
 def test_ilp_sampler_first_point_meets_the_budget(tmp_path, capsys):
+    from search_helpers import search_toml
+
     from qfx import cli
 
     cfg = tmp_path / "weights_only.toml"
-    lins = ("seq_blocks_2", "seq_blocks_5", "seq_blocks_8", "seq_blocks_11")
-    cfg.write_text(HEAD + "".join(SEED.format(n=n) for n in lins) + TAIL)
+    space = _weights_only(("seq_blocks_2", "seq_blocks_5", "seq_blocks_8", "seq_blocks_11"))
+    toml = search_toml("ilp", 3, by="name", metrics="accuracy.scale = 1.0", space=space, model="jsc-s")
+    cfg.write_text(toml + "\n[search.strategy.constraints]\naverage_bitwidth.max = 4.0\n")
     assert cli.main(["-v", "search", "--config", str(cfg), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     trials = json.loads((tmp_path / "o" / "trials.json").read_text())
     for t in trials[:2]:  # the ILP optimum, then the widest uniform width within the budget
