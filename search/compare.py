@@ -143,6 +143,24 @@ def _reach(curve: list[float], optimum: float, tol: float, maximize: bool) -> in
     return None
 
 
+def _summarize(
+    curves: list[list[float]], walls: list[float], chosen: list[Any], test: Any, optimum: float, tolerance: float,
+    maximize: bool, per_eval: float,
+) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+    """One sampler's figures (compare.json) and its table row (without the name)."""
+    test_acc = [test.evaluate(c).software["accuracy"] for c in chosen if c is not None] if test else []
+    hit = [_reach(c, optimum, 1e-12, maximize) for c in curves]
+    near = [_reach(c, optimum, tolerance, maximize) for c in curves]
+    finals = [c[-1] for c in curves if c]
+    summary = {"trials_to_optimum": hit, "trials_to_within_tol": near, "final_best": finals,
+               "sampler_overhead_ms_per_trial": 1e3 * float(np.mean(walls)), "curves": curves,
+               "test_accuracy_of_chosen": test_acc}  # fmt: skip
+    acc = f"{100 * np.mean(test_acc):.1f} ± {100 * np.std(test_acc):.1f}" if test_acc else "-"
+    row = [f"{np.mean(finals):.4f} ± {np.std(finals):.4f}", _stat(hit), _stat(near), acc,
+           f"{1e3 * np.mean(walls):.1f}", f"{1e3 * (np.mean(walls) + per_eval):.1f}"]  # fmt: skip
+    return summary, row
+
+
 def compare_samplers(
     space: SearchSpace,
     ev: Evaluator,
@@ -181,16 +199,8 @@ def compare_samplers(
     rows, summary, curves = [], {}, {}
     for s in samplers:
         curves[s], walls, chosen = _curves(space, cev, metrics, setup, s, range(repeats), n_trials, constraints)
-        test_acc = [test.evaluate(c).software["accuracy"] for c in chosen if c is not None] if test else []
-        hit = [_reach(c, optimum, 1e-12, maximize) for c in curves[s]]
-        near = [_reach(c, optimum, tolerance, maximize) for c in curves[s]]
-        finals = [c[-1] for c in curves[s] if c]
-        summary[s] = {"trials_to_optimum": hit, "trials_to_within_tol": near, "final_best": finals,
-                      "sampler_overhead_ms_per_trial": 1e3 * float(np.mean(walls)), "curves": curves[s],
-                      "test_accuracy_of_chosen": test_acc}  # fmt: skip
-        acc = f"{100 * np.mean(test_acc):.1f} ± {100 * np.std(test_acc):.1f}" if test_acc else "-"
-        rows.append([s, f"{np.mean(finals):.4f} ± {np.std(finals):.4f}", _stat(hit), _stat(near), acc,
-                     f"{1e3 * np.mean(walls):.1f}", f"{1e3 * (np.mean(walls) + per_eval):.1f}"])  # fmt: skip
+        summary[s], row = _summarize(curves[s], walls, chosen, test, optimum, tolerance, maximize, per_eval)
+        rows.append([s, *row])
     target = "optimum" if optimum_kind == "exhaustive" else "reference"
     headers = ["sampler", "final best", f"trials to {target}", f"trials to within {tolerance}",
                "test acc % of chosen", "ms/trial (memoised)", "ms/trial (est. unmemoised)"]  # fmt: skip
