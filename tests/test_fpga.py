@@ -77,10 +77,13 @@ _FLOAT: dict[str, QGraph] = {}
 
 def _float_graph(name: str) -> QGraph:
     if name not in _FLOAT:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the same weights whatever thread count earlier tests left behind
         torch.manual_seed(0)
         kw = {"width": 4} if name == "cnn" else {}  # a narrow CNN keeps the unrolled RTL small
         m = build_model(name, DS.num_features, DS.num_classes, image_shape=DS.image_shape, **kw)
         train(m, DS, epochs=2, progress=False)
+        torch.set_num_threads(threads)
         from qfx.passes.analysis.calibrate import CalibrationPass
 
         g = analyze(trace(m.eval(), X[:8]))
@@ -95,18 +98,27 @@ def _quantized(name: str, seed: int) -> QGraph:
 
 @pytest.mark.parametrize("name", ["jsc-tiny", "jsc-s", "cnn"])
 def test_interpreter_bit_identical_on_test_split_and_saturating_rows(name):
+    """Every configuration da4ml's interpreter runs is bit-identical; the ones it rejects (a known da4ml 0.6
+    multiplexer limitation) are refused with that reason, never reported as verified."""
+    import copy
+
     x = verification_inputs(X, 1000)
-    for seed in range(2):
+    verified = 0
+    for seed in range(4):
         q = _quantized(name, seed)
         assert any(p.fmt == "uinteger" for m in q.metas() for p in m.precision.values())  # ReLU outputs
         assert any(p.fmt == "integer" for m in q.metas() for p in m.precision.values())
         tr = trace_graph(q)
-        import copy
-
         ref = copy.deepcopy(q.gm).double().eval()(x.double()).detach().numpy().reshape(len(x), -1)
-        got = tr.predict(x)
+        try:
+            got = tr.predict(x)
+        except ExportError as e:
+            assert "da4ml's interpreter rejects this configuration's saturation logic" in str(e)
+            continue
         assert np.array_equal(got, ref), (name, seed, float(np.abs(got - ref).max()))
         assert tr.luts > 0 and tr.latency > 0 and np.ptp(ref, axis=0).max() > 0  # a circuit, not a constant
+        verified += 1
+    assert verified >= 2, f"{name}: only {verified} of 4 random configurations could be verified"
 
 
 @pytest.mark.slow  # Verilator compiles the RTL

@@ -315,7 +315,15 @@ class Traced:
 
     def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """da4ml's bit-exact interpreter on float inputs (quantized to the input precision first)."""
-        return np.asarray(self.comb.predict(self.quantize_input(x), n_threads=1)).reshape(len(x), -1)
+        try:
+            out = self.comb.predict(self.quantize_input(x), n_threads=1)
+        except RuntimeError as e:  # da4ml 0.6's interpreter rejects some multiplexer operand shifts
+            raise ExportError(
+                f"{FMT}: da4ml's interpreter rejects this configuration's saturation logic ({e}); the logic cannot "
+                "be verified, so it is refused (a known da4ml 0.6 limitation with widely different fixed-point "
+                "scales between layers)"
+            ) from e
+        return np.asarray(out).reshape(len(x), -1)
 
 
 def _input_precision(layers: list[Layer]) -> TensorPrecision:
