@@ -52,7 +52,8 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 UNITS = {"average_bitwidth": " (bits)", "memory_bytes": " (bytes)", "model_size": " (bytes)",
-         "latency": " (ms)", "latency_per_sample": " (ms)"}  # fmt: skip
+         "latency": " (ms)", "latency_per_sample": " (ms)", "fpga_luts": " (LUTs, da4ml)",
+         "fpga_latency": " (adder levels)", "ebops": " (bit operations)"}  # fmt: skip
 
 
 def plot_history(data: StudyData, path: Path) -> Path:
