@@ -338,7 +338,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _selection_note(run: Any, st: Any) -> None:
     """With a selection split: its size, how many candidates it judged, and search/selection/test figures."""
-    if not run.selection:
+    a = run.selection.get("anchor")
+    if a is not None and "p_value" in a and a["p_value"] is not None:
+        _note(
+            f"anchor: the best vs the uniform-width trial {a['anchor_trial']} on the {a['rows']} rows of the "
+            f"{a['split']}: right only by the best {a['best_right_anchor_wrong']}, only by the anchor "
+            f"{a['anchor_right_best_wrong']}; McNemar p = {a['p_value']:.3g} (alpha {a['alpha']:g}): "
+            f"kept the {a['kept']}"
+        )
+    elif a is not None:
+        _note(f"anchor: kept the {a['kept']}" + (f" ({a['why']})" if "why" in a else ""))
+    if "splits" not in run.selection:
         return
     n = run.selection["splits"]
     _note(

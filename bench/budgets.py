@@ -6,9 +6,11 @@ MAC layers with 8-bit inputs (7^4 = 2,401 points, enumerated once). Budgets: the
 uniform 3-, 4- and 6-bit weights. Every method searches on the validation split; the configuration it
 picks (its best feasible trial) is reported on the test split. "(selection)": the search scores on half of
 the validation split and its 5 best distinct configurations are re-scored on the other half, which picks
-(``[search.strategy.selection]``). Evaluations count distinct configurations evaluated (the ILP's table
-included; "chosen at": when the chosen one was first evaluated); wall time is the method's own. ``ilp`` is
-TPE after the integer program's points, so ``tpe+ilp`` (the warm start) is the same algorithm.
+(``[search.strategy.selection]``). "(anchor)": the search's pick is kept only when it classifies the validation
+rows significantly better than uniform width (exact one-sided McNemar test, p < 0.05), else uniform
+(``[search.strategy.selection] anchor = "uniform"``). Evaluations count distinct configurations evaluated
+(the ILP's table included; "chosen at": when the chosen one was first evaluated); wall time is the
+method's own. ``ilp`` is TPE after the integer program's points, so ``tpe+ilp`` (the warm start) is the same algorithm.
 
     python bench/budgets.py                    # 3 seeds, 40 trials per method
     python bench/budgets.py --seeds 1 --trials 30 --models jsc-s
@@ -30,6 +32,7 @@ from tabulate import tabulate
 
 from qfx.search.config import Bound, load_config
 from qfx.search.runner import Evaluator
+from qfx.search.selection import correct, mcnemar_greater
 from qfx.search.session import build_search, prepare, with_overrides
 from qfx.search.study import run_study
 
@@ -90,6 +93,10 @@ class Counting:
     def index(self, config: Any) -> int:
         """1-based position of ``config`` among the distinct evaluations (when it was first evaluated)."""
         return list(self.cache).index(json.dumps(config, sort_keys=True, default=str)) + 1
+
+
+METHODS = ("tpe", "tpe+ilp", "ilp", "tpe (selection)", "ilp (selection)", "tpe (anchor)", "ilp (anchor)")
+ALPHA = 0.05
 
 
 def _setup(model: str, out: Path, epochs: int) -> tuple[Any, Any, Any, Any]:
@@ -158,10 +165,13 @@ def bench_model(model: str, seeds: int, trials: int, epochs: int, out: Path) -> 
         exh = f"{100 * acc['exhaustive (val optimum)']:.1f}"
         rows.append([model, w, f"{budget:.3f}", "exhaustive (val optimum)", exh, "-", f"{len(every)}", f"{t_all:.0f}"])
         bar = max(acc.values())
-        for method in ("tpe", "tpe+ilp", "ilp", "tpe (selection)", "ilp (selection)"):
+        anchor = correct(ev, space.to_config(u))
+        for method in METHODS:
             accs, evals, found, walls = [], [], [], []
             for s in range(seeds):
-                chosen, n, at, wall = _run(cfg, space, ev, method, budget, s, trials)
+                chosen, n, at, wall = _run(cfg, space, ev, method.replace(" (anchor)", ""), budget, s, trials)
+                if method.endswith("(anchor)") and mcnemar_greater(correct(ev, chosen), anchor) >= ALPHA:
+                    chosen = space.to_config(u)  # not significantly better than uniform on validation
                 accs.append(test.evaluate(chosen).software["accuracy"])
                 evals.append(n)
                 found.append(at)

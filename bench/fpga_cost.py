@@ -61,7 +61,7 @@ def _config(g, rng: random.Random) -> dict:  # noqa: ANN001
     return out
 
 
-def correlations(name: str, n: int, n_synth: int, seed: int = 0) -> list[list]:
+def correlations(name: str, n: int, n_synth: int, seed: int = 0, jsonl: Path | None = None) -> list[list]:
     ds = load_dataset("digits")
     g = _graph(name, ds)
     rng = random.Random(seed)
@@ -84,8 +84,16 @@ def correlations(name: str, n: int, n_synth: int, seed: int = 0) -> list[list]:
                 r["yosys"] = synth(Path(d))["LUT"]
                 r["t_yosys"] = time.perf_counter() - t0
         rows.append(r)
+        if jsonl is not None:  # every configuration's figures as they come (a cut-short run keeps them)
+            with jsonl.open("a") as f:
+                f.write(json.dumps({"model": name, **r}) + "\n")
         msg = f"  {name} config {i + 1}/{n}: da4ml {luts:,.0f}, per layer {per_layer:,.0f}"
         print(msg + (f", yosys {r['yosys']:,}" if "yosys" in r else ""), file=sys.stderr, flush=True)
+    return summarize(name, rows)
+
+
+def summarize(name: str, rows: list[dict]) -> list[list]:
+    """The table rows of one model's measured configurations."""
     syn = [r for r in rows if "yosys" in r]
     out = []
     for proxy in ("avg_bits", "bops", "ebops", "fpga_luts (per layer)", "da4ml (network)"):
@@ -127,14 +135,25 @@ def main() -> None:
     ap.add_argument("--synth", type=int, default=30, help="configs per model synthesized by yosys")
     ap.add_argument("--trials", type=int, default=300)
     ap.add_argument("--models", default="jsc-s,cnn")
+    ap.add_argument("--jsonl", type=Path, help="append each configuration's figures to this file")
+    ap.add_argument("--summarize", type=Path, help="only print the table of a --jsonl file (a run cut short)")
     a = ap.parse_args()
+    headers = ["model", "measure", "synthesized", "Spearman vs yosys LUTs", "configs", "Spearman vs da4ml (network)"]
+    if a.summarize:
+        recs = [json.loads(line) for line in a.summarize.read_text().splitlines() if line.strip()]
+        table = [
+            row
+            for m in dict.fromkeys(r["model"] for r in recs)
+            for row in summarize(m, [r for r in recs if r["model"] == m])
+        ]
+        print(tabulate(table, headers=headers, tablefmt="github"))
+        return
     if tools()["yosys"] is None:
         a.synth = 0
         print("yosys is not on PATH: correlations against da4ml's estimate only", file=sys.stderr)
     rows = []
     for name in filter(None, a.models.split(",")):
-        rows += correlations(name, a.configs, a.synth)
-    headers = ["model", "measure", "synthesized", "Spearman vs yosys LUTs", "configs", "Spearman vs da4ml (network)"]
+        rows += correlations(name, a.configs, a.synth, jsonl=a.jsonl)
     print(tabulate(rows, headers=headers, tablefmt="github"), flush=True)
     if not a.trials:
         return

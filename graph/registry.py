@@ -137,6 +137,34 @@ for _t, _keys in OP_TYPES.items():
             raise ValueError(f"op target {_k!r} is listed under two op types: {_TYPE_OF[_k]!r} and {_t!r}")
         _TYPE_OF[_k] = _t
 
+_REGISTERED: list[OpKey] = []
+
+
+def registered_ops() -> tuple[OpKey, ...]:
+    """The targets added by :func:`register_op_type` (tracing keeps their classes and functions as leaves)."""
+    return tuple(_REGISTERED)
+
+
+# called after OP_TYPES changes (the saved-graph loader's call and method tables are derived from it)
+ON_OP_TYPES_CHANGE: list[Callable[[], None]] = []
+
+
+def register_op_type(name: str, *keys: OpKey) -> None:
+    """A new op type with every target that performs it (module class, functions, method names): the one
+    registration the other tables (``register_op(name)`` of FLOPs, quantization, the IR) are keyed by."""
+    if not name.isidentifier() or name in OP_TYPES:
+        raise ValueError(f"op type {name!r} is {'already registered' if name in OP_TYPES else 'not an identifier'}")
+    for k in keys:
+        if not isinstance(k, (type, str)) and not callable(k):
+            raise TypeError(f"op type {name!r}: key {k!r} is not a module class, function or method name")
+        if k in _TYPE_OF:
+            raise ValueError(f"op target {k!r} is already listed under op type {_TYPE_OF[k]!r}")
+    OP_TYPES[name] = tuple(keys)
+    _TYPE_OF.update(dict.fromkeys(keys, name))
+    _REGISTERED.extend(keys)
+    for fn in ON_OP_TYPES_CHANGE:
+        fn()
+
 
 def source_key(node: fx.Node, modules: dict[str, nn.Module]) -> OpKey:
     """Target the node performs: module class, function object or method name.

@@ -46,6 +46,7 @@ from torch.utils import _pytree as pytree
 
 from qfx.graph import schema as S
 from qfx.graph.meta import TensorPrecision
+from qfx.graph.registry import ON_OP_TYPES_CHANGE
 
 FORMAT = "qfx-graph/1"
 
@@ -150,6 +151,9 @@ def method_table() -> frozenset[str]:
     for n in {getattr(f, "__name__", "") for f in _tensor_functions().values()} | set(_EXTRA_METHODS):
         names |= {m for m in (n, f"{n}_") if hasattr(torch.Tensor, m)}
     return frozenset(m for m in names if m.isidentifier() and not m.startswith("_") and m not in _DENY_METHODS)
+
+
+ON_OP_TYPES_CHANGE += [call_table.cache_clear, method_table.cache_clear]
 
 
 @cache

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from qfx.graph.copying import copy_value
 from qfx.graph.meta import NodeMeta, get_meta, set_meta
-from qfx.graph.registry import op_type, target_name
+from qfx.graph.registry import op_type, registered_ops, target_name
 
 
 class TracingError(RuntimeError):
@@ -27,8 +27,10 @@ class TracingError(RuntimeError):
 
 class _Tracer(fx.Tracer):
     def __init__(self, leaf_modules: Sequence[type] = (), leaf_functions: Sequence[Callable] = ()) -> None:
-        super().__init__(autowrap_functions=tuple(leaf_functions))
-        self._leaf_types = tuple(leaf_modules)
+        ext = registered_ops()  # op types added with register_op_type: their classes and functions are leaves
+        funcs = [k for k in ext if callable(k) and not isinstance(k, type) and k not in leaf_functions]
+        super().__init__(autowrap_functions=(*leaf_functions, *funcs))
+        self._leaf_types = (*leaf_modules, *(k for k in ext if isinstance(k, type)))
         self._where: list[tuple[str, str]] = []
         self.failed_in: tuple[str, str] | None = None
 

@@ -108,10 +108,15 @@ class Selection(_M):
     """``fraction`` > 0: that share of the evaluation split is held out as a *selection* split (stratified,
     seeded). The search scores on the rest; its ``top_k`` best distinct configurations are re-scored on the
     selection split and the best there is reported, with its test-split figures (single objective; a
-    multi-objective front is reported with both figures per point)."""
+    multi-objective front is reported with both figures per point). ``anchor = "uniform"``: the widest
+    uniform-width configuration within the budgets is evaluated first, and the best (single objective) is
+    reported only when it classifies the deciding split's rows (the selection split, else the evaluation split)
+    significantly better than that anchor: exact one-sided McNemar test at ``alpha``; else the anchor is."""
 
     fraction: float = Field(0.0, ge=0.0, le=0.9)
     top_k: int = Field(5, ge=1, le=100)
+    anchor: Literal["none", "uniform"] = "none"
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)
 
 
 class Strategy(_M):

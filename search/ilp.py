@@ -147,18 +147,20 @@ def brute_force(table: Table, bounds: dict[str, tuple[float | None, float | None
     return best
 
 
-def uniform_points(table: Table, space: Any, ev: Any, budgets: dict[str, Any]) -> list[dict[str, int]]:
+def uniform_points(space: Any, ev: Any, budgets: dict[str, Any]) -> list[dict[str, int]]:
     """The widest uniform-width point (every width dimension at the same width, or the nearest choice below
-    it) that meets every hardware budget by the real metric: the baseline a mixed allocation must beat."""
+    it; other dimensions at their first choice) that meets every hardware budget by the real metric (checked
+    without running the model): the baseline a mixed allocation must beat. Empty when none does."""
     from qfx.search.metrics import violations
 
-    levels = sorted({c for ch in table.dims.values() for c in ch}, reverse=True)
+    dims = width_dims(space)
+    levels = sorted({c for ch in dims.values() for c in ch}, reverse=True)
     for w in levels:
-        p = dict(table.top)
-        for d, ch in table.dims.items():
+        p = {d: 0 for d in space.free_dims}
+        for d, ch in dims.items():
             below = [i for i, c in enumerate(ch) if c <= w]
             p[d] = max(below, key=lambda i: ch[i]) if below else min(range(len(ch)), key=lambda i: ch[i])
-        hw = ev.evaluate(space.to_config(p)).hardware if budgets else {}
+        hw = ev.hardware(space.to_config(p)) if budgets else {}
         if all(v <= 0 for v in violations(hw.__getitem__, budgets).values()):
             return [p]
     return []
@@ -200,5 +202,5 @@ def proposals(
             q = solve(table, {**bounds, k: (None, cap)})
             if q is not None and q not in out:
                 out.append(q)
-    out += [q for q in uniform_points(table, space, ev, budgets) if q not in out]
+    out += [q for q in uniform_points(space, ev, budgets) if q not in out]
     return [space.params(q) for q in out]

@@ -177,3 +177,61 @@ def measure_resources(fn: Callable[[], Any], device: str = "cpu") -> tuple[Any, 
         peak = float(max(hwm - base_kb, 0) * 1024) if hwm is not None and base_kb is not None else float("nan")
     return out, {"cpu_time_s": cpu, "wall_s": wall, "cpu_utilization": cpu / wall if wall > 0 else float("nan"),
                  "peak_memory_bytes": peak}  # fmt: skip
+
+
+# --- the built-in runtime metrics' measure functions (registered in qfx.search.metrics): each takes the trial's
+# MetricContext (graph, logits, labels, evaluator) and returns its group of values, measured once per trial
+
+
+def _latency_batch(ctx: Any) -> torch.Tensor:
+    ev = ctx.evaluator
+    return ev.x[: ev.latency.batch_size]
+
+
+def latency_metrics(ctx: Any) -> dict[str, float]:
+    """``latency`` (median ms of one batch's forward), ``latency_per_sample`` and ``latency_iqr``."""
+    ev, xb = ctx.evaluator, _latency_batch(ctx)
+    lat = measure_latency(lambda: ctx.graph.gm(xb), ev.latency.warmup, ev.latency.repeats, ev.device)
+    return {"latency": lat["median_ms"], "latency_per_sample": lat["median_ms"] / len(xb), "latency_iqr": lat["iqr_ms"]}
+
+
+def _energy(ctx: Any, meter: Callable[..., dict[str, Any]], what: str) -> dict[str, Any]:
+    """``meter`` over repeated forwards of one latency batch, plus ``per_sample`` joules."""
+    xb = _latency_batch(ctx)
+    e = meter(lambda: ctx.graph.gm(xb), repeats=max(ctx.evaluator.latency.repeats, 20))
+    if not e["available"]:
+        raise RuntimeError(f"{what} energy not measured: {e['reason']}")
+    return {**e, "per_sample": e["energy_per_call_j"] / len(xb)}
+
+
+def gpu_energy_metrics(ctx: Any) -> dict[str, float]:
+    e = _energy(ctx, gpu_energy, "GPU")
+    return {"energy_per_sample": e["per_sample"], "power_w": e["power_w"]}
+
+
+def cpu_energy_metrics(ctx: Any) -> dict[str, float]:
+    return {"cpu_energy": _energy(ctx, cpu_energy, "CPU")["per_sample"]}
+
+
+def resource_metrics(ctx: Any) -> dict[str, float]:
+    """CPU time, utilisation and peak memory of the evaluation forward pass (run once more, measured)."""
+    from qfx.zoo.train import predict
+
+    ev = ctx.evaluator
+    _, c = measure_resources(lambda: predict(ctx.graph.gm, ev.x), ev.device)
+    return {
+        "cpu_time": 1e3 * c["cpu_time_s"],
+        "cpu_utilization": c["cpu_utilization"],
+        "peak_memory": c["peak_memory_bytes"],
+    }
+
+
+def needs_cuda(device: str) -> str | None:
+    if device.startswith("cuda"):
+        return None
+    return f'needs a CUDA GPU with NVML (accelerator = "cuda"); this run is on {device}'
+
+
+def needs_rapl(device: str) -> str | None:
+    s = rapl_status()
+    return None if s["available"] else f"cannot be measured on this machine: {s['reason']}"

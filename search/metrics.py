@@ -2,9 +2,9 @@
 
 A :class:`Metric` names its kind (``software``: measured by running the model; ``hardware``:
 estimated from the quantized graph's metadata), its natural direction and a description (shown by
-``qfx search --help`` and the README). Built-in metrics are measured by the evaluator's measurement
-groups (classification, per-sample FLOPs, latency, GPU energy, hw estimates); a registered metric
-with ``measure`` is computed by that function, only in searches that ask for it. Config validation,
+``qfx search --help`` and the README). Every trial records the classification metrics, per-sample FLOPs/MACs
+and the hw/ estimates; every other metric has a ``measure`` function (the runtime ones are in
+:mod:`qfx.search.measure`), called only in searches that ask for it. Config validation,
 the evaluator and the CLI help all read this table.
 """
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+from qfx.search import measure as M
 
 if TYPE_CHECKING:
     import torch
@@ -35,11 +37,18 @@ class MetricContext:
 
 @dataclass(frozen=True)
 class Metric:
+    """``measure(ctx)``: the metric's value, or a dict of the values of its group (one call fills them all:
+    ``latency`` also records ``latency_per_sample``); None for the values every trial records (classification
+    metrics, FLOPs, the hw/ estimates). ``varies``: a second measurement gives another value (timing, energy),
+    so such trials are never answered from memory. ``available(device)``: None, or why it cannot be measured."""
+
     name: str
     kind: Kind
     direction: Literal["maximize", "minimize"]
     description: str
-    measure: Callable[[MetricContext], float] | None = None  # None: a built-in measurement group fills it
+    measure: Callable[[MetricContext], float | dict[str, float]] | None = None
+    varies: bool = False
+    available: Callable[[str], str | None] | None = None
 
 
 METRICS: dict[str, Metric] = {}
@@ -57,9 +66,6 @@ def unregister_metric(name: str) -> Metric:
     return METRICS.pop(name)
 
 
-RESOURCE_METRICS = ("cpu_time", "cpu_utilization", "peak_memory")
-
-
 def check_metrics(names: list[str] | dict[str, Any]) -> None:
     """ValueError naming unknown metrics and listing the registered ones."""
     bad = [k for k in names if k not in METRICS]
@@ -67,7 +73,7 @@ def check_metrics(names: list[str] | dict[str, Any]) -> None:
         raise ValueError(f"unknown metric(s) {bad}; available: {', '.join(METRICS)}")
 
 
-for _m in (
+for _m in (  # fmt: skip
     Metric("accuracy", "software", "maximize", "top-1 accuracy on the evaluation samples"),
     Metric("loss", "software", "minimize", "mean cross-entropy"),
     Metric("precision", "software", "maximize", "precision, support-weighted over classes"),
@@ -76,13 +82,52 @@ for _m in (
     Metric("precision_macro", "software", "maximize", "precision, unweighted class mean"),
     Metric("recall_macro", "software", "maximize", "recall, unweighted class mean"),
     Metric("f1_macro", "software", "maximize", "F1, unweighted class mean"),
-    Metric("latency", "software", "minimize", "median forward time of one batch (ms)"),
-    Metric("latency_per_sample", "software", "minimize", "median forward time per sample (ms)"),
-    Metric("energy_per_sample", "software", "minimize", "GPU energy per sample (J) from NVML; CUDA runs only"),
-    Metric("cpu_time", "software", "minimize", "process CPU time of the evaluation forward pass, all threads (ms)"),
-    Metric("cpu_utilization", "software", "minimize", "CPU time / wall time of that pass (1.0 = one core busy)"),
-    Metric("peak_memory", "software", "minimize", "bytes allocated during evaluation (CUDA allocator / CPU RSS)"),
-    Metric("cpu_energy", "software", "minimize", "CPU package energy per sample (J) from RAPL, where readable"),
+    Metric("latency", "software", "minimize", "median forward time of one batch (ms)", M.latency_metrics, True),
+    Metric(
+        "latency_per_sample", "software", "minimize", "median forward time per sample (ms)", M.latency_metrics, True
+    ),
+    Metric(
+        "energy_per_sample",
+        "software",
+        "minimize",
+        "GPU energy per sample (J) from NVML; CUDA runs only",
+        M.gpu_energy_metrics,
+        True,
+        M.needs_cuda,
+    ),
+    Metric(
+        "cpu_time",
+        "software",
+        "minimize",
+        "process CPU time of the evaluation forward pass, all threads (ms)",
+        M.resource_metrics,
+        True,
+    ),
+    Metric(
+        "cpu_utilization",
+        "software",
+        "minimize",
+        "CPU time / wall time of that pass (1.0 = one core busy)",
+        M.resource_metrics,
+        True,
+    ),
+    Metric(
+        "peak_memory",
+        "software",
+        "minimize",
+        "bytes allocated during evaluation (CUDA allocator / CPU RSS)",
+        M.resource_metrics,
+        True,
+    ),
+    Metric(
+        "cpu_energy",
+        "software",
+        "minimize",
+        "CPU package energy per sample (J) from RAPL, where readable",
+        M.cpu_energy_metrics,
+        True,
+        M.needs_rapl,
+    ),
     Metric("flops", "software", "minimize", "FLOPs of one forward pass over one sample"),
     Metric("macs", "software", "minimize", "MACs of one forward pass over one sample"),
     Metric("average_bitwidth", "hardware", "minimize", "element-weighted mean width (see hw/)"),

@@ -170,7 +170,8 @@ def write_outputs(
     best_json = {
         str(i): {**{k: trial_record(t)[k] for k in BEST_KEYS}, "weakest_nodes": weakest.get(t.number, []),
                  "trials": drawn[config_key(t)], "trial_numbers": numbers.get(config_key(t), [t.number]),
-                 **({"split_sizes": selection["splits"], **figs[t.number]} if t.number in figs else {})}
+                 **({"split_sizes": selection["splits"], **figs[t.number]} if t.number in figs else {}),
+                 **({"anchor": selection["anchor"]} if i == 0 and "anchor" in (selection or {}) else {})}
         for i, t in enumerate(best)
     }  # fmt: skip
     (out / "best.json").write_text(json.dumps(best_json, indent=1, default=str))

@@ -20,13 +20,9 @@ from qfx.graph.trace import QGraph
 from qfx.hw.estimates import hw_metrics
 from qfx.passes.transforms.quantize.quantize_pass import QuantizePass
 from qfx.search.config import AvgBitwidthRunner, LatencyRunner, QATRunner
-from qfx.search.measure import cpu_energy, gpu_energy, measure_latency, measure_resources, rapl_status
-from qfx.search.metrics import METRICS, RESOURCE_METRICS, MetricContext, check_metrics
+from qfx.search.metrics import METRICS, MetricContext, check_metrics
 from qfx.zoo.data import Split
 from qfx.zoo.train import PRF, classification_metrics, predict
-
-# metrics whose value changes from one measurement to the next: their trials are always evaluated
-MEASURED_EACH_TIME = ("latency", "latency_per_sample", "energy_per_sample", "cpu_energy", *RESOURCE_METRICS)
 
 
 @dataclass
@@ -73,13 +69,11 @@ class Evaluator:
         self.train_split = train_split
         self.device = device
         self.seed = seed
-        if "energy_per_sample" in metrics and not device.startswith("cuda"):
-            raise ValueError(
-                "metric 'energy_per_sample' needs a CUDA GPU with NVML (accelerator = \"cuda\"); "
-                f"this run is on {device}"
-            )
-        if "cpu_energy" in metrics and not (rapl := rapl_status())["available"]:
-            raise ValueError(f"metric 'cpu_energy' cannot be measured on this machine: {rapl['reason']}")
+        for name in self.metrics:
+            m = METRICS[name]
+            why = m.available(device) if m.available is not None else None
+            if why:
+                raise ValueError(f"metric {name!r} {why}")
         if self.qat.steps and train_split is None:
             raise ValueError("QAT fine-tuning needs a training split")
         batch = pristine.meta(next(n for n in pristine.nodes if n.op == "placeholder")).out_shape[0]
@@ -97,7 +91,7 @@ class Evaluator:
         self._ref_outs: dict[str, torch.Tensor] | None = None  # float node outputs on the SQNR batch
         # a configuration drawn again is not evaluated again when every metric is a function of it (no timing,
         # energy or resource metric, whose value a second measurement would change)
-        self.memo: dict[str, TrialResult] | None = None if set(self.metrics) & set(MEASURED_EACH_TIME) else {}
+        self.memo: dict[str, TrialResult] | None = None if any(METRICS[m].varies for m in self.metrics) else {}
 
     SQNR_BATCH = 32
 
@@ -134,14 +128,6 @@ class Evaluator:
             opt.step()
         q.gm.eval()
 
-    def _energy(self, q: QGraph, meter: Any, what: str) -> dict[str, Any]:
-        """``meter`` (gpu_energy / cpu_energy) over repeated forwards of one latency batch, plus ``per_sample`` J."""
-        xb = self.x[: self.latency.batch_size]
-        e = meter(lambda: q.gm(xb), repeats=max(self.latency.repeats, 20))
-        if not e["available"]:
-            raise RuntimeError(f"{what} energy not measured: {e['reason']}")
-        return {**e, "per_sample": e["energy_per_call_j"] / len(xb)}
-
     def evaluate(self, config: Any) -> TrialResult:
         """Quantize the pristine graph with ``config`` and measure every requested metric (a configuration seen
         before returns its recorded result, ``timings`` = ``{"cached": 1}``, unless a metric is measured each time)."""
@@ -154,16 +140,23 @@ class Evaluator:
             self.memo[key] = res
         return res
 
+    def _measure(self, ctx: MetricContext, into: dict[str, float], kind: str) -> None:
+        """The requested metrics of ``kind`` that have a measure function, each function called once."""
+        done: set[Any] = set()
+        for name in self.metrics:
+            m = METRICS[name]
+            if m.measure is None or m.kind != kind or m.measure in done:
+                continue
+            done.add(m.measure)
+            v = m.measure(ctx)
+            into.update({k: float(x) for k, x in v.items()} if isinstance(v, dict) else {name: float(v)})
+
     def hardware(self, config: Any) -> dict[str, float]:
         """The hardware metrics of ``config`` without running the model (functions of the configuration:
         what a budget can be checked on before an evaluation is spent)."""
         q = QuantizePass(config)(self.pristine).graph
         hw = hw_metrics(q, self.hw.compare_to, self.hw.activations)
-        ctx = MetricContext(q, torch.empty(0), self.y, self)
-        for name in self.metrics:
-            m = METRICS[name]
-            if m.measure is not None and m.kind == "hardware":
-                hw[name] = float(m.measure(ctx))
+        self._measure(MetricContext(q, torch.empty(0), self.y, self), hw, "hardware")
         self._checked = (json.dumps(config, sort_keys=True, default=str), q, hw)  # the evaluation that follows
         return dict(hw)
 
@@ -179,35 +172,16 @@ class Evaluator:
         if self.qat.steps:
             self._finetune(q)
         t2 = time.perf_counter()
-        if any(m in RESOURCE_METRICS for m in self.metrics):
-            logits, cost = measure_resources(lambda: predict(q.gm, self.x), self.device)
-        else:
-            logits, cost = predict(q.gm, self.x), {}
-        logits = logits.cpu()
+        logits = predict(q.gm, self.x).cpu()
         sw = classification_metrics(logits, self.y, self.num_classes, full=self._prf)
         sw.pop("confusion_matrix", None)
         sw.update(self._per_sample)
-        if cost:
-            sw.update(cpu_time=1e3 * cost["cpu_time_s"], cpu_utilization=cost["cpu_utilization"],
-                      peak_memory=cost["peak_memory_bytes"])  # fmt: skip
-        if "cpu_energy" in self.metrics:
-            sw["cpu_energy"] = self._energy(q, cpu_energy, "CPU")["per_sample"]
-        if "latency" in self.metrics or "latency_per_sample" in self.metrics:
-            xb = self.x[: self.latency.batch_size]
-            lat = measure_latency(lambda: q.gm(xb), self.latency.warmup, self.latency.repeats, self.device)
-            sw["latency"] = lat["median_ms"]
-            sw["latency_per_sample"] = lat["median_ms"] / len(xb)
-            sw["latency_iqr"] = lat["iqr_ms"]
-        if "energy_per_sample" in self.metrics:
-            e = self._energy(q, gpu_energy, "GPU")
-            sw["energy_per_sample"], sw["power_w"] = e["per_sample"], e["power_w"]
+        ctx = MetricContext(q, logits, self.y, self)
+        self._measure(ctx, sw, "software")
         t3 = time.perf_counter()
         hw = dict(checked[2]) if checked else hw_metrics(q, self.hw.compare_to, self.hw.activations)
-        ctx = MetricContext(q, logits, self.y, self)
-        for name in self.metrics:  # registered metrics with their own measure function
-            m = METRICS[name]
-            if m.measure is not None and not (checked and m.kind == "hardware"):
-                (sw if m.kind == "software" else hw)[name] = float(m.measure(ctx))
+        if not checked:  # else measured by the budget check
+            self._measure(ctx, hw, "hardware")
         t4 = time.perf_counter()
         timings = {"rebuild": t1 - t0, "qat": t2 - t1, "evaluate": t3 - t2, "hw": t4 - t3}
         return TrialResult(sw, hw, timings)  # weakest nodes: for the best configurations only (write_outputs)

@@ -150,6 +150,10 @@ def register_sampler(spec: SamplerSpec) -> SamplerSpec:
     return spec
 
 
+def unregister_sampler(name: str) -> SamplerSpec:
+    return SAMPLERS.pop(name)
+
+
 def sampler_spec(name: str) -> SamplerSpec:
     """The spec of ``name`` (aliases and case accepted); ValueError lists the registered names."""
     key = ALIASES.get(name.lower(), name.lower())

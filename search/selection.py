@@ -13,6 +13,7 @@ import copy
 import json
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -64,6 +65,17 @@ def candidates(study: optuna.Study, objective: Any, top_k: int) -> list[optuna.t
     return out
 
 
+def trial_figures(t: optuna.trial.FrozenTrial, objective: Any, selection: Any, test: Any) -> dict[str, Any]:
+    """A trial's ``selection_metrics``, ``test_metrics`` and ``selection_value`` (signed objective)."""
+    cfg = t.user_attrs["sampled_config"]
+    s, te = selection.evaluate(cfg), test.evaluate(cfg)
+    return {
+        "selection_metrics": {**s.software, **s.hardware},
+        "test_metrics": {**te.software, **te.hardware},
+        "selection_value": scalarize(s.metric, objective.metrics, signed=True),
+    }
+
+
 def rescore(
     study: optuna.Study, objective: Any, selection: Any, test: Any, top_k: int
 ) -> tuple[list[optuna.trial.FrozenTrial], dict[int, dict[str, Any]]]:
@@ -71,16 +83,63 @@ def rescore(
     ``chosen`` is the best on selection (single objective; ties to the better search value) or the front,
     and ``figures[number]`` holds ``selection_metrics``, ``test_metrics`` and ``selection_value``."""
     cands = candidates(study, objective, top_k)
-    figures: dict[int, dict[str, Any]] = {}
-    for t in cands:
-        cfg = t.user_attrs["sampled_config"]
-        s, te = selection.evaluate(cfg), test.evaluate(cfg)
-        figures[t.number] = {
-            "selection_metrics": {**s.software, **s.hardware},
-            "test_metrics": {**te.software, **te.hardware},
-            "selection_value": scalarize(s.metric, objective.metrics, signed=True),
-        }
+    figures = {t.number: trial_figures(t, objective, selection, test) for t in cands}
     if not cands or not objective.single:
         return cands, figures
     best = max(cands, key=lambda t: figures[t.number]["selection_value"])  # cands are in search order: first wins
     return [best], figures
+
+
+def correct(ev: Any, config: Any) -> np.ndarray:
+    """Per row of ``ev``'s split: does ``config``'s quantized graph classify it correctly?"""
+    from qfx.passes.transforms.quantize import QuantizePass
+    from qfx.zoo.train import predict
+
+    q = QuantizePass(config)(ev.pristine).graph
+    return (predict(q.gm, ev.x).cpu().argmax(1) == ev.y).numpy()
+
+
+def mcnemar_greater(cand: np.ndarray, anchor: np.ndarray) -> float:
+    """Exact one-sided McNemar test: the p-value of "the candidate is right more often than the anchor" on
+    paired rows (a binomial test on the rows where exactly one of the two is right)."""
+    from scipy.stats import binomtest
+
+    b, c = int((cand & ~anchor).sum()), int((~cand & anchor).sum())
+    return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5, alternative="greater").pvalue)
+
+
+def anchored(
+    ev: Any, best: optuna.trial.FrozenTrial, anchor: optuna.trial.FrozenTrial, alpha: float
+) -> tuple[optuna.trial.FrozenTrial, dict[str, Any]]:
+    """Keep ``best`` only where it classifies ``ev``'s rows significantly better than ``anchor`` (exact McNemar,
+    one-sided, at ``alpha``); otherwise the anchor (the simpler, uniform-width configuration) is chosen. A small
+    split crowns a lucky configuration often; a significant difference on paired rows rarely is luck."""
+    if _key(best) == _key(anchor):
+        return best, {"anchor_trial": anchor.number, "p_value": None, "kept": "best (it is the anchor)"}
+    a, b = correct(ev, anchor.user_attrs["sampled_config"]), correct(ev, best.user_attrs["sampled_config"])
+    p = mcnemar_greater(b, a)
+    info = {"anchor_trial": anchor.number, "best_trial": best.number, "rows": len(a),
+            "best_right_anchor_wrong": int((b & ~a).sum()), "anchor_right_best_wrong": int((a & ~b).sum()),
+            "p_value": p, "alpha": alpha}  # fmt: skip
+    info["kept"] = "best" if p < alpha else "anchor"
+    return (best if p < alpha else anchor), info
+
+
+def apply_anchor(
+    study: optuna.Study, objective: Any, ev: Any, held: Any, test: Any, alpha: float,
+    best: list[optuna.trial.FrozenTrial], figures: dict[str, Any],
+) -> tuple[list[optuna.trial.FrozenTrial], dict[str, Any]]:  # fmt: skip
+    """The reported best after the anchor rule (:func:`anchored`), decided on the selection split ``held`` when
+    there is one, else on the search's own split; ``figures["anchor"]`` says what was compared and kept."""
+    from qfx.search.study import anchor_trial
+
+    a = anchor_trial(study, objective)
+    if a is None or not best:
+        figures["anchor"] = {"kept": "best", "why": "no finished uniform-width trial within the budgets"}
+        return best, figures
+    chosen, info = anchored(held if held is not None else ev, best[0], a, alpha)
+    info["split"] = "selection" if held is not None else "search (the split the search scored on)"
+    if held is not None and chosen.number not in figures["trials"]:
+        figures["trials"][chosen.number] = trial_figures(chosen, objective, held, test)
+    figures["anchor"] = info
+    return [chosen], figures

@@ -22,7 +22,7 @@ from qfx.search.config import ConfigError, RunConfig, StrategySetup, load_config
 from qfx.search.runner import Evaluator
 from qfx.search.space import SearchSpace
 from qfx.search.study import Objective, best_trials, run_study, write_outputs
-from qfx.zoo.data import Dataset, load_dataset
+from qfx.zoo.data import Dataset, Split, load_dataset
 from qfx.zoo.models import build_model
 from qfx.zoo.train import (
     auto_threads,
@@ -163,6 +163,26 @@ def fp32_vs_quantized(prep: Prepared, quantized: QGraph, split: str = "test") ->
     return {"fp32": fp, "quantized": q, "table": table, "samples": len(data)}
 
 
+def _select(
+    study: optuna.Study, objective: Objective, ev: Evaluator, held: Split | None, prep: Prepared, st: Any,
+    best: list[optuna.trial.FrozenTrial], n_search: int,
+) -> tuple[list[optuna.trial.FrozenTrial], dict[str, Any]]:  # fmt: skip
+    """The reported best under ``[search.strategy.selection]``: re-scored on the selection split (``held``),
+    then (single objective, ``anchor = "uniform"``) kept only when significantly better than the anchor."""
+    from qfx.search.selection import apply_anchor, referee, rescore
+
+    figures: dict[str, Any] = {}
+    test = referee(ev, prep.dataset.test)
+    sel = referee(ev, held) if held is not None else None
+    if sel is not None:
+        best, trials = rescore(study, objective, sel, test, st.selection.top_k)
+        figures = {"splits": {"search": n_search, "selection": len(held), "test": len(prep.dataset.test)},
+                   "trials": trials}  # fmt: skip
+    if st.selection.anchor == "uniform" and objective.single:
+        best, figures = apply_anchor(study, objective, ev, sel, test, st.selection.alpha, best, figures)
+    return best, figures
+
+
 @dataclass
 class SearchRun:
     """What :func:`run_search` returns: the study, its best trials (one per distinct configuration; the Pareto
@@ -212,15 +232,11 @@ def run_search(
         space, ev = build_search(cfg, prep, split)
         if ready is not None:
             ready(prep, space, ev)
+        anchor = st.selection.anchor == "uniform"
         study, objective = run_study(space, ev, st.metrics, st.setup, work if out else None, storage, study_name,
-                                     progress, tracebacks, constraints=st.constraints)  # fmt: skip
+                                     progress, tracebacks, constraints=st.constraints, anchor=anchor)  # fmt: skip
         best, figures = best_trials(study), {}
-        if held is not None:
-            from qfx.search.selection import referee, rescore
-
-            best, figures = rescore(study, objective, referee(ev, held), referee(ev, prep.dataset.test),
-                                    st.selection.top_k)  # fmt: skip
-            figures = {"splits": {"search": len(split), "selection": len(held), "test": len(prep.dataset.test)},
-                       "trials": figures}  # fmt: skip
+        if held is not None or anchor:
+            best, figures = _select(study, objective, ev, held, prep, st, best, len(split))
         best_json = write_outputs(study, work, objective, best, figures) if out is not None else {}
     return SearchRun(study, best, objective, Path(out) if out is not None else None, best_json, prep, figures)

@@ -167,6 +167,25 @@ def _warm_start(study: optuna.Study, objective: Objective) -> None:
     log.info("warm start: %d sensitivity-guided trial(s) enqueued", len(points))
 
 
+def _uniform(objective: Objective) -> list[dict[str, Any]]:
+    """Optuna parameters of the widest uniform-width point within the hardware budgets (none when no such)."""
+    from qfx.search.ilp import uniform_points
+    from qfx.search.metrics import METRICS
+
+    space = objective.space
+    budgets = {k: b for k, b in objective.constraints.items() if METRICS[k].kind == "hardware"}
+    return [space.params(p) for p in uniform_points(space, objective.evaluator, budgets)]
+
+
+def anchor_trial(study: optuna.Study, objective: Objective) -> optuna.trial.FrozenTrial | None:
+    """The finished feasible trial of the uniform anchor (see ``run_study(anchor=True)``), or None."""
+    want = _uniform(objective)
+    for t in study.get_trials(False, states=(TrialState.COMPLETE,)):
+        if want and t.params == want[0] and t.user_attrs.get("feasible", True):
+            return t
+    return None
+
+
 def _warm_start_ilp(study: optuna.Study, objective: Objective) -> None:
     """Enqueue the integer program's optimum under the hardware budgets (and, for hardware objectives of a
     multi-objective search, its optima over a sweep of budgets) as the first trials."""
@@ -201,13 +220,15 @@ def run_study(
     progress: bool = True,
     tracebacks: bool = False,
     constraints: dict[str, Any] | None = None,
+    anchor: bool = False,
 ) -> tuple[optuna.Study, Objective]:
     """Create or resume a study and run it until ``setup.n_trials`` trials have finished in total.
 
     Trials that raise are recorded as FAIL and the study continues; Ctrl-C stops the study,
     keeps the trials finished so far and sets ``objective.interrupted``. ``constraints`` (metric -> Bound):
     budgets; each trial gets Optuna constraints (``Trial.set_constraint``) that constraint-aware samplers
-    read; violating trials are recorded infeasible and never count as best.
+    read; violating trials are recorded infeasible and never count as best. ``anchor``: the widest uniform-width
+    point within the hardware budgets is the first trial (:func:`anchor_trial` finds it afterwards).
     """
     spec = sampler_spec(setup.sampler)
     n_trials = min(setup.n_trials, space.size) if spec.name == "exhaustive" else setup.n_trials
@@ -215,9 +236,13 @@ def run_study(
                           n_trials=n_trials, unique=spec.enumerates, constraints=dict(constraints or {}),
                           shared=storage is not None or setup.n_jobs > 1)  # fmt: skip
     study = _open_study(objective, setup, storage, study_name)
-    if setup.warm_start == "sensitivity" and not study.get_trials(False):
+    fresh = not study.get_trials(False)
+    if anchor and fresh:
+        for p in _uniform(objective):
+            study.enqueue_trial(p, skip_if_exists=True)
+    if setup.warm_start == "sensitivity" and fresh:
         _warm_start(study, objective)
-    if (setup.warm_start == "ilp" or spec.name == "ilp") and not study.get_trials(False):
+    if (setup.warm_start == "ilp" or spec.name == "ilp") and fresh:
         _warm_start_ilp(study, objective)
     finished = counted(study.get_trials(False))
     remaining = max(n_trials - finished, 0)
@@ -252,6 +277,7 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
 
 __all__ = [
     "FINISHED",
+    "anchor_trial",
     "MAX_SQNR_PLOTS",
     "Objective",
     "best_table",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from qfx.search.config import load_config
-from qfx.search.metrics import METRICS, Metric, register_metric, unregister_metric
+from qfx.search.metrics import METRICS
 from qfx.search.samplers import SAMPLERS, sampler_spec
 from qfx.search.session import run_search, with_overrides
 
@@ -30,35 +30,6 @@ def test_overrides_return_a_new_config():
     assert new.search.strategy.setup.sampler == "bruteforce"
     with pytest.raises(ValueError, match="unknown sampler 'annealing'; choose one of tpe, random"):
         with_overrides(cfg, sampler="annealing")
-
-
-def test_a_registered_metric_is_validated_measured_and_searched(tmp_path):
-    def zero_weights(ctx):  # fraction of quantized linear weights that round to zero
-        import torch
-
-        from qfx.graph.meta import get_meta
-
-        zeros = total = 0
-        for n in ctx.graph.gm.graph.nodes:
-            mod = ctx.graph.modules.get(n.target) if n.op == "call_module" else None
-            if mod is not None and hasattr(mod, "_qparams") and "weight" in get_meta(n).precision:
-                w, _ = mod._qparams()
-                zeros, total = zeros + int((w == 0).sum()), total + w.numel()
-        return zeros / max(total, 1) + 0 * torch.zeros(()).item()
-
-    register_metric(Metric("zero_weights", "hardware", "minimize", "fraction of weights that are 0", zero_weights))
-    try:
-        cfg = load_config("jsc_tiny_by_type", require_search=True)
-        metrics = {"accuracy": {"scale": 1.0}, "zero_weights": {"scale": 1.0, "direction": "minimize"}}
-        strategy = cfg.search.strategy.model_validate({**cfg.search.strategy.model_dump(), "metrics": metrics})
-        cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"strategy": strategy})})
-        run = run_search(cfg, n_trials=4, sampler="random", sum_scaled_metrics=False)
-        vals = [t.user_attrs["hardware_metrics"]["zero_weights"] for t in run.study.trials if t.values]
-        assert len(vals) == 4 and all(0 <= v <= 1 for v in vals) and len(set(vals)) > 1
-    finally:
-        unregister_metric("zero_weights")
-    with pytest.raises(ValueError, match="unknown metric"):
-        cfg.search.strategy.model_validate({**cfg.search.strategy.model_dump(), "metrics": metrics})
 
 
 def test_readme_and_cli_help_list_every_sampler_and_metric():

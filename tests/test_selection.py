@@ -4,7 +4,9 @@ the reported configuration among the search's best; best.json carries search, se
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 from search_helpers import make_checkpoint, search_toml
@@ -66,3 +68,47 @@ def test_compare_samplers_reports_test_accuracy_of_the_chosen_configuration(tmp_
         accs = res["samplers"][s]["test_accuracy_of_chosen"]
         assert len(accs) == 2 and all(0 < a <= 1 for a in accs)
     assert res["optimum_kind"] == "exhaustive"  # the optimum over the feasible points only
+
+
+def _tail(b: int, n: int) -> float:  # P(X >= b), X ~ Binomial(n, 1/2): the exact one-sided McNemar p-value
+    return sum(math.comb(n, k) for k in range(b, n + 1)) / 2**n
+
+
+def test_mcnemar_counts_only_the_rows_where_the_two_disagree():
+    from qfx.search.selection import mcnemar_greater
+
+    a = np.array([1, 1, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0], bool)  # anchor
+    b = np.array([1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0], bool)  # candidate: 6 rows right alone, 1 wrong alone
+    assert mcnemar_greater(b, a) == pytest.approx(_tail(6, 7)) == pytest.approx(8 / 128)
+    assert mcnemar_greater(a, b) == pytest.approx(_tail(1, 7))
+    assert mcnemar_greater(a, a) == 1.0
+
+
+def test_the_uniform_anchor_is_the_first_trial_and_the_best_must_beat_it_significantly(tmp_path, ckpt):
+    from qfx.passes.transforms.quantize import QuantizePass
+    from qfx.search.session import run_search
+    from qfx.zoo.train import predict
+
+    cfg = tmp_path / "c.toml"
+    budget = "\n[search.strategy.constraints]\naverage_bitwidth.max = 9.0\n"  # uniform 4 bits: 8.6; 8 bits: 11.9
+    cfg.write_text(search_toml("random", 10) + budget + '\n[search.strategy.selection]\nanchor = "uniform"\n')
+    run = run_search(cfg, checkpoint=str(ckpt), out=tmp_path / "o")
+    first = run.study.trials[0]
+    widths = {v for k, v in first.params.items() if k.endswith("_width") and not k.endswith("frac_width")}
+    assert widths == {4} and first.user_attrs["hardware_metrics"]["average_bitwidth"] <= 9.0  # uniform, feasible
+    a = json.loads((tmp_path / "o" / "best.json").read_text())["0"]["anchor"]
+    assert a["anchor_trial"] == 0
+    if a["p_value"] is None:  # the best was the anchor itself
+        assert run.best[0].number == 0
+        return
+    ev = run.objective.evaluator  # recount the paired rows independently
+    right = {}
+    for t in (first, run.study.trials[a["best_trial"]]):
+        q = QuantizePass(t.user_attrs["sampled_config"])(ev.pristine).graph
+        right[t.number] = (predict(q.gm, ev.x).argmax(1) == ev.y).numpy()
+    anchor, best = right[0], right[a["best_trial"]]
+    assert a["best_right_anchor_wrong"] == int((best & ~anchor).sum()) and a["rows"] == len(anchor)
+    assert a["anchor_right_best_wrong"] == int((anchor & ~best).sum())
+    n = a["best_right_anchor_wrong"] + a["anchor_right_best_wrong"]
+    assert a["p_value"] == pytest.approx(_tail(a["best_right_anchor_wrong"], n))
+    assert (run.best[0].number == 0) == (a["p_value"] >= a["alpha"]) and a["kept"] in ("best", "anchor")

@@ -128,7 +128,7 @@ def _da4ml_outputs(e: Exported, x: np.ndarray) -> np.ndarray:
 
     tr = e.handle
     got = tr.predict(x)
-    e.agreement["checked_by"] = "da4ml interpreter"
+    e.agreement["checked_by"] = tr.interpreter
     if e.fmt != "verilog":
         return got
     missing = [t for t in ("verilator", "g++") if tools()[t] is None]
@@ -136,7 +136,7 @@ def _da4ml_outputs(e: Exported, x: np.ndarray) -> np.ndarray:
         e.notes.append(f"{' and '.join(missing)} not on PATH: the Verilog was checked by da4ml's interpreter only")
         return got
     rtl = RTLSimulator(Path(e.path), tr).predict(x)
-    e.agreement["checked_by"] = "da4ml interpreter + Verilator"
+    e.agreement["checked_by"] = f"{tr.interpreter} + Verilator"
     e.agreement["interpreter_vs_rtl_identical"] = bool(np.array_equal(rtl, got))
     if not np.array_equal(rtl, got):
         return np.where(rtl == got, rtl, np.nan)  # a disagreement between the two is a difference too

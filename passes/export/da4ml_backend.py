@@ -62,21 +62,30 @@ def kif(p: TensorPrecision) -> tuple[int, int, int]:
     return k, p.width - k - f, f
 
 
-def _fixed_var(v: Any, k: int, i: int, f: int) -> Any:
-    """Round half to even to ``f`` fraction bits, then saturate to (k, i, f): exact, built from TRN ops.
+def _sat_trn(v: Any, k: int, i: int, f: int) -> Any:
+    """``v`` truncated to ``f`` fraction bits and saturated to (k, i, f).
 
-    da4ml carries constant shifts as a power-of-two ``_factor`` on a variable; its saturation muxes can
-    order their constant operand wrongly when that factor is far from 1. The value is therefore looked at
-    in units of its factor (``v * 2**e`` is the same wires, a relabelling) and scaled back afterwards."""
+    da4ml carries constant shifts as a power-of-two ``_factor`` on a variable; a saturation multiplexer on a
+    value whose factor is far from 1 gets operands at shifts its interpreter and Verilog generator reject (or
+    order its constant wrongly). The value is therefore saturated in units of its factor (``v * 2**e`` is the
+    same wires, a relabelling) and scaled back afterwards."""
+    e = -round(math.log2(abs(float(v._factor)))) if v.low != v.high else 0
+    if e:
+        return (v * 2.0**e).quantize(k, i + e, f - e, "SAT", "TRN") * 2.0**-e
+    return v.quantize(k, i, f, "SAT", "TRN")
+
+
+def _fixed_var(v: Any, k: int, i: int, f: int) -> Any:
+    """Round half to even to ``f`` fraction bits, then saturate to (k, i, f): exact, built from TRN ops."""
     e = -round(math.log2(abs(float(v._factor)))) if v.low != v.high else 0
     if e:
         return _fixed_var(v * 2.0**e, k, i + e, f - e) * 2.0**-e
     _f = v.kif[2]
     if _f <= f or v.low == v.high and float(v.low) * 2.0**f == math.floor(float(v.low) * 2.0**f):
-        return v.quantize(k, i, f, "SAT", "TRN")
+        return _sat_trn(v, k, i, f)
     step, eps = 2.0**-f, 2.0**-_f
     lsb = v.quantize(0, 1 - f, f, "WRAP", "TRN")  # the kept LSB: 0 or 2**-f
-    return (v + (step / 2 - eps) + lsb * (eps / step)).quantize(k, i, f, "SAT", "TRN")
+    return _sat_trn(v + (step / 2 - eps) + lsb * (eps / step), k, i, f)
 
 
 def fixed(x: Any, p: TensorPrecision | None) -> Any:
@@ -297,6 +306,7 @@ class Traced:
     input_precision: TensorPrecision
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
+    interpreter: str = "da4ml interpreter"  # which executor :meth:`predict` last used
 
     @property
     def luts(self) -> float:
@@ -314,15 +324,18 @@ class Traced:
         return make_quantizer(self.input_precision)(t).numpy().reshape(len(t), -1)
 
     def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
-        """da4ml's bit-exact interpreter on float inputs (quantized to the input precision first)."""
+        """da4ml's bit-exact interpreter on float inputs (quantized to the input precision first): its C++ one, or
+        where that rejects a multiplexer's operand shift (da4ml 0.6, widely different scales between layers) its
+        Python reference executor, row by row (~10 ms a row); :attr:`interpreter` says which ran."""
+        xq = self.quantize_input(x)
         try:
-            out = self.comb.predict(self.quantize_input(x), n_threads=1)
-        except RuntimeError as e:  # da4ml 0.6's interpreter rejects some multiplexer operand shifts
-            raise ExportError(
-                f"{FMT}: da4ml's interpreter rejects this configuration's saturation logic ({e}); the logic cannot "
-                "be verified, so it is refused (a known da4ml 0.6 limitation with widely different fixed-point "
-                "scales between layers)"
-            ) from e
+            out = self.comb.predict(xq, n_threads=1)
+            self.interpreter = "da4ml interpreter"
+        except RuntimeError as e:
+            if "msb_mux" not in str(e):
+                raise ExportError(f"{FMT}: da4ml's interpreter failed on this logic: {e}") from e
+            out = np.stack([np.asarray(self.comb(row), dtype=np.float64) for row in xq])
+            self.interpreter = "da4ml Python interpreter (its C++ one rejects a multiplexer shift here)"
         return np.asarray(out).reshape(len(x), -1)
 
 
@@ -394,10 +407,13 @@ def write_project(traced: Traced, out: str | Path, flavor: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if traced.comb.lookup_tables:
         raise ExportError(f"{FMT}: the traced logic uses lookup tables, which qfx does not emit")
-    if flavor == "hls":
-        HLSModel(traced.comb, TOP, out).write()
-    else:
-        RTLModel(traced.comb, TOP, out, flavor=flavor).write()
+    try:
+        if flavor == "hls":
+            HLSModel(traced.comb, TOP, out).write()
+        else:
+            RTLModel(traced.comb, TOP, out, flavor=flavor).write()
+    except AssertionError as e:  # da4ml's generators assert on logic they cannot express
+        raise ExportError(f"{FMT}: da4ml cannot write this logic as {flavor} ({str(e)[:200]})") from e
     return out
 
 

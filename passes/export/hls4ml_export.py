@@ -10,7 +10,9 @@ quantize, the result type is wide enough to hold the exact value (accumulators s
 fan-in and the operand formats), so nothing is rounded that the graph does not round.
 A ReLU whose unsigned output feeds a layer quantizing its input at the same frac width gets the
 narrower of the two ranges (exactly the composition); at a different frac width the double
-rounding cannot be one cast, so the export keeps the ReLU's type and says so in ``notes``.
+rounding cannot be one cast, so an extra cast layer follows (and ``notes`` says so).
+Each IR op's hls4ml form is one registration in :data:`HLS_MODULES` (``@register_hls("op")``): a function of
+an :class:`HlsStep` returning the plain torch layer(s) hls4ml converts, their precision keys and result types.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class HlsPlan:
     model: nn.Sequential
     precisions: list[dict[str, str]]  # one per Sequential layer, hls4ml precision keys
     input_type: Fx
+    in_features: int
     notes: list[str] = field(default_factory=list)
 
 
@@ -89,7 +92,7 @@ def _chain(layers: list[Layer]) -> list[Layer]:
         if lay.op not in HLS_MODULES:
             raise ExportError(
                 f"hls4ml: node {lay.name!r} ({lay.op}) cannot be exported; the hls4ml export supports chains of "
-                "nn.Linear, nn.BatchNorm1d (folded), ReLU and flatten/identity (use qonnx/onnx-qdq for convs, adds)"
+                f"the IR ops {', '.join(HLS_MODULES)} and reshape/identity (use qonnx/onnx-qdq for convs, adds)"
             )
     prev = inputs[0].name
     alias = {}
@@ -104,41 +107,58 @@ def _chain(layers: list[Layer]) -> list[Layer]:
     return body
 
 
-# deployment-IR op -> the float torch layer hls4ml's PyTorch converter reads for it; one registration per op
+@dataclass
+class HlsStep:
+    """What an hls4ml rule sees for one IR layer of the chain: the layer, the next one (``None`` at the end), the
+    type of the value coming in, and the notes to add to."""
+
+    lay: Layer
+    nxt: Layer | None
+    cur: Fx
+    notes: list[str]
+
+    def reader(self) -> Fx | None:
+        """The type the next layer quantizes its input to (the cast this layer's result type must be), or None."""
+        p = self.nxt.precision.get("data_in") if self.nxt is not None else None
+        return _fx(p) if p else None
+
+
+HlsLayer = tuple[nn.Module, dict[str, str], Fx]  # plain torch layer, hls4ml precision keys, result type
+# deployment-IR op -> fn(HlsStep) -> the hls4ml layer(s) for it, in order; one registration per op
 HLS_MODULES = OpTable("hls4ml export")
 register_hls = HLS_MODULES.register
 
 
-def _plain_module(lay: Layer) -> nn.Module:
-    """The float torch layer hls4ml's PyTorch converter reads for one IR layer."""
-    return HLS_MODULES[lay.op](lay).eval()
+def _copy_into(m: nn.Module, **values: torch.Tensor) -> nn.Module:
+    with torch.no_grad():
+        for k, v in values.items():
+            getattr(m, k).copy_(v)
+    return m
 
 
 @register_hls("linear")
-def _linear(lay: Layer) -> nn.Module:
-    w = lay.params["weight"]
-    m = nn.Linear(w.shape[1], w.shape[0], bias="bias" in lay.params)
-    with torch.no_grad():
-        m.weight.copy_(w)
-        if m.bias is not None:
-            m.bias.copy_(lay.params["bias"])
-    return m
+def _linear(s: HlsStep) -> list[HlsLayer]:
+    w = s.lay.params["weight"]
+    m = nn.Linear(w.shape[1], w.shape[0], bias="bias" in s.lay.params)
+    p, exact = _mac_types(s.lay, s.cur, s.notes)
+    return [(_copy_into(m, weight=w, **({"bias": s.lay.params["bias"]} if m.bias is not None else {})), p,
+             s.reader() or exact)]  # fmt: skip
 
 
 @register_hls("affine")
-def _affine(lay: Layer) -> nn.Module:
-    m = nn.BatchNorm1d(lay.params["weight"].numel(), eps=0.0)  # scale = gamma / sqrt(1 + 0) exactly
-    with torch.no_grad():
-        m.weight.copy_(lay.params["weight"])
-        m.bias.copy_(lay.params["bias"])
-        m.running_mean.zero_()
-        m.running_var.fill_(1.0)
-    return m
+def _affine(s: HlsStep) -> list[HlsLayer]:
+    w = s.lay.params["weight"]
+    m = nn.BatchNorm1d(w.numel(), eps=0.0)  # scale = gamma / sqrt(1 + 0) exactly
+    m = _copy_into(
+        m, weight=w, bias=s.lay.params["bias"], running_mean=torch.zeros_like(w), running_var=torch.ones_like(w)
+    )
+    p, exact = _mac_types(s.lay, s.cur, s.notes)
+    return [(m, p, s.reader() or exact)]
 
 
 @register_hls("relu")
-def _relu(lay: Layer) -> nn.Module:
-    return nn.ReLU()
+def _relu(s: HlsStep) -> list[HlsLayer]:
+    return [(nn.ReLU(), {}, t) for t in _relu_types(s.lay, s.nxt, s.cur, s.notes)]
 
 
 def _mac_types(lay: Layer, cur: Fx, notes: list[str]) -> tuple[dict[str, str], Fx]:
@@ -179,7 +199,11 @@ def _relu_types(lay: Layer, nxt: Layer | None, cur: Fx, notes: list[str]) -> lis
 
 def plan(graph: QGraph) -> HlsPlan:
     """The plain model and the per-layer hls4ml precisions (see the module docstring)."""
-    body = _chain(build_ir(graph, "hls4ml"))
+    layers = build_ir(graph, "hls4ml")
+    body = _chain(layers)
+    shape = next(lay.out_shape for lay in layers if lay.op == "input")
+    if shape is None or len(shape) != 2:
+        raise ExportError(f"hls4ml: the input must be (batch, features); it is {shape}")
     notes: list[str] = []
     first_in = body[0].precision.get("data_in")
     in_type = _fx(first_in) if first_in else Fx(32, 16, exact=True)
@@ -189,19 +213,11 @@ def plan(graph: QGraph) -> HlsPlan:
     precs: list[dict[str, str]] = []
     mods: list[nn.Module] = []
     for i, lay in enumerate(body):
-        nxt = body[i + 1] if i + 1 < len(body) else None
-        if lay.op in ("linear", "affine"):
-            p, exact = _mac_types(lay, cur, notes)
-            reader = nxt.precision.get("data_in") if nxt is not None and nxt.op != "relu" else None
-            cur = _fx(reader) if reader else exact
-            types = [cur]
-        else:
-            p, types = {}, _relu_types(lay, nxt, cur, notes)
-        for k, t in enumerate(types):
-            precs.append({**p, "result": str(t)} if k == 0 else {"result": str(t)})
-            mods.append(_plain_module(lay))
-        cur = types[-1]
-    return HlsPlan(nn.Sequential(*mods).eval(), precs, in_type, notes)
+        for m, p, t in HLS_MODULES[lay.op](HlsStep(lay, body[i + 1] if i + 1 < len(body) else None, cur, notes)):
+            precs.append({**p, "result": str(t)})
+            mods.append(m.eval())
+            cur = t
+    return HlsPlan(nn.Sequential(*mods).eval(), precs, in_type, shape[1], notes)
 
 
 @contextlib.contextmanager
@@ -232,7 +248,7 @@ def export_hls4ml(graph: QGraph, out: str | Path, backend: str = "Vitis", compil
     import hls4ml
 
     pl = plan(graph)
-    n_in = pl.model[0].weight.shape[1] if isinstance(pl.model[0], nn.Linear) else pl.model[0].num_features
+    n_in = pl.in_features
     cfg = hls4ml.utils.config_from_pytorch_model(
         pl.model, input_shape=(n_in,), granularity="name", backend=backend, default_precision="fixed<32,16>"
     )

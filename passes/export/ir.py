@@ -89,31 +89,31 @@ def _input_names(n: fx.Node, fmt: str) -> list[str | float]:
     return out
 
 
-ModuleRule = Callable[[fx.Node, nn.Module, str], Layer]
-# module class (float; quantized replacements resolve to it) -> the IR layer of a call of it
-IR_MODULE_RULES: OpRegistry[ModuleRule] = OpRegistry("deployment IR")
-
-
-def _module_layer(n: fx.Node, m: nn.Module, fmt: str, modules: dict[str, nn.Module]) -> Layer:
-    rule = IR_MODULE_RULES.lookup(n, modules)
-    if rule is None:
-        raise _unsupported(n, f"module {type(m).__name__}", fmt)
-    return rule(n, m, fmt)
+IRRule = Callable[[fx.Node, "nn.Module | None", str], Layer]
+# op target (module class, function, method name; quantized forms resolve to their float op) -> the IR layer
+# of one call of it: ``rule(node, module or None, export format)``. One registration per op for every form.
+IR_RULES: OpRegistry[IRRule] = OpRegistry("deployment IR")
+register_ir = IR_RULES.register
+register_ir_op = IR_RULES.register_op
 
 
 def _src(n: fx.Node) -> str:
     return n.args[0].name  # type: ignore[union-attr]
 
 
-@IR_MODULE_RULES.register(nn.Linear)
+def _prec(n: fx.Node) -> dict[str, TensorPrecision]:
+    return dict(get_meta(n).precision)
+
+
+@register_ir(nn.Linear)
 def _linear(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
     p = {"weight": _param(m, "weight", m.weight)}
     if m.bias is not None:
         p["bias"] = _param(m, "bias", m.bias)
-    return Layer(n.name, "linear", [_src(n)], {}, p, dict(get_meta(n).precision))  # type: ignore[arg-type]
+    return Layer(n.name, "linear", [_src(n)], {}, p, _prec(n))  # type: ignore[arg-type]
 
 
-@IR_MODULE_RULES.register(nn.Conv1d, nn.Conv2d)
+@register_ir(nn.Conv1d, nn.Conv2d)
 def _conv(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
     if m.padding_mode != "zeros" or isinstance(m.padding, str):
         raise _unsupported(n, f"conv padding {m.padding!r}/{m.padding_mode}", fmt)
@@ -122,10 +122,10 @@ def _conv(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
         p["bias"] = _param(m, "bias", m.bias)
     attrs = {"stride": list(m.stride), "padding": list(m.padding), "dilation": list(m.dilation), "groups": m.groups}
     attrs["kernel"] = list(m.kernel_size)
-    return Layer(n.name, "conv", [_src(n)], attrs, p, dict(get_meta(n).precision))  # type: ignore[arg-type]
+    return Layer(n.name, "conv", [_src(n)], attrs, p, _prec(n))  # type: ignore[arg-type]
 
 
-@IR_MODULE_RULES.register(nn.BatchNorm1d, nn.BatchNorm2d)
+@register_ir(nn.BatchNorm1d, nn.BatchNorm2d)
 def _batch_norm(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
     from qfx.passes.transforms.quantize.modules import fold_batch_norm
 
@@ -134,15 +134,18 @@ def _batch_norm(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
     with torch.no_grad():
         scale, shift = fold_batch_norm(m)
     p = {"weight": _param(m, "weight", scale), "bias": _param(m, "bias", shift)}
-    return Layer(n.name, "affine", [_src(n)], {}, p, dict(get_meta(n).precision))  # type: ignore[arg-type]
+    return Layer(n.name, "affine", [_src(n)], {}, p, _prec(n))  # type: ignore[arg-type]
 
 
-@IR_MODULE_RULES.register(nn.ReLU)
-def _relu_module(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
-    return _relu(n, dict(get_meta(n).precision))
+@register_ir_op("relu")
+def _relu(n: fx.Node, m: nn.Module | None, fmt: str) -> Layer:
+    """ReLU quantizes its (non-negative) output: the precision is recorded as data_out."""
+    prec = _prec(n)
+    out = {"data_out": prec["data_in"]} if "data_in" in prec else {}
+    return Layer(n.name, "relu", [_src(n)], {}, {}, out)
 
 
-@IR_MODULE_RULES.register(nn.MaxPool1d, nn.MaxPool2d)
+@register_ir(nn.MaxPool1d, nn.MaxPool2d)
 def _maxpool(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
     if m.dilation not in (1, (1, 1)) or m.ceil_mode or m.return_indices:
         raise _unsupported(n, "max pool with dilation/ceil_mode/indices", fmt)
@@ -155,31 +158,30 @@ def _maxpool(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
     return Layer(n.name, "maxpool", [_src(n)], attrs)
 
 
-@IR_MODULE_RULES.register(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+@register_ir(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 def _global_avgpool(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
     if m.output_size not in (1, (1,), (1, 1)):
         raise _unsupported(n, f"adaptive average pool to {m.output_size}", fmt)
     return Layer(n.name, "global_avgpool", [_src(n)])
 
 
-@IR_MODULE_RULES.register(nn.Flatten, nn.Unflatten)
-def _flatten(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
+@register_ir_op(*sorted(OP_TRAITS["reshape"]))  # views that keep the data's order: a batch-first reshape
+def _reshape(n: fx.Node, m: nn.Module | None, fmt: str) -> Layer:
     return Layer(n.name, "reshape", [_src(n)])
 
 
-@IR_MODULE_RULES.register(nn.Dropout, nn.Identity)
-def _identity(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
+@register_ir_op("dropout", "identity")
+def _identity(n: fx.Node, m: nn.Module | None, fmt: str) -> Layer:
     return Layer(n.name, "identity", [_src(n)])
 
 
-def _relu(n: fx.Node, prec: dict[str, TensorPrecision]) -> Layer:
-    """ReLU quantizes its (non-negative) output: the precision is recorded as data_out."""
-    out = {"data_out": prec["data_in"]} if "data_in" in prec else {}
-    return Layer(n.name, "relu", [n.args[0].name], {}, {}, out)  # type: ignore[union-attr]
-
-
-_ARITH = {"add": "add", "sub": "sub", "mul": "mul"}
-_VIEWS = OP_TRAITS["reshape"]  # views that keep the data and only reshape it
+@register_ir_op("add", "sub", "mul")
+def _arith(n: fx.Node, m: nn.Module | None, fmt: str) -> Layer:
+    t = get_meta(n).op_type
+    lay = Layer(n.name, t, _input_names(n, fmt), {}, {}, _prec(n))
+    if len(lay.inputs) != 2 or n.kwargs:
+        raise _unsupported(n, f"{t} with arguments {n.args} {dict(n.kwargs)}", fmt)
+    return lay
 
 
 def build_ir(graph: QGraph, fmt: str) -> list[Layer]:
@@ -194,9 +196,9 @@ def build_ir(graph: QGraph, fmt: str) -> list[Layer]:
     # that value reads the in-place node's output, as the model computes it
     alias: dict[str, str] = {}
     for n in graph.gm.graph.nodes:
-        _layer_of(n, graph, modules, layers, fmt)
-        lay = layers[-1]
+        lay = _layer_of(n, modules, fmt)
         lay.inputs = [alias.get(i, i) if isinstance(i, str) else i for i in lay.inputs]
+        layers.append(lay)
         if n.op != "output" and is_inplace(n, modules) and n.args and isinstance(n.args[0], fx.Node):
             alias[alias.get(n.args[0].name, n.args[0].name)] = n.name
             alias[n.args[0].name] = n.name
@@ -204,8 +206,8 @@ def build_ir(graph: QGraph, fmt: str) -> list[Layer]:
     return layers
 
 
-def _layer_of(n: fx.Node, graph: QGraph, modules: dict[str, nn.Module], layers: list[Layer], fmt: str) -> None:
-    """Append the IR layer of node ``n``."""
+def _layer_of(n: fx.Node, modules: dict[str, nn.Module], fmt: str) -> Layer:
+    """The IR layer of node ``n`` (its rule from :data:`IR_RULES`)."""
     meta = get_meta(n)
     bad = {r: str(p) for r, p in meta.precision.items() if code_range(p) is None}
     if bad:
@@ -214,35 +216,22 @@ def _layer_of(n: fx.Node, graph: QGraph, modules: dict[str, nn.Module], layers: 
         if code_range(p)[0] < 0 and p.width < 2:
             raise ExportError(f"{fmt}: node {n.name!r} {r} is a 1-bit signed integer; exports need width >= 2")
     if n.op == "placeholder":
-        layers.append(Layer(n.name, "input", [], out_shape=meta.out_shape))
-    elif n.op == "output":
+        return Layer(n.name, "input", [], out_shape=meta.out_shape)
+    if n.op == "output":
         outs = n.args[0] if isinstance(n.args[0], (tuple, list)) else (n.args[0],)
         if not all(isinstance(o, fx.Node) for o in outs):
             raise _unsupported(n, "non-tensor or nested outputs", fmt)
-        layers.append(Layer(n.name, "output", [o.name for o in outs]))
-    elif n.op == "call_module" and getattr(modules[n.target], "node_op", None) is None:
-        lay = _module_layer(n, modules[n.target], fmt, modules)
-        lay.out_shape = meta.out_shape
-        layers.append(lay)
-    elif n.op == "get_attr":
+        return Layer(n.name, "output", [o.name for o in outs])
+    if n.op == "get_attr":
         raise _unsupported(n, "a tensor attribute used as data", fmt)
-    else:
-        t = meta.op_type
-        prec = dict(meta.precision)
-        if t == "relu":
-            lay = _relu(n, prec)
-        elif t in _ARITH:
-            lay = Layer(n.name, _ARITH[t], _input_names(n, fmt), {}, {}, prec)
-            if len(lay.inputs) != 2 or n.kwargs:
-                raise _unsupported(n, f"{t} with arguments {n.args} {dict(n.kwargs)}", fmt)
-        elif t in _VIEWS:
-            lay = Layer(n.name, "reshape", [n.args[0].name])  # type: ignore[union-attr]
-        elif t == "dropout":
-            lay = Layer(n.name, "identity", [n.args[0].name])  # type: ignore[union-attr]
-        else:
-            raise _unsupported(n, f"op type {t!r} ({meta.target})", fmt)
-        lay.out_shape = meta.out_shape
-        layers.append(lay)
+    m = modules[n.target] if n.op == "call_module" else None  # type: ignore[index]
+    rule = IR_RULES.lookup(n, modules)
+    if rule is None:
+        what = f"module {type(m).__name__}" if m is not None and getattr(m, "node_op", None) is None else None
+        raise _unsupported(n, what or f"op type {meta.op_type!r} ({meta.target})", fmt)
+    lay = rule(n, m, fmt)
+    lay.out_shape = meta.out_shape
+    return lay
 
 
 def _check_reshapes(layers: list[Layer], fmt: str) -> None:

@@ -19,6 +19,7 @@ A quantized value is ``code * 2**-frac``. Activations are quantized where ``prec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -114,9 +115,6 @@ if save_beside not in SAVE_HOOKS:
     SAVE_HOOKS.append(save_beside)
 
 
-_PARAM_OPS = {"linear", "conv", "affine"}
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -152,19 +150,14 @@ class PortableLayer(_Strict):
     def _needs(self) -> PortableLayer:
         if self.op not in PORTABLE_RUNNERS:
             raise ValueError(f"layer {self.name!r}: op {self.op!r} is not one of {', '.join(PORTABLE_RUNNERS)}")
-        need = {
-            "conv": ("stride", "padding", "dilation", "groups", "kernel"),
-            "maxpool": ("kernel", "stride", "padding"),
-            "reshape": ("shape",),
-        }.get(self.op, ())
+        arity, need, weight = _SIGNATURE[self.op]
         missing = [k for k in need if getattr(self.attrs, k) is None]
         if missing:
             raise ValueError(f"layer {self.name!r} ({self.op}) needs attrs {missing}")
-        if self.op in _PARAM_OPS and "weight" not in self.tensors:
+        if weight and "weight" not in self.tensors:
             raise ValueError(f"layer {self.name!r} ({self.op}) needs a weight tensor")
-        if self.op not in _PARAM_OPS and self.tensors:
+        if not weight and self.tensors:
             raise ValueError(f"layer {self.name!r} ({self.op}) takes no tensors")
-        arity = 2 if self.op in ("add", "sub", "mul") else 1
         if len(self.inputs) != arity:
             raise ValueError(f"layer {self.name!r} ({self.op}) takes {arity} input(s), got {len(self.inputs)}")
         return self
@@ -252,16 +245,36 @@ def _q(v: torch.Tensor, p: PortablePrecision | None) -> torch.Tensor:
     return torch.clamp(torch.round(v * s), lo, hi) / s
 
 
-# manifest op -> how the plain-PyTorch reader computes it; one registration per op
+# manifest op -> how the plain-PyTorch reader computes it; one registration per op (with its arity, the attrs
+# it needs and whether it reads a weight tensor: what the reader validates a file's layer against)
 PORTABLE_RUNNERS = OpTable("portable reader")
-register_portable = PORTABLE_RUNNERS.register
+_SIGNATURE: dict[str, tuple[int, tuple[str, ...], bool]] = {}
+
+
+def register_portable(
+    *ops: str, arity: int = 1, attrs: tuple[str, ...] = (), weight: bool = False
+) -> Callable[[Runner], Runner]:
+    """``fn(layer, inputs, tensors) -> tensor`` computes ``ops``; ``arity`` inputs, ``attrs`` required (fields of
+    :class:`PortableAttrs`), ``weight``: the layer reads a weight tensor (and may read a bias)."""
+    unknown = [a for a in attrs if a not in PortableAttrs.model_fields]
+    if unknown:
+        raise ValueError(
+            f"portable reader: attrs {unknown} are not fields of the manifest ({', '.join(PortableAttrs.model_fields)})"
+        )
+    for op in ops:
+        _SIGNATURE[op] = (arity, attrs, weight)
+    return PORTABLE_RUNNERS.register(*ops)
+
+
+Runner = Callable[["PortableLayer", list[Any], dict[str, torch.Tensor]], torch.Tensor]
 
 
 def _run_layer(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
     return PORTABLE_RUNNERS[lay.op](lay, ins, t)  # ops are validated against this table when the file is read
 
 
-@register_portable("linear", "conv", "affine")
+@register_portable("conv", attrs=("stride", "padding", "dilation", "groups", "kernel"), weight=True)
+@register_portable("linear", "affine", weight=True)
 def _mac(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
     import torch.nn.functional as F
 
@@ -283,18 +296,18 @@ def _relu(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> tor
     return _q(torch.relu(ins[0]), lay.precision.get("data_out"))
 
 
-@register_portable("add", "sub", "mul")
+@register_portable("add", "sub", "mul", arity=2)
 def _arith(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
     u, v = (_q(i, lay.precision.get("data_in")) if isinstance(i, torch.Tensor) else i for i in ins)
     return u + v if lay.op == "add" else u - v if lay.op == "sub" else u * v
 
 
-@register_portable("reshape")
+@register_portable("reshape", attrs=("shape",))
 def _reshape(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
     return ins[0].reshape(lay.attrs.shape)
 
 
-@register_portable("maxpool")
+@register_portable("maxpool", attrs=("kernel", "stride", "padding"))
 def _maxpool(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
     import torch.nn.functional as F
 
