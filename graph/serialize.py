@@ -45,8 +45,9 @@ from torch.fx.node import _get_qualified_name
 from torch.utils import _pytree as pytree
 
 from qfx.graph import schema as S
-from qfx.graph.meta import TensorPrecision
-from qfx.graph.registry import ON_OP_TYPES_CHANGE
+from qfx.graph.meta import NodeMeta, TensorPrecision, check_precision
+from qfx.graph.registry import ON_OP_TYPES_CHANGE, OP_TYPES
+from qfx.graph.safeio import inside
 
 FORMAT = "qfx-graph/1"
 
@@ -124,7 +125,6 @@ def _tensor_functions() -> dict[str, Any]:
 @cache
 def call_table() -> dict[str, Any]:
     """Qualified name -> function, for every function a saved graph may call (see the module docstring)."""
-    from qfx.graph.registry import OP_TYPES
 
     fns = dict(_tensor_functions())
     for keys in OP_TYPES.values():
@@ -145,7 +145,6 @@ def call_table() -> dict[str, Any]:
 @cache
 def method_table() -> frozenset[str]:
     """Tensor method names a call_method node (or a quantized method call) may use."""
-    from qfx.graph.registry import OP_TYPES
 
     names = {k for keys in OP_TYPES.values() for k in keys if isinstance(k, str)}
     for n in {getattr(f, "__name__", "") for f in _tensor_functions().values()} | set(_EXTRA_METHODS):
@@ -646,7 +645,6 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def _load_tensors(d: Path) -> dict[str, torch.Tensor]:
-    from qfx.graph.safeio import inside
 
     st = inside(d, "weights.safetensors")
     if st.is_file():
@@ -669,7 +667,6 @@ def _load_tensors(d: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_json(d: Path, name: str, model: type[Any]) -> Any:
-    from qfx.graph.safeio import inside
 
     p = inside(d, name)
     if not p.is_file():
@@ -685,7 +682,6 @@ def load_graph_dir(d: Path, trust: bool = False) -> tuple[fx.GraphModule, dict[s
 
     Every file is checked against its schema and the allowlists before anything is built from it; any
     other failure while rebuilding is reported as a :class:`SerializationError` naming the file."""
-    from qfx.graph.meta import NodeMeta, check_precision
 
     for mod in REGISTRARS:  # the quantized classes, codecs and number formats a saved graph may name
         importlib.import_module(mod)

@@ -17,8 +17,11 @@ import torch.fx as fx
 import torch.nn as nn
 
 from qfx.graph.copying import copy_value
+from qfx.graph.dump import to_dict, to_networkx, to_table
 from qfx.graph.meta import NodeMeta, get_meta, set_meta
 from qfx.graph.registry import op_type, registered_ops, target_name
+from qfx.graph.safeio import check_out_dir, inside
+from qfx.graph.serialize import SerializationError, dump_graph_module, load_graph_dir, save_tensors
 
 
 class TracingError(RuntimeError):
@@ -106,7 +109,6 @@ class QGraph:
         return self.gm(*args, **kwargs)
 
     def __str__(self) -> str:
-        from qfx.graph.dump import to_table
 
         return to_table(self)
 
@@ -124,9 +126,6 @@ class QGraph:
         """Write ``graph.json`` + ``weights.safetensors`` (no pickle, see :mod:`graph.serialize`),
         ``inputs.pt`` (plain tensors, ``weights_only``) and ``meta.json``. Refuses to write through a
         symlink that leads out of ``directory``."""
-        from qfx.graph.dump import to_dict
-        from qfx.graph.safeio import check_out_dir
-        from qfx.graph.serialize import dump_graph_module, save_tensors
 
         with no_gc():
             return self._save(Path(directory), dump_graph_module, to_dict, check_out_dir, save_tensors)
@@ -153,7 +152,6 @@ class QGraph:
         you trust. It never widens the functions, methods, values or paths a file may name.
         Raises :class:`~qfx.graph.serialize.SerializationError` naming the file and what is wrong.
         """
-        from qfx.graph.serialize import SerializationError, load_graph_dir
 
         d = Path(directory)
         if not d.is_dir():
@@ -173,15 +171,12 @@ class QGraph:
         return cls(gm, _load_inputs(d), analyses)
 
     def to_networkx(self) -> Any:
-        from qfx.graph.dump import to_networkx
 
         return to_networkx(self)
 
 
 def _load_inputs(d: Path) -> tuple[Any, ...]:
     """``inputs.pt``: a tuple of plain tensors/values (``weights_only``), inside ``d``."""
-    from qfx.graph.safeio import inside
-    from qfx.graph.serialize import SerializationError
 
     p = inside(d, "inputs.pt")
     try:

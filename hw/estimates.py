@@ -24,6 +24,8 @@ import torch.nn as nn
 from qfx.graph.meta import get_meta, is_tensor_shape
 from qfx.graph.registry import OP_TRAITS
 from qfx.graph.trace import QGraph, node_parameters
+from qfx.passes.analysis.flops import FLOP_RULES
+from qfx.passes.transforms.quantize.quantize_pass import QUANT_RULES, quantizable_nodes
 
 FLOAT_BITS = 32
 
@@ -67,7 +69,6 @@ _VIEW_TYPES = OP_TRAITS["view"]
 
 def _use_bits(g: QGraph, consumer: fx.Node, value: fx.Node, modules: dict[str, nn.Module]) -> int:
     """Width at which ``consumer`` reads the parameter flowing in as ``value`` (32 if it reads floats)."""
-    from qfx.passes.transforms.quantize.quantize_pass import QUANT_RULES
 
     m = get_meta(consumer)
     if get_meta(consumer).op_type in _VIEW_TYPES:  # follow views of the parameter (w.t() into addmm)
@@ -87,7 +88,6 @@ def tensor_bits(g: QGraph, activations: bool = False) -> list[TensorBits]:
     counted once, at the widest width any use reads it with: the width it must be stored at.
     This does not depend on graph order; the reported node is its first user.
     """
-    from qfx.passes.transforms.quantize.quantize_pass import quantizable_nodes
 
     gm = g.gm
     modules = dict(gm.named_modules())
@@ -122,7 +122,6 @@ def tensor_bits(g: QGraph, activations: bool = False) -> list[TensorBits]:
 def bops(g: QGraph) -> int:
     """Bit operations per sample of MAC ops (FLOP rules marked ``mac``): MACs x operand bits
     (float operands count 32)."""
-    from qfx.passes.analysis.flops import FLOP_RULES
 
     if "flops" not in g.analyses:
         raise ValueError("BOPs need the flops analysis (run ShapePass and FlopsPass first)")

@@ -18,6 +18,7 @@ from qfx.passes.transforms.quantize.config import QuantizeConfig
 from qfx.search.metrics import check_metrics
 from qfx.search.samplers import sampler_spec
 from qfx.search.space import SpaceError, check_seed
+from qfx.zoo.models import MODELS
 
 
 class ConfigError(ValueError):
@@ -229,7 +230,6 @@ class RunConfig(_M):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        from qfx.zoo.models import MODELS
 
         if v not in MODELS:
             raise ValueError(f"unknown model {v!r}; available: {', '.join(MODELS)}")

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from qfx.search.metrics import violations
+
 log = logging.getLogger(__name__)
 
 
@@ -151,7 +153,6 @@ def uniform_points(space: Any, ev: Any, budgets: dict[str, Any]) -> list[dict[st
     """The widest uniform-width point (every width dimension at the same width, or the nearest choice below
     it; other dimensions at their first choice) that meets every hardware budget by the real metric (checked
     without running the model): the baseline a mixed allocation must beat. Empty when none does."""
-    from qfx.search.metrics import violations
 
     dims = width_dims(space)
     levels = sorted({c for ch in dims.values() for c in ch}, reverse=True)

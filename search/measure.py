@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from qfx.zoo.train import predict
+
 
 def measure_latency(fn: Callable[[], Any], warmup: int = 3, repeats: int = 20, device: str = "cpu") -> dict[str, float]:
     """Median, interquartile range and min of ``fn()`` wall time in milliseconds."""
@@ -215,7 +217,6 @@ def cpu_energy_metrics(ctx: Any) -> dict[str, float]:
 
 def resource_metrics(ctx: Any) -> dict[str, float]:
     """CPU time, utilisation and peak memory of the evaluation forward pass (run once more, measured)."""
-    from qfx.zoo.train import predict
 
     ev = ctx.evaluator
     _, c = measure_resources(lambda: predict(ctx.graph.gm, ev.x), ev.device)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from qfx.hw import fpga
 from qfx.search import measure as M
 
 if TYPE_CHECKING:
@@ -141,7 +142,6 @@ for _m in (  # fmt: skip
 
 def _fpga(fn: str) -> Callable[[MetricContext], float]:
     def measure(ctx: MetricContext) -> float:
-        from qfx.hw import fpga
 
         return float(getattr(fpga, fn)(ctx.graph))
 

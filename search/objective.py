@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from qfx.search.config import MetricSpec
-from qfx.search.metrics import scalarize, violations
+from qfx.search.metrics import METRICS, scalarize, violations
 from qfx.search.runner import Evaluator
 from qfx.search.samplers import exhaustive_index
 from qfx.search.space import SearchSpace
@@ -168,7 +168,6 @@ HARD_LIMIT = 20  # refused points per requested trial before the study gives up 
 
 
 def _hard_budgets(constraints: dict[str, Any]) -> dict[str, Any]:
-    from qfx.search.metrics import METRICS
 
     return {k: b for k, b in constraints.items() if METRICS[k].kind == "hardware"}
 

@@ -16,6 +16,9 @@ import optuna
 from optuna.trial import TrialState
 from tabulate import tabulate
 
+from qfx.passes.debug import NumericsPass
+from qfx.passes.debug.views import plot_sqnr
+from qfx.passes.transforms.quantize import QuantizePass
 from qfx.search.objective import Objective, trial_record
 from qfx.search.plots import StudyData, pareto_mask, plot_study
 from qfx.search.runner import Evaluator
@@ -131,9 +134,6 @@ def _write_best_graphs(
     Pareto configurations, and SQNR plots of the first ``MAX_SQNR_PLOTS``; returns each one's weakest nodes.
     Plots and weakest nodes use the same batch (``Evaluator.SQNR_BATCH`` samples); they are computed here, for
     the distinct best configurations only, not in every trial."""
-    from qfx.passes.debug import NumericsPass
-    from qfx.passes.debug.views import plot_sqnr
-    from qfx.passes.transforms.quantize import QuantizePass
 
     weakest = {}
     xb = ev.x[: ev.SQNR_BATCH]

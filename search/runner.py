@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from qfx.graph.meta import FLOPS, PARAMS, SHAPES
 from qfx.graph.trace import QGraph
 from qfx.hw.estimates import hw_metrics
+from qfx.passes.debug.numerics import record
 from qfx.passes.transforms.quantize.quantize_pass import QuantizePass
 from qfx.search.config import AvgBitwidthRunner, LatencyRunner, QATRunner
 from qfx.search.metrics import METRICS, MetricContext, check_metrics
@@ -97,7 +98,6 @@ class Evaluator:
 
     def weakest_nodes(self, q: QGraph, k: int = 3) -> list[dict[str, Any]]:
         """The ``k`` nodes whose outputs have the lowest SQNR vs the float graph on one small batch."""
-        from qfx.passes.debug.numerics import record
 
         xb = (self.x[: self.SQNR_BATCH],)
         if self._ref_outs is None:

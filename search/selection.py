@@ -17,8 +17,12 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from qfx.passes.transforms.quantize import QuantizePass
 from qfx.search.metrics import scalarize
+from qfx.search.outputs import best_trials
+from qfx.search.study import anchor_trial
 from qfx.zoo.data import Split
+from qfx.zoo.train import predict
 
 
 def split_off(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -48,7 +52,6 @@ def _key(t: optuna.trial.FrozenTrial) -> str:
 def candidates(study: optuna.Study, objective: Any, top_k: int) -> list[optuna.trial.FrozenTrial]:
     """The ``top_k`` best distinct feasible trials by search value (single objective), or the distinct
     Pareto front (multi-objective)."""
-    from qfx.search.outputs import best_trials
 
     if not objective.single:
         return best_trials(study)
@@ -92,8 +95,6 @@ def rescore(
 
 def correct(ev: Any, config: Any) -> np.ndarray:
     """Per row of ``ev``'s split: does ``config``'s quantized graph classify it correctly?"""
-    from qfx.passes.transforms.quantize import QuantizePass
-    from qfx.zoo.train import predict
 
     q = QuantizePass(config)(ev.pristine).graph
     return (predict(q.gm, ev.x).cpu().argmax(1) == ev.y).numpy()
@@ -131,7 +132,6 @@ def apply_anchor(
 ) -> tuple[list[optuna.trial.FrozenTrial], dict[str, Any]]:  # fmt: skip
     """The reported best after the anchor rule (:func:`anchored`), decided on the selection split ``held`` when
     there is one, else on the search's own split; ``figures["anchor"]`` says what was compared and kept."""
-    from qfx.search.study import anchor_trial
 
     a = anchor_trial(study, objective)
     if a is None or not best:

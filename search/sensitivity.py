@@ -18,8 +18,10 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
+from qfx.hw.estimates import hw_metrics, tensor_bits
 from qfx.passes.transforms.quantize import QuantizePass, quantizable_nodes
 from qfx.passes.transforms.quantize.quantize_pass import quant_types
+from qfx.search.metrics import scalarize
 from qfx.search.runner import Evaluator
 
 
@@ -143,14 +145,12 @@ class _Allocator:
         ).graph
 
     def hw(self, alloc: dict[str, int]) -> dict[str, float]:
-        from qfx.hw.estimates import hw_metrics
 
         return hw_metrics(self.graph(alloc), self.ev.hw.compare_to, self.ev.hw.activations)
 
     def path(self) -> list[dict[str, int]]:
         """From every unit at its widest level, one unit a step lowered to its next level: the move with the
         least added drop per stored bit saved (width step x the unit's tensor elements)."""
-        from qfx.hw.estimates import tensor_bits
 
         levels = self.levels
         path = [{u: lv[0] for u, lv in levels.items()}]
@@ -206,7 +206,6 @@ def warm_start_points(sens: Sensitivity, space: Any, ev: Evaluator, budgets: dic
       side; with ``spread`` > 0, that many points evenly along the path (a predicted front for
       multi-objective searches).
     """
-    from qfx.search.metrics import scalarize
 
     al = _Allocator(sens, space, ev)
     path, params, drop, hw = al.path(), al.params, al.drop, al.hw

@@ -20,6 +20,7 @@ from qfx.graph.trace import QGraph, trace
 from qfx.passes.analysis import CalibrationPass, analyze
 from qfx.search.config import ConfigError, RunConfig, StrategySetup, load_config
 from qfx.search.runner import Evaluator
+from qfx.search.selection import apply_anchor, referee, rescore, split_off
 from qfx.search.space import SearchSpace
 from qfx.search.study import Objective, best_trials, run_study, write_outputs
 from qfx.zoo.data import Dataset, Split, load_dataset
@@ -169,7 +170,6 @@ def _select(
 ) -> tuple[list[optuna.trial.FrozenTrial], dict[str, Any]]:  # fmt: skip
     """The reported best under ``[search.strategy.selection]``: re-scored on the selection split (``held``),
     then (single objective, ``anchor = "uniform"``) kept only when significantly better than the anchor."""
-    from qfx.search.selection import apply_anchor, referee, rescore
 
     figures: dict[str, Any] = {}
     test = referee(ev, prep.dataset.test)
@@ -226,8 +226,6 @@ def run_search(
             torch.set_num_threads(auto_threads(prep.model))  # restored by torch_threads
         split, held = search_split(cfg, prep), None
         if st.selection.fraction > 0:
-            from qfx.search.selection import split_off
-
             split, held = split_off(split, st.selection.fraction, cfg.seed)
         space, ev = build_search(cfg, prep, split)
         if ready is not None:

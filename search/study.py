@@ -19,6 +19,8 @@ import optuna
 from optuna.trial import TrialState
 
 from qfx.search.config import MetricSpec, StrategySetup
+from qfx.search.ilp import measure_table, proposals, uniform_points
+from qfx.search.metrics import METRICS
 from qfx.search.objective import FINISHED, HARD_LIMIT, Objective, Progress
 from qfx.search.outputs import (
     MAX_SQNR_PLOTS,
@@ -31,6 +33,7 @@ from qfx.search.outputs import (
 )
 from qfx.search.runner import Evaluator
 from qfx.search.samplers import make_sampler, sampler_spec
+from qfx.search.sensitivity import sensitivity, space_frac, space_widths, warm_start_points
 from qfx.search.space import SearchSpace
 from qfx.search.storage import GRACE_S, HEARTBEAT_S, counted, create_study, make_storage
 
@@ -154,8 +157,6 @@ def _optimize(study: optuna.Study, objective: Objective, setup: StrategySetup, p
 
 def _warm_start(study: optuna.Study, objective: Objective) -> None:
     """Enqueue the greedy bit allocations of a per-node sensitivity analysis as the first trials."""
-    from qfx.search.metrics import METRICS
-    from qfx.search.sensitivity import sensitivity, space_frac, space_widths, warm_start_points
 
     space, ev = objective.space, objective.evaluator
     sens = sensitivity(ev, space_widths(space), space_frac(space))  # the fracs the trials will use
@@ -169,8 +170,6 @@ def _warm_start(study: optuna.Study, objective: Objective) -> None:
 
 def _uniform(objective: Objective) -> list[dict[str, Any]]:
     """Optuna parameters of the widest uniform-width point within the hardware budgets (none when no such)."""
-    from qfx.search.ilp import uniform_points
-    from qfx.search.metrics import METRICS
 
     space = objective.space
     budgets = {k: b for k, b in objective.constraints.items() if METRICS[k].kind == "hardware"}
@@ -189,8 +188,6 @@ def anchor_trial(study: optuna.Study, objective: Objective) -> optuna.trial.Froz
 def _warm_start_ilp(study: optuna.Study, objective: Objective) -> None:
     """Enqueue the integer program's optimum under the hardware budgets (and, for hardware objectives of a
     multi-objective search, its optima over a sweep of budgets) as the first trials."""
-    from qfx.search.ilp import measure_table, proposals
-    from qfx.search.metrics import METRICS
 
     space, ev = objective.space, objective.evaluator
     budgets = {k: b for k, b in objective.constraints.items() if METRICS[k].kind == "hardware"}

@@ -276,3 +276,30 @@ def test_hls4ml_project_reads_back_with_hls4ml_own_parser(tmp_path):
     layers = cfg["HLSConfig"]["LayerName"]
     assert layers == e.handle.config.config["HLSConfig"]["LayerName"]  # every precision as exported
     assert cfg["PytorchModel"].endswith("qfx_model.pt") and (tmp_path / "hls" / "qfx_model.pt").is_file()
+
+
+@pytest.mark.slow  # hls4ml compiles its C simulation
+def test_random_widths_2_to_16_per_node_bit_identical_through_every_executor(tmp_path):
+    """Every node of jsc-s at its own width 2-16 (fracs anywhere in range, so ReLU fracs differ from their
+    readers'), signed MAC inputs and unsigned ReLU outputs; 1,000 rows (test split + saturating noise) through
+    qonnx's execute_onnx, onnxruntime, hls4ml's C simulation, the plain-torch reader and da4ml's interpreter."""
+    import random
+
+    from qfx.passes.export.api import verification_inputs
+
+    rng = random.Random(7)
+    g = float_graph("jsc-s")
+    conf: dict = {"by": "name"}
+    for n in quantizable_nodes(g):
+        w = {r: rng.randint(2, 16) for r in ("data_in", "weight", "bias")}
+        conf[n] = {"name": "integer", **{f"{r}_width": v for r, v in w.items()},
+                   **{f"{r}_frac_width": rng.randint(0, v) for r, v in w.items()}}  # fmt: skip
+    q = QuantizePass(conf)(g).graph
+    widths = {p.width for m in q.metas() for p in m.precision.values()}
+    fmts = {p.fmt for m in q.metas() for p in m.precision.values()}
+    assert min(widths) <= 3 and max(widths) >= 14 and fmts == {"integer", "uinteger"}
+    x = verification_inputs(X, 1000)
+    for fmt in ("qonnx", "onnx-qdq", "hls4ml", "torch", "vhdl"):
+        e = export(q, fmt, tmp_path / fmt, batch=len(x) if fmt == "qonnx" else None)
+        a = verify(e, q, x)
+        assert a["bit_identical"] and a["ok"] and a["samples"] == 1000, (fmt, a)

@@ -283,3 +283,16 @@ def test_python_interpreter_fallback_equals_the_cpp_interpreter(monkeypatch):
 
     tr.comb = Refusing(tr.comb)
     assert np.array_equal(tr.predict(x), cpp) and tr.interpreter.startswith("da4ml Python interpreter")
+
+
+def test_a_da4ml_writer_assertion_is_an_export_error_naming_the_format(tmp_path, monkeypatch):
+    from da4ml.codegen import RTLModel
+
+    from qfx.passes.export.da4ml_backend import write_project
+
+    def refuse(self):
+        raise AssertionError("12557, Op(...), shift0=10, shift1=-8")
+
+    monkeypatch.setattr(RTLModel, "write", refuse)
+    with pytest.raises(ExportError, match=r"da4ml cannot write this logic as verilog \(12557"):
+        write_project(trace_graph(_quantized("jsc-tiny", 0)), tmp_path, "verilog")

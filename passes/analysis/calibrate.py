@@ -37,6 +37,9 @@ import torch
 from qfx.graph.meta import CALIBRATION, SHAPES, TensorPrecision, annotate
 from qfx.graph.trace import QGraph
 from qfx.passes.base import Pass, PassResult
+from qfx.passes.debug.numerics import _role_tensors, record
+from qfx.passes.transforms.quantize.quantize_pass import QUANT_RULES, QuantizePass
+from qfx.passes.transforms.quantize.quantizers import integer_quantize
 
 MAX_WIDTH = 32
 MSE_MAX_WIDTH = 16
@@ -56,7 +59,6 @@ def _from_magnitude(m: float, signed: bool) -> tuple[int, ...]:
 
 
 def _mse_fracs(v: torch.Tensor, signed: bool, weights: torch.Tensor | None) -> tuple[int, ...]:
-    from qfx.passes.transforms.quantize.quantizers import integer_quantize
 
     v = v.double()
     wt = None if weights is None or not float(weights.sum()) > 0 else weights.double()
@@ -141,8 +143,6 @@ class CalibrationPass(Pass):
     refine_widths: tuple[int, ...] = tuple(range(2, MSE_MAX_WIDTH + 1))
 
     def run(self, graph: QGraph) -> PassResult:
-        from qfx.passes.debug.numerics import _role_tensors, record
-        from qfx.passes.transforms.quantize.quantize_pass import QUANT_RULES
 
         inputs = self.inputs if self.inputs is not None else graph.example_inputs
         inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
@@ -182,8 +182,6 @@ def _refine(
 ) -> dict[int, float]:
     """Loss-aware refinement of ``tables`` in place (see the module docstring); width -> final loss."""
     import torch.nn.functional as F
-
-    from qfx.passes.transforms.quantize.quantize_pass import QuantizePass
 
     sites = [(n, r) for n, t in tables.items() for r in t]
 

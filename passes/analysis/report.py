@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from qfx.graph.dump import to_dict, to_table
+from qfx.graph.dump import to_dict, to_json, to_table
 from qfx.graph.meta import SHAPES
 from qfx.graph.trace import QGraph
 from qfx.passes.base import Pass, PassResult
@@ -21,7 +21,6 @@ class ReportPass(Pass):
     fmt: Literal["table", "json"] = "table"
 
     def run(self, graph: QGraph) -> PassResult:
-        from qfx.graph.dump import to_json
 
         text = to_table(graph) if self.fmt == "table" else to_json(graph)
         return PassResult(graph, False, {"text": text, "data": to_dict(graph)})

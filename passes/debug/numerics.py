@@ -17,6 +17,7 @@ from qfx.graph.meta import NUMERICS, TensorPrecision, annotate, get_meta
 from qfx.graph.trace import QGraph
 from qfx.passes.base import Pass, PassResult
 from qfx.passes.transforms.quantize.formats import code_range
+from qfx.passes.transforms.quantize.modules import QReLU
 
 
 def quant_stats(x: torch.Tensor, p: TensorPrecision) -> dict[str, float]:
@@ -91,7 +92,6 @@ def _role_tensors(n: fx.Node, module: nn.Module | None, ins: list[Any]) -> dict[
         out["weight"] = module.weight
         if getattr(module, "bias", None) is not None:
             out["bias"] = module.bias
-    from qfx.passes.transforms.quantize.modules import QReLU
 
     roles = getattr(module, "arg_roles", None)
     if getattr(module, "unsigned_out", False) or isinstance(module, QReLU):

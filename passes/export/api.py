@@ -10,7 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from qfx.graph.safeio import check_out_dir
 from qfx.graph.trace import QGraph
+from qfx.passes.export.portable import export_portable, run_portable
+from qfx.passes.export.verify import FLOAT_TOLERANCE, float_nodes, locate
 
 
 @dataclass
@@ -46,7 +49,6 @@ def _hls(graph: QGraph, out: Path, batch: int | None) -> Exported:
 
 
 def _torch(graph: QGraph, out: Path, batch: int | None) -> Exported:
-    from qfx.passes.export.portable import export_portable
 
     return Exported("torch", export_portable(graph, out))
 
@@ -116,7 +118,6 @@ def _target_outputs(e: Exported, x: np.ndarray) -> np.ndarray:
         from qfx.passes.export.hls4ml_export import predict
 
         return predict(e.handle, x)
-    from qfx.passes.export.portable import run_portable
 
     return run_portable(e.path, torch.from_numpy(x)).numpy().reshape(len(x), -1)
 
@@ -172,7 +173,6 @@ def verify(e: Exported, graph: QGraph, x: torch.Tensor) -> dict[str, Any]:
     A fully quantized graph must be bit-identical; a graph with float nodes (:func:`float_nodes`) within
     ``FLOAT_TOLERANCE`` x max|output| (``required`` says which). ``ok`` is the verdict; on a difference
     ``first_difference`` names the node where the outputs part (see :mod:`qfx.passes.export.verify`)."""
-    from qfx.passes.export.verify import FLOAT_TOLERANCE, float_nodes, locate
 
     ref = _reference(e, graph, x)
     got = _target_outputs(e, x.numpy().astype(np.float32))
@@ -208,7 +208,6 @@ def export_all(
     qonnx files have batch 1 (FINN/hls4ml convention; verification runs them row by row),
     onnx-qdq a symbolic batch. Writing is refused when a symlink inside ``out`` leads out of it.
     """
-    from qfx.graph.safeio import check_out_dir
 
     check_out_dir(out)
     done = []

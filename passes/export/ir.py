@@ -21,7 +21,9 @@ import torch.nn as nn
 from qfx.graph.meta import SHAPES, TensorPrecision, get_meta
 from qfx.graph.registry import OP_TRAITS, OpRegistry, is_inplace
 from qfx.graph.trace import QGraph
+from qfx.passes.analysis import ShapePass
 from qfx.passes.transforms.quantize.formats import code_range
+from qfx.passes.transforms.quantize.modules import fold_batch_norm
 
 SUPPORTED = (
     "linear (nn.Linear), conv1d/conv2d (nn.Conv*), batch norm (nn.BatchNorm1d/2d, folded to a per-channel "
@@ -127,7 +129,6 @@ def _conv(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
 
 @register_ir(nn.BatchNorm1d, nn.BatchNorm2d)
 def _batch_norm(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
-    from qfx.passes.transforms.quantize.modules import fold_batch_norm
 
     if m.running_mean is None:
         raise _unsupported(n, "batch norm without running statistics", fmt)
@@ -187,8 +188,6 @@ def _arith(n: fx.Node, m: nn.Module | None, fmt: str) -> Layer:
 def build_ir(graph: QGraph, fmt: str) -> list[Layer]:
     """The graph as a list of :class:`Layer` (requires the shapes analysis)."""
     if SHAPES not in graph.analyses:
-        from qfx.passes.analysis import ShapePass
-
         ShapePass()(graph)
     modules = dict(graph.gm.named_modules())
     layers: list[Layer] = []

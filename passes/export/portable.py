@@ -27,8 +27,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from qfx.graph.meta import TensorPrecision
+from qfx.graph.schema import error_line
 from qfx.graph.trace import SAVE_HOOKS, QGraph
-from qfx.passes.export.ir import OpTable, build_ir
+from qfx.passes.export.ir import ExportError, OpTable, build_ir
 from qfx.passes.transforms.quantize.formats import code_range
 
 FORMAT = "qfx-portable/1"
@@ -101,7 +102,6 @@ def export_portable(graph: QGraph, out: str | Path) -> Path:
 
 def save_beside(graph: QGraph, directory: Path) -> None:
     """``QGraph.save`` hook: write ``quantized.pt`` for graphs that quantize something and can be exported."""
-    from qfx.passes.export.ir import ExportError
 
     if not any(m.quantized for m in graph.metas()):
         return
@@ -190,8 +190,6 @@ def read_portable(path: str | Path) -> tuple[dict[str, torch.Tensor], PortableMa
     try:
         man = PortableManifest.model_validate(ck["manifest"])
     except ValueError as e:
-        from qfx.graph.schema import error_line
-
         raise PortableError(f"{path}: manifest {error_line(e)}") from e
     defined = set(man.inputs)
     for lay in man.layers:

@@ -19,6 +19,8 @@ import torch
 import torch.fx as fx
 
 from qfx.graph.trace import QGraph
+from qfx.passes.export.ir import build_ir
+from qfx.passes.export.portable import portable_state, read_portable, run_manifest, state_manifest
 
 VerificationInputs = torch.Tensor
 
@@ -29,7 +31,6 @@ FLOAT_TOLERANCE = 1e-5  # relative to the output's scale, for graphs that keep f
 def float_nodes(graph: QGraph) -> list[str]:
     """Compute nodes that keep float arithmetic (a MAC/affine/arithmetic node with an unquantized role):
     their exports run float or wide fixed point, so the check is a stated tolerance, not bit identity."""
-    from qfx.passes.export.ir import build_ir
 
     out = []
     for lay in build_ir(graph, "verify"):
@@ -63,7 +64,6 @@ def node_values(graph: QGraph, x: torch.Tensor) -> dict[str, np.ndarray]:
 
 def ir_values(graph: QGraph, x: torch.Tensor) -> dict[str, np.ndarray]:
     """Every IR layer's output on ``x``, run by the portable reader on the in-memory IR."""
-    from qfx.passes.export.portable import portable_state, run_manifest, state_manifest
 
     t, man = state_manifest(portable_state(graph))
     with torch.no_grad():
@@ -96,8 +96,6 @@ def tool_values(fmt: str, path: Any, x: torch.Tensor) -> dict[str, np.ndarray] |
         src = path.parent / "model.onnx" if fmt == "qonnx" else path  # before qonnx's cleanup renames tensors
         return node_values_onnx(src, xs, fmt)
     if fmt == "torch":
-        from qfx.passes.export.portable import read_portable, run_manifest
-
         t, man = read_portable(path)
         return {k: v.numpy() for k, v in run_manifest(t, man, x).items()}
     return None
