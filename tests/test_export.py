@@ -78,7 +78,10 @@ def check(agreement: dict, which: str, min_class: float = 0.999) -> None:
     if which == "all":
         assert agreement["bit_identical"], agreement
     else:
-        assert agreement["max_abs_diff"] <= 1e-5 and agreement["same_class"] >= min_class, agreement
+        # float nodes: within the stated tolerance, relative to the outputs' magnitude (the noise rows reach 64x)
+        assert (
+            agreement["ok"] and agreement["required"].startswith("|diff| <=") and agreement["same_class"] >= min_class
+        ), agreement
 
 
 @pytest.mark.parametrize("which", ["all", "partial"])
@@ -87,14 +90,17 @@ def test_qonnx_and_qdq_match_on_test_split(name, which, tmp_path):
     q = quantized(name, which)
     if which == "all":
         assert all(m.quantized for m in q.metas() if m.name in quantizable_nodes(q))
-    e = export(q, "qonnx", tmp_path / "qonnx", batch=len(X))  # qonnx wants a fixed batch
+    from qfx.passes.export.api import verification_inputs
+
+    x = verification_inputs(X, 1000)  # the test split, then noise reaching every saturation bound
+    e = export(q, "qonnx", tmp_path / "qonnx", batch=len(x))  # qonnx wants a fixed batch
     from qonnx.core.modelwrapper import ModelWrapper
 
     mw = ModelWrapper(str(e.path))  # loads, and was shape-inferred + cleaned by qonnx
     assert any(n.op_type == "Quant" for n in mw.graph.node)
-    check(verify(e, q, X), which)
+    check(verify(e, q, x), which)
     e = export(q, "onnx-qdq", tmp_path / "qdq")
-    check(verify(e, q, X), which)
+    check(verify(e, q, x), which)
 
 
 @pytest.mark.slow  # g++ compiles hls4ml's C simulation

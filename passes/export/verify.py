@@ -26,6 +26,7 @@ VerificationInputs = torch.Tensor
 
 
 FLOAT_TOLERANCE = 1e-5  # relative to the output's scale, for graphs that keep float nodes
+FLOAT_ROWS = 0.99  # share of rows that must be within it (a float value on a rounding boundary moves one code)
 
 
 def float_nodes(graph: QGraph) -> list[str]:
