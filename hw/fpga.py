@@ -29,7 +29,11 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
 
+from qfx.graph.registry import OP_TRAITS
 from qfx.graph.trace import QGraph
 from qfx.passes.export.ir import build_ir
 
@@ -140,9 +144,64 @@ def _trace_layer(lay: Any, in_shape: tuple[int, ...], src: Any) -> tuple[float, 
     return float(comb.cost), float(comb.latency[1])
 
 
+_TOKENS: dict[int, tuple[weakref.ref[torch.Tensor], int, str]] = {}  # id -> (tensor, version, digest)
+_BY_KEY: OrderedDict[tuple[Any, ...], dict[str, tuple[float, float]]] = OrderedDict()
+_MAC_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
+_LOOK_THROUGH = OP_TRAITS["reshape"] | {"dropout", "identity", "max_pool1d", "max_pool2d"}
+
+
+def _token(t: torch.Tensor) -> str:
+    """A digest of a tensor's values, computed once per tensor object and in-place version (a search rebuilds
+    every trial around the pristine graph's own parameter tensors)."""
+    hit = _TOKENS.get(id(t))
+    if hit is None or hit[0]() is not t or hit[1] != t._version:
+        raw = t.detach().cpu().contiguous().numpy().tobytes()
+        hit = _TOKENS[id(t)] = (weakref.ref(t), t._version, hashlib.blake2b(raw, digest_size=16).hexdigest())
+        if len(_TOKENS) > 4 * MEMO_SIZE:  # ids of dead tensors
+            for k in [k for k, v in _TOKENS.items() if v[0]() is None]:
+                del _TOKENS[k]
+    return hit[2]
+
+
+def _graph_key(graph: QGraph) -> tuple[Any, ...]:
+    """Everything the per-layer costs depend on, without building the IR: per MAC module its class and
+    attributes, its tensors' digests, its precisions, its input shape and its ReLU producer's precision."""
+    out = []
+    mods = graph.modules
+    for n in graph.gm.graph.nodes:
+        m = mods.get(n.target) if n.op == "call_module" else None  # type: ignore[arg-type]
+        if not isinstance(m, _MAC_MODULES):
+            continue
+        src = n.args[0] if n.args else None
+        while isinstance(src, fx.Node) and graph.meta(src.name).op_type in _LOOK_THROUGH and src.args:
+            src = src.args[0]
+        relu = (
+            graph.meta(src.name).precision
+            if isinstance(src, fx.Node) and graph.meta(src.name).op_type == "relu"
+            else {}
+        )
+        tensors = [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
+        meta = graph.meta(n.name)
+        out.append((n.name, type(m).__name__, m.extra_repr(), tuple((k, _token(v)) for k, v in tensors),
+                    tuple(sorted((r, str(p)) for r, p in meta.precision.items())), str(meta.in_shapes[:1]),
+                    tuple(sorted((r, str(p)) for r, p in relu.items()))))  # fmt: skip
+    return tuple(out)
+
+
 def layer_costs(graph: QGraph) -> dict[str, tuple[float, float]]:
     """``{MAC layer: (LUTs, adder depth)}`` of each layer traced alone (see the module docstring); raises
-    ExportError naming a layer da4ml cannot express (a float operand, an unsupported op)."""
+    ExportError naming a layer da4ml cannot express (a float operand, an unsupported op). A graph whose MAC
+    layers were all seen before (same modules, tensors, precisions, inputs) is answered without the IR."""
+    key = _graph_key(graph)
+    hit = _BY_KEY.get(key)
+    if hit is None:
+        hit = _BY_KEY[key] = _layer_costs(graph)
+        if len(_BY_KEY) > MEMO_SIZE:
+            _BY_KEY.popitem(last=False)
+    return dict(hit)
+
+
+def _layer_costs(graph: QGraph) -> dict[str, tuple[float, float]]:
     from qfx.passes.export.da4ml_backend import FMT, _needs
 
     out = {}

@@ -296,3 +296,19 @@ def test_a_da4ml_writer_assertion_is_an_export_error_naming_the_format(tmp_path,
     monkeypatch.setattr(RTLModel, "write", refuse)
     with pytest.raises(ExportError, match=r"da4ml cannot write this logic as verilog \(12557"):
         write_project(trace_graph(_quantized("jsc-tiny", 0)), tmp_path, "verilog")
+
+
+def test_layer_cost_memo_follows_the_weights_not_only_the_configuration():
+    import copy
+
+    from qfx.hw import fpga
+
+    g = copy.deepcopy(_float_graph("jsc-tiny"))
+    cfg = _random_config(g, 2)
+    q = QuantizePass(cfg)(g).graph
+    assert fpga.layer_costs(q) == fpga._layer_costs(q)  # the memo's answer is the IR path's
+    lin = next(m for m in g.gm.modules() if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        lin.weight.mul_(-0.5)  # same configuration, other weights
+    q2 = QuantizePass(cfg)(g).graph
+    assert fpga.layer_costs(q2) == fpga._layer_costs(q2) != fpga.layer_costs(q)
