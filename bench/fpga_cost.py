@@ -61,12 +61,16 @@ def _config(g, rng: random.Random) -> dict:  # noqa: ANN001
     return out
 
 
-def correlations(name: str, n: int, n_synth: int, seed: int = 0, jsonl: Path | None = None) -> list[list]:
+def correlations(
+    name: str, n: int, n_synth: int, seed: int = 0, jsonl: Path | None = None, start: int = 0
+) -> list[list]:
     ds = load_dataset("digits")
     g = _graph(name, ds)
     rng = random.Random(seed)
     rows = []
-    for i in range(n):
+    for _ in range(start):  # resume a cut-short run: the same configurations in the same order
+        _config(g, rng)
+    for i in range(start, n):
         q = QuantizePass(_config(g, rng))(g).graph
         t0 = time.perf_counter()
         luts, lat = fpga_cost(q)
@@ -137,6 +141,7 @@ def main() -> None:
     ap.add_argument("--models", default="jsc-s,cnn")
     ap.add_argument("--jsonl", type=Path, help="append each configuration's figures to this file")
     ap.add_argument("--summarize", type=Path, help="only print the table of a --jsonl file (a run cut short)")
+    ap.add_argument("--start", type=int, default=0, help="skip the first N configurations (resume with --jsonl)")
     a = ap.parse_args()
     headers = ["model", "measure", "synthesized", "Spearman vs yosys LUTs", "configs", "Spearman vs da4ml (network)"]
     if a.summarize:
@@ -153,7 +158,7 @@ def main() -> None:
         print("yosys is not on PATH: correlations against da4ml's estimate only", file=sys.stderr)
     rows = []
     for name in filter(None, a.models.split(",")) if a.configs else ():
-        rows += correlations(name, a.configs, a.synth, jsonl=a.jsonl)
+        rows += correlations(name, a.configs, a.synth, jsonl=a.jsonl, start=a.start)
     if rows:
         print(tabulate(rows, headers=headers, tablefmt="github"), flush=True)
     if not a.trials:
