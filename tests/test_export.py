@@ -309,3 +309,33 @@ def test_random_widths_2_to_16_per_node_bit_identical_through_every_executor(tmp
         e = export(q, fmt, tmp_path / fmt, batch=len(x) if fmt == "qonnx" else None)
         a = verify(e, q, x)
         assert a["bit_identical"] and a["ok"] and a["samples"] == 1000, (fmt, a)
+
+
+def test_linear_shape_inference_matches_qonnx_cleanup_and_large_models_verify(tmp_path, monkeypatch):
+    """Above CLEANUP_LIMIT ONNX nodes, model_clean.onnx carries shapes from onnx's own inference (qonnx's cleanup
+    is quadratic). Oracle: qonnx's cleanup gives every node the same output shape; and the model it writes runs
+    bit-identically in qonnx's execute_onnx."""
+    import collections
+
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.cleanup import cleanup_model
+
+    from qfx.passes.export import onnx_export
+    from qfx.passes.export.api import verification_inputs
+
+    def shapes(model, shape_of):
+        return collections.Counter((n.op_type, tuple(shape_of(n.output[0]) or ())) for n in model.graph.node)
+
+    for name in ("jsc-tiny", "cnn"):
+        m = onnx_export.to_onnx(quantized(name, "all"), "qonnx", 1)
+        ours = onnx_export.shapes_inferred(m)
+        infos = [*ours.graph.value_info, *ours.graph.output]
+        vi = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in infos}
+        theirs = cleanup_model(ModelWrapper(m))
+        assert shapes(ours, vi.get) == shapes(theirs.model, theirs.get_tensor_shape), name
+        assert all(o in vi for n in ours.graph.node for o in n.output)  # every tensor has its shape
+    monkeypatch.setattr(onnx_export, "CLEANUP_LIMIT", 10)  # jsc-tiny's 15 nodes take the large-model path
+    q = quantized("jsc-tiny", "all")
+    x = verification_inputs(X, 1000)
+    e = export(q, "qonnx", tmp_path / "q", batch=len(x))
+    assert verify(e, q, x)["bit_identical"]

@@ -252,13 +252,40 @@ def export_onnx(graph: QGraph, out: str | Path, fmt: str = "qonnx", batch: int |
         onnx.checker.check_model(model, full_check=True)
     path = d / "model.onnx"
     onnx.save(model, path)
-    if fmt == "qonnx":
+    if fmt == "qonnx" and len(model.graph.node) > CLEANUP_LIMIT:
+        onnx.save(shapes_inferred(model), d / "model_clean.onnx")
+    elif fmt == "qonnx":
         from qonnx.core.modelwrapper import ModelWrapper
         from qonnx.util.cleanup import cleanup_model
 
         clean = cleanup_model(ModelWrapper(model))
         clean.save(str(d / "model_clean.onnx"))
     return path
+
+
+# qonnx's cleanup looks tensors up by scanning every node (quadratic: 1,401 nodes took minutes); above this many
+# ONNX nodes the clean model is ours: already unique names and no foldable constants, plus every tensor's shape
+CLEANUP_LIMIT = 2000
+
+
+def shapes_inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with a shape (``value_info``) for every tensor, in linear time: onnx's own shape inference on a
+    copy whose qonnx ``Quant`` nodes read as ``Identity`` (a Quant's output has its input's shape)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for n in probe.graph.node:
+        if n.domain == QONNX_DOMAIN and n.op_type == "Quant":
+            del n.input[1:]
+            del n.attribute[:]
+            n.op_type, n.domain = "Identity", ""
+    del probe.opset_import[:]
+    probe.opset_import.extend([helper.make_opsetid("", 13)])
+    inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=True)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(inferred.graph.value_info)
+    return out
 
 
 def run_qonnx(model: onnx.ModelProto | str | Path, x: np.ndarray) -> np.ndarray:
