@@ -26,7 +26,7 @@ from qfx.search.metrics import METRICS, scalarize, violations
 from qfx.search.runner import Evaluator
 from qfx.search.samplers import exhaustive_index
 from qfx.search.space import SearchSpace
-from qfx.search.storage import counted, set_user_attrs
+from qfx.search.storage import counted, params_at_once, set_user_attrs
 
 log = logging.getLogger(__name__)
 _CLAIM = "qfx:claimed"  # user attr: this trial checked its point was free and evaluates it
@@ -120,7 +120,8 @@ class Objective:
             trial.study.stop()
             raise optuna.TrialPruned(f"all {self.space.size} points of the space have been tried")
         t0 = time.perf_counter()
-        params = {d: _suggest(trial, d, dist) for d, dist in self.space.distributions.items()}
+        with params_at_once(trial):
+            params = {d: _suggest(trial, d, dist) for d, dist in self.space.distributions.items()}
         point = self.space.point_of(params)
         t_sample = time.perf_counter() - t0
         if self.n_trials is not None and self.shared:

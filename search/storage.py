@@ -14,15 +14,19 @@ trials whose evaluation raised do.
 from __future__ import annotations
 
 import datetime
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import optuna
 from optuna import storages as _st
+from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal._storage import JournalOperation
 from optuna.trial import FrozenTrial, TrialState
 
 HEARTBEAT_S = 2
@@ -46,6 +50,8 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self._interval = heartbeat_interval
         self._grace = grace_period
         self._stale_callback = stale_callback
+        self._attrs: dict[int, dict[str, Any]] = {}  # trial id -> user attrs appended with its final state
+        self._local = threading.local()  # per thread: (trial id, param records held back) while sampling
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
@@ -67,19 +73,54 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     def get_heartbeat_interval(self) -> int | None:
         return self._interval
 
-    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        """All of a trial's user attrs in one append (one lock, one fsync): the same records, one attr
-        each as Optuna's replay requires, that ``set_trial_user_attr`` writes one append at a time."""
-        from optuna.storages.journal._storage import JournalOperation
-
+    def _append(self, logs: list[dict[str, Any]]) -> None:
+        """Records in one append (one lock, one fsync), then replayed like every other worker's."""
         with self._thread_lock:
-            wid = self._replay_result.worker_id
-            op = JournalOperation.SET_TRIAL_USER_ATTR
-            logs = [
-                {"op_code": op, "worker_id": wid, "trial_id": trial_id, "user_attr": {k: v}} for k, v in attrs.items()
-            ]
             self._backend.append_logs(logs)
             self._sync_with_backend()
+
+    @contextmanager
+    def params_at_once(self, trial_id: int) -> Iterator[None]:
+        """While open, ``set_trial_param`` of ``trial_id`` (in this thread) holds its records back; they
+        are appended together on exit, also when sampling raised. Optuna's trial reads its own params from
+        its cached copy, so later suggestions see the earlier ones."""
+        self._local.params = (trial_id, held := [])
+        try:
+            yield
+        finally:
+            self._local.params = None
+            if held:
+                self._append(held)
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                        distribution: BaseDistribution) -> None:  # fmt: skip
+        held = getattr(self._local, "params", None)
+        if held is None or held[0] != trial_id:
+            super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
+            return
+        held[1].append({"op_code": JournalOperation.SET_TRIAL_PARAM, "worker_id": self._replay_result.worker_id,
+                        "trial_id": trial_id, "param_name": param_name, "param_value_internal": param_value_internal,
+                        "distribution": distribution_to_json(distribution)})  # fmt: skip
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """A trial's user attrs, appended with its final state (``set_trial_state_values``): the same records,
+        one attr each as Optuna's replay requires, that ``set_trial_user_attr`` writes one append at a time."""
+        with self._thread_lock:
+            self._attrs.setdefault(trial_id, {}).update(attrs)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        with self._thread_lock:
+            attrs = self._attrs.pop(trial_id, None) if state.is_finished() else None
+        if not attrs:
+            return super().set_trial_state_values(trial_id, state, values)
+        wid = self._replay_result.worker_id
+        logs = [{"op_code": JournalOperation.SET_TRIAL_USER_ATTR, "worker_id": wid, "trial_id": trial_id,
+                 "user_attr": {k: v}} for k, v in attrs.items()]  # fmt: skip
+        done = datetime.datetime.now(tz=datetime.UTC).isoformat(timespec="microseconds")
+        logs.append({"op_code": JournalOperation.SET_TRIAL_STATE_VALUES, "worker_id": wid, "trial_id": trial_id,
+                     "state": state, "values": values, "datetime_complete": done})  # fmt: skip
+        self._append(logs)
+        return True
 
     def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
         return self._stale_callback
@@ -147,8 +188,8 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """All of a trial's user attrs: one transaction on our RDB storage, one append on our journal,
-    else one write each."""
+    """All of a trial's user attrs, written with the trial's final state on our RDB storage (same transaction)
+    and on our journal (same append); else one write each."""
     storage = trial.study._storage
     for s in (storage, getattr(storage, "_backend", None)):  # the RDB storage sits under Optuna's cache
         if isinstance(s, HeartbeatRDBStorage | HeartbeatJournalStorage):
@@ -156,6 +197,12 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
             return
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
+
+
+def params_at_once(trial: optuna.Trial) -> Any:
+    """A context in which the trial's suggestions are written to our journal in one append (else as usual)."""
+    s = trial.study._storage
+    return s.params_at_once(trial._trial_id) if isinstance(s, HeartbeatJournalStorage) else nullcontext()
 
 
 def make_storage(url: str | None) -> Any:
