@@ -170,9 +170,20 @@ def set_meta(node: fx.Node, meta: NodeMeta) -> NodeMeta:
     return meta
 
 
+_PLAIN_FIELDS = frozenset({"name", "op", "target", "op_type", "quantized", "macs", "flops", "params", "precision"})
+
+
 def update_meta(node: fx.Node, **changes: Any) -> NodeMeta:
-    """Replace the node's record by a copy with ``changes`` (records are immutable)."""
-    return set_meta(node, replace(get_meta(node), **changes))
+    """Replace the node's record by a copy with ``changes`` (records are immutable). Changes of plain fields
+    skip ``dataclasses.replace`` (which re-freezes every shape): this runs for every node of every rebuild."""
+    meta = get_meta(node)
+    if not changes.keys() <= _PLAIN_FIELDS:
+        return set_meta(node, replace(meta, **changes))
+    new = object.__new__(NodeMeta)
+    new.__dict__.update(meta.__dict__, **changes)
+    if "precision" in changes and not isinstance(changes["precision"], MappingProxyType):
+        new.__dict__["precision"] = MappingProxyType(dict(changes["precision"]))
+    return set_meta(node, new)
 
 
 def annotate(node: fx.Node, analysis: str, **changes: Any) -> NodeMeta:

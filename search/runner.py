@@ -20,6 +20,7 @@ from qfx.graph.trace import QGraph
 from qfx.hw.estimates import hw_metrics
 from qfx.passes.debug.numerics import record
 from qfx.passes.transforms.quantize.quantize_pass import QuantizePass
+from qfx.passes.transforms.quantize.rebuild import Rebuilder
 from qfx.search.config import AvgBitwidthRunner, LatencyRunner, QATRunner
 from qfx.search.metrics import METRICS, MetricContext, check_metrics
 from qfx.zoo.data import Split
@@ -93,6 +94,16 @@ class Evaluator:
         # a configuration drawn again is not evaluated again when every metric is a function of it (no timing,
         # energy or resource metric, whose value a second measurement would change)
         self.memo: dict[str, TrialResult] | None = None if any(METRICS[m].varies for m in self.metrics) else {}
+        self._rebuilder = Rebuilder(pristine)  # without fine-tuning: only what a configuration changes is rebuilt
+
+    def quantized(self, config: Any) -> QGraph:
+        """The pristine graph quantized with ``config``, in eval mode. Without fine-tuning it comes from the
+        :class:`Rebuilder`: shared, valid until the next call, float weights read-only."""
+        if self.qat.steps:
+            q = QuantizePass(config)(self.pristine).graph
+            q.gm.eval()
+            return q
+        return self._rebuilder(config)
 
     SQNR_BATCH = 32
 
@@ -154,7 +165,7 @@ class Evaluator:
     def hardware(self, config: Any) -> dict[str, float]:
         """The hardware metrics of ``config`` without running the model (functions of the configuration:
         what a budget can be checked on before an evaluation is spent)."""
-        q = QuantizePass(config)(self.pristine).graph
+        q = self.quantized(config)
         hw = hw_metrics(q, self.hw.compare_to, self.hw.activations)
         self._measure(MetricContext(q, torch.empty(0), self.y, self), hw, "hardware")
         self._checked = (json.dumps(config, sort_keys=True, default=str), q, hw)  # the evaluation that follows
@@ -166,8 +177,7 @@ class Evaluator:
         if checked and not self.qat.steps and checked[0] == json.dumps(config, sort_keys=True, default=str):
             q = checked[1]  # quantized (and its hardware metrics measured) by the budget check just before
         else:
-            q, checked = QuantizePass(config, copy_weights=bool(self.qat.steps))(self.pristine).graph, None
-        q.gm.eval()
+            q, checked = self.quantized(config), None
         t1 = time.perf_counter()
         if self.qat.steps:
             self._finetune(q)

@@ -351,3 +351,41 @@ def test_register_function_rule_refuses_module_classes():
 
     with pytest.raises(TypeError, match="module classes.*register_module_rule"):
         register_function_rule("gelu", "QGelu", ("data_in",), keys=(nn.GELU,))
+
+
+@pytest.mark.parametrize("name", ["shared", "inplace", "functional", "resnet18", "gpt"])
+def test_rebuilder_equals_quantize_pass(name):
+    """The search's rebuild (templates per structure, modules per node and precision, swapped in) gives the
+    same outputs and node records as a fresh QuantizePass, config after config, structures revisited."""
+    import random
+
+    from arch_models import architectures
+
+    from qfx.passes.transforms.quantize import quantizable_nodes
+    from qfx.passes.transforms.quantize.rebuild import Rebuilder
+
+    model, inputs = architectures()[name]
+    g = analyze(trace(model, inputs))
+    qn = sorted(quantizable_nodes(g))
+    rng = random.Random(0)
+    masks = [set(rng.sample(qn, k=max(1, len(qn) // 2))) for _ in range(2)] + [set(qn)]
+    rb = Rebuilder(g, templates=2, modules=16)  # small limits: eviction is exercised too
+    prev = None
+    for i in range(12):
+        on = masks[i % 3]
+        cfg = {"by": "name", **{n: _cfg(rng.choice([4, 6, 8]), rng.choice([2, 3, 4])) if n in on else {"name": "NA"}
+                                for n in qn}}  # fmt: skip
+        want = QuantizePass(cfg, copy_weights=False)(g).graph
+        want.gm.eval()
+        got = rb(cfg)
+        assert not got.gm.training
+        with torch.no_grad():
+            a = want.gm(*[t.clone() for t in inputs])
+            b = got.gm(*[t.clone() for t in inputs])
+        for x, y in zip(torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b), strict=True):
+            assert torch.equal(x, y), (name, i)
+        assert [m.to_dict() for m in want.metas()] == [m.to_dict() for m in got.metas()]
+        assert got is not prev  # a new wrapper per call: memos keyed by graph object never see stale contents
+        prev = got
+    with pytest.raises(PassError, match="unknown node"):
+        rb({"by": "name", "no_such_node": _cfg(8)})

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from qfx.graph.meta import TensorPrecision, get_meta, update_meta
 from qfx.graph.registry import OP_TYPES, OpKey, OpRegistry, inplace_call, target_name
-from qfx.graph.trace import QGraph, copy_graph, private_root, referenced
+from qfx.graph.trace import QGraph, copy_graph, no_gc, private_root, referenced
 from qfx.passes.base import Pass, PassError, PassResult
 from qfx.passes.transforms.quantize.config import NoQuant, QuantizeConfig
 from qfx.passes.transforms.quantize.formats import AUTO_FRAC, unsigned_variant
@@ -208,6 +208,11 @@ def _resolve_auto(node: fx.Node, roles: dict[str, TensorPrecision]) -> dict[str,
     return out
 
 
+def node_roles(node: fx.Node, rule: QuantRule, c: Any) -> dict[str, TensorPrecision]:
+    """The precisions node config ``c`` gives the roles ``rule`` quantizes, "auto" fracs resolved."""
+    return _resolve_auto(node, {r: p for r, p in c.roles().items() if r in rule.roles})
+
+
 @dataclass(frozen=True)
 class QuantizePass(Pass):
     """Reads: op types (from trace). Writes: a NEW graph with quantized modules and node precision.
@@ -233,6 +238,10 @@ class QuantizePass(Pass):
             object.__setattr__(self, "config", QuantizeConfig.model_validate(self.config))
 
     def run(self, graph: QGraph) -> PassResult:
+        with no_gc():  # a rebuild allocates many small cyclic objects: full collections would double its time
+            return self._run(graph)
+
+    def _run(self, graph: QGraph) -> PassResult:
         plan, notes = resolve(graph, self.config)
         for n in notes:
             log.info("quantize: %s", n)
@@ -242,7 +251,7 @@ class QuantizePass(Pass):
         modules = dict(old.named_modules())
         uses = Counter(n.target for n in old.graph.nodes if n.op == "call_module")
         done: dict[str, str] = {}
-        changed: list[fx.Node] = []
+        changed: dict[fx.Node, dict[str, Any]] = {}  # node -> record changes, written once the module exists
         for on in old.graph.nodes:
             new = val_map[on]
             new.meta = dict(on.meta)  # records are immutable: sharing them shares no state
@@ -250,12 +259,11 @@ class QuantizePass(Pass):
             if c is None:
                 if get_meta(on).quantized:  # previously quantized node now left in float: restore the float op
                     self._restore(new, on, modules, root)
-                    update_meta(new, quantized=None, precision={})
-                    changed.append(new)
+                    changed[new] = {"quantized": None, "precision": {}}
                 continue
             rule = QUANT_RULES.lookup(on, modules)
             assert rule is not None
-            roles = _resolve_auto(on, {r: p for r, p in c.roles().items() if r in rule.roles})
+            roles = node_roles(on, rule, c)
             source = root[on.target] if on.op == "call_module" else on.target  # root: private when copying
             if rule.float_cls is not None or on.op == "call_module":  # module op, or a QFunction from a prior run
                 tgt = _site_target(on, uses, root)
@@ -265,15 +273,14 @@ class QuantizePass(Pass):
                     tgt += "_"
             root[tgt] = rule.build(source, on, roles)
             new.op, new.target = "call_module", tgt
-            update_meta(new, precision=rule.precision(roles), quantized=rule.qtype)
+            changed[new] = {"precision": rule.precision(roles), "quantized": rule.qtype}
             done[on.name] = rule.qtype
-            changed.append(new)
         new_g.lint()
         gm = fx.GraphModule(root, new_g, old.__class__.__name__)
         gm.train(old.training)
         new_modules = dict(gm.named_modules())
-        for n in changed:  # the record describes what runs now; op_type stays the float op's
-            update_meta(n, op=n.op, target=target_name(n, new_modules))
+        for n, ch in changed.items():  # the record describes what runs now; op_type stays the float op's
+            update_meta(n, op=n.op, target=target_name(n, new_modules), **ch)
         res = QGraph(gm, graph.example_inputs, graph.analyses)
         info = {"quantized": done, "notes": notes, "plan": {k: v.model_dump() for k, v in plan.items()}}
         return PassResult(res, modified=bool(done) or bool(changed), info=info)

@@ -1,0 +1,97 @@
+"""Rebuilds for a search: a quantized graph per configuration at the cost of what the configuration changes.
+
+A search quantizes one pristine graph hundreds of times. ``QuantizePass`` copies the graph, builds every
+quantized module and generates and compiles the forward code each time; most of that repeats. A
+:class:`Rebuilder` keeps, for one pristine graph:
+
+- a **template** per structure (the set of nodes a configuration quantizes): the ``QuantizePass`` result,
+  built and compiled the first time the structure is seen;
+- a **quantized module** per node and precisions, holding its quantized weights once computed (the first
+  inference forward caches them).
+
+A rebuild resolves the configuration exactly as ``QuantizePass`` does (same checks, same errors), swaps the
+configuration's modules into its structure's template (a dict write per node) and writes the quantized nodes'
+records. The result equals ``QuantizePass(config, copy_weights=False)`` output for output and record for
+record (``tests/test_quantize.py``), in eval mode.
+
+The graph returned is shared: a new ``QGraph`` around the template's GraphModule, valid until the next call
+re-fills that template; its float parameters are the pristine graph's, read-only. Use it to evaluate, not to
+keep or train.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch.fx as fx
+import torch.nn as nn
+
+from qfx.graph.meta import update_meta
+from qfx.graph.registry import target_name
+from qfx.graph.trace import QGraph, no_gc
+from qfx.passes.transforms.quantize.config import QuantizeConfig
+from qfx.passes.transforms.quantize.quantize_pass import QUANT_RULES, QuantizePass, QuantRule, node_roles, resolve
+
+
+class Rebuilder:
+    """``rebuild(config) -> QGraph`` for one pristine graph (see the module docstring). Reads: the pristine
+    graph's op types and "auto" calibration. Keeps at most ``templates`` structures and ``modules`` quantized
+    modules (least recently used dropped)."""
+
+    def __init__(self, pristine: QGraph, templates: int = 16, modules: int = 4096) -> None:
+        self.pristine = pristine
+        self._nodes = {n.name: n for n in pristine.gm.graph.nodes}
+        self._float = dict(pristine.gm.named_modules())
+        self._templates: OrderedDict[frozenset[str], tuple[QGraph, dict[str, tuple[nn.Module, str, fx.Node]]]]
+        self._templates = OrderedDict()
+        self._modules: OrderedDict[tuple[Any, ...], nn.Module] = OrderedDict()
+        self._limits = (templates, modules)
+
+    def __call__(self, config: QuantizeConfig | dict[str, Any]) -> QGraph:
+        cfg = config if isinstance(config, QuantizeConfig) else QuantizeConfig.model_validate(config)
+        with no_gc():
+            plan, _ = resolve(self.pristine, cfg)
+            q, slots = self._template(frozenset(plan), cfg)
+            for name, c in plan.items():
+                on = self._nodes[name]
+                rule = QUANT_RULES.lookup(on, self._float)
+                assert rule is not None
+                roles = node_roles(on, rule, c)
+                m = self._module(on, rule, roles)
+                parent, leaf, n = slots[name]
+                parent._modules[leaf] = m
+                update_meta(n, precision=rule.precision(roles), quantized=rule.qtype,
+                            target=target_name(n, {n.target: m}))  # fmt: skip
+            return QGraph(q.gm, q.example_inputs, q.analyses)  # a new wrapper: memos keyed by graph stay exact
+
+    def _template(self, key: frozenset[str], cfg: QuantizeConfig) -> tuple[QGraph, dict]:
+        t = self._templates.get(key)
+        if t is not None:
+            self._templates.move_to_end(key)
+            return t
+        q = QuantizePass(cfg, copy_weights=False)(self.pristine).graph
+        q.gm.eval()
+        slots = {}
+        for n in q.gm.graph.nodes:
+            if n.name in key:
+                path, _, leaf = n.target.rpartition(".")
+                slots[n.name] = (q.gm.get_submodule(path), leaf, n)
+        self._templates[key] = t = (q, slots)
+        if len(self._templates) > self._limits[0]:
+            self._templates.popitem(last=False)
+        return t
+
+    def _module(self, on: fx.Node, rule: QuantRule, roles: dict[str, Any]) -> nn.Module:
+        key = (on.name, tuple(sorted(roles.items())))
+        m = self._modules.get(key)
+        if m is not None:
+            self._modules.move_to_end(key)
+            return m
+        source = self._float[on.target] if on.op == "call_module" else on.target
+        m = rule.build(source, on, roles)
+        m.train(False)
+        self._modules[key] = m
+        if len(self._modules) > self._limits[1]:
+            self._modules.popitem(last=False)
+        return m
