@@ -51,9 +51,17 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self._grace = grace_period
         self._stale_callback = stale_callback
         self._attrs: dict[int, dict[str, Any]] = {}  # trial id -> user attrs appended with its final state
+        self._beating: set[int] = set()  # running trials of this worker whose first beat was skipped
         self._local = threading.local()  # per thread: (trial id, param records held back) while sampling
 
     def record_heartbeat(self, trial_id: int) -> None:
+        """Every beat after a trial's first: Optuna beats once as the trial starts, and the trial's start time
+        already serves as that beat (``_get_stale_trial_ids``), so that append is skipped."""
+        with self._thread_lock:
+            first = trial_id not in self._beating
+            self._beating.add(trial_id)
+        if first:
+            return
         try:
             self.set_trial_system_attr(trial_id, _BEAT, time.time())
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -111,6 +119,8 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
         with self._thread_lock:
             attrs = self._attrs.pop(trial_id, None) if state.is_finished() else None
+            if state.is_finished():
+                self._beating.discard(trial_id)
         if not attrs:
             return super().set_trial_state_values(trial_id, state, values)
         wid = self._replay_result.worker_id
