@@ -138,7 +138,7 @@ def _write_best_graphs(
     weakest = {}
     xb = ev.x[: ev.SQNR_BATCH]
     for i, t in enumerate(best):
-        q = QuantizePass(t.user_attrs["sampled_config"])(ev.pristine).graph
+        q = QuantizePass(t.user_attrs["sampled_config"], copy_weights=False)(ev.pristine).graph  # saved: read only
         q.save(out / ("best_model" if i == 0 else f"pareto/trial_{t.number}"))
         weakest[t.number] = ev.weakest_nodes(q) if hasattr(ev, "weakest_nodes") else []
         if i < MAX_SQNR_PLOTS:

@@ -76,7 +76,6 @@ def plot_history(data: StudyData, path: Path) -> Path:
         ax.set(xlabel="trial", ylabel=name + UNITS.get(name, ""))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # beside the points
-    fig.tight_layout()
     axes[0].set_title("Optimisation history")
     return _save(fig, path)
 
