@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from qfx.graph.meta import TensorPrecision
 from qfx.graph.registry import INPLACE_TWIN, OpKey
-from qfx.graph.serialize import call_table, method_table, register_safe
+from qfx.graph.serialize import call_table, fresh_module_state, method_table, register_safe
 from qfx.passes.transforms.quantize.quantizers import Quantizer, make_quantizer
 
 
@@ -28,15 +28,6 @@ def _check_quantizers(m: nn.Module, names: tuple[str, ...], optional: bool = Tru
         q = m.__dict__.get(k)
         if not (isinstance(q, Quantizer) or (optional and q is None)):
             raise TypeError(f"attribute {k!r} must be a quantizer, got {type(q).__name__}")
-
-
-_MODULE_STATE = nn.Module().__dict__  # what nn.Module.__init__ sets: flags and empty hook/child containers
-
-
-def fresh_module_state() -> dict[str, Any]:
-    """The attributes ``nn.Module.__init__`` sets, with new empty containers (no hooks, children or tensors):
-    the same state at a fraction of its cost (it is ~50 us per call, most of a rebuild of a small layer)."""
-    return {k: (type(v)() if isinstance(v, dict | set) else v) for k, v in _MODULE_STATE.items()}
 
 
 def clone_as(cls: type[nn.Module], m: nn.Module) -> Any:
