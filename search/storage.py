@@ -14,6 +14,7 @@ trials whose evaluation raised do.
 from __future__ import annotations
 
 import datetime
+import json
 import threading
 import time
 import warnings
@@ -145,6 +146,42 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pending: dict[int, dict[str, Any]] = {}  # trial id -> user attrs written with its state
+        self._local = threading.local()  # per thread: (trial id, params held back) while sampling
+        self._beating: set[int] = set()  # running trials of this worker whose first beat was skipped
+        self._beat_lock = threading.Lock()
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Every beat after a trial's first: the trial's start time serves as its first beat
+        (``_get_stale_trial_ids``), so the transaction Optuna makes as each trial starts is skipped."""
+        with self._beat_lock:
+            first = trial_id not in self._beating
+            self._beating.add(trial_id)
+        if not first:
+            super().record_heartbeat(trial_id)
+
+    @contextmanager
+    def params_at_once(self, trial_id: int) -> Iterator[None]:
+        """While open, the params of ``trial_id`` (in this thread) are held back and written in one transaction
+        on exit, also when sampling raised (Optuna's trial reads its own params from its cached copy)."""
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        self._local.params = (trial_id, held := [])
+        try:
+            yield
+        finally:
+            self._local.params = None
+            if held:
+                with _create_scoped_session(self.scoped_session, True) as session:
+                    for args in held:
+                        self._set_trial_param_without_commit(session, trial_id, *args)
+
+    def _set_trial_param(self, trial_id: int, *args: Any) -> None:
+        """What Optuna's cached storage calls per suggestion: held back inside :meth:`params_at_once`."""
+        held = getattr(self._local, "params", None)
+        if held is None or held[0] != trial_id:
+            super()._set_trial_param(trial_id, *args)
+        else:
+            held[1].append(args)
 
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Attrs for a running trial, committed with its final state (``set_trial_state_values``)."""
@@ -155,6 +192,9 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
         from optuna.storages._rdb.storage import _create_scoped_session
         from sqlalchemy import exc
 
+        if state.is_finished():
+            with self._beat_lock:
+                self._beating.discard(trial_id)
         attrs = self._pending.pop(trial_id, None)
         if not attrs or state == TrialState.RUNNING:
             if attrs:
@@ -164,8 +204,7 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
             with _create_scoped_session(self.scoped_session) as session:
                 trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
                 self.check_trial_is_updatable(trial_id, trial.state)
-                for k, v in attrs.items():
-                    self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, k, v)
+                self._upsert_user_attrs(session, trial_id, attrs)
                 for objective, v in enumerate(values or ()):
                     self._set_trial_value_without_commit(session, trial, objective, v)
                 trial.state = state
@@ -173,6 +212,25 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
         except exc.IntegrityError:
             return False
         return True
+
+    def _upsert_user_attrs(self, session: Any, trial_id: int, attrs: dict[str, Any]) -> None:
+        """The rows Optuna writes one upsert each (after a trial lookup each), as one multi-row upsert on SQLite
+        and PostgreSQL; one at a time elsewhere."""
+        import sqlite3
+
+        from optuna.storages._rdb import models
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        table = models.TrialUserAttributeModel
+        dialect = {"postgresql": postgresql, "sqlite": sqlite}.get(self.engine.name)
+        if dialect is None or (dialect is sqlite and sqlite3.sqlite_version_info < (3, 24, 0)):
+            for k, v in attrs.items():
+                self._set_trial_attr_without_commit(session, table, trial_id, k, v)
+            return
+        ins = dialect.insert(table).values([{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
+                                             for k, v in attrs.items()])  # fmt: skip
+        session.execute(ins.on_conflict_do_update(index_elements=[table.trial_id, table.key],
+                                                  set_={"value_json": ins.excluded.value_json}))  # fmt: skip
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         from optuna.storages._rdb import models
@@ -210,9 +268,13 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
 
 
 def params_at_once(trial: optuna.Trial) -> Any:
-    """A context in which the trial's suggestions are written to our journal in one append (else as usual)."""
-    s = trial.study._storage
-    return s.params_at_once(trial._trial_id) if isinstance(s, HeartbeatJournalStorage) else nullcontext()
+    """A context in which the trial's suggestions are written in one append to our journal, in one transaction
+    to our RDB storage (else one write each, as Optuna does)."""
+    storage = trial.study._storage
+    for s in (storage, getattr(storage, "_backend", None)):  # the RDB storage sits under Optuna's cache
+        if isinstance(s, HeartbeatRDBStorage | HeartbeatJournalStorage):
+            return s.params_at_once(trial._trial_id)
+    return nullcontext()
 
 
 def make_storage(url: str | None) -> Any:
