@@ -37,7 +37,60 @@ STORAGE_FORMS = "sqlite:///FILE.db, journal:FILE (or FILE.log), postgresql://use
 _BEAT = "qfx:heartbeat"
 
 
-class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+class _TrialWrites:
+    """What both our storages do alike: a trial's params are held back while it samples and written at once
+    (``_write_params``: one journal append, one RDB transaction), and a trial's first heartbeat, which Optuna
+    records as the trial starts, is skipped: its start time serves as that beat (``_get_stale_trial_ids``)."""
+
+    def _init_writes(self) -> None:
+        self._local = threading.local()  # per thread: (trial id, params held back) while sampling
+        self._beating: set[int] = set()  # running trials of this worker whose first beat was skipped
+        self._beat_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # type: ignore[misc]  # Optuna's storages drop their locks/connections
+        for k in ("_local", "_beat_lock"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        self._local = threading.local()
+        self._beat_lock = threading.Lock()
+
+    def _write_params(self, trial_id: int, held: list[Any]) -> None:
+        raise NotImplementedError
+
+    @contextmanager
+    def params_at_once(self, trial_id: int) -> Iterator[None]:
+        """While open, the params of ``trial_id`` (in this thread) are held back; they are written together on
+        exit, also when sampling raised. Optuna's trial reads its own params from its cached copy, so later
+        suggestions see the earlier ones."""
+        self._local.params = (trial_id, held := [])
+        try:
+            yield
+        finally:
+            self._local.params = None
+            if held:
+                self._write_params(trial_id, held)
+
+    def _holding(self, trial_id: int) -> list[Any] | None:
+        """The list this trial's params are held in, or None when they are written as they come."""
+        held = getattr(self._local, "params", None)
+        return held[1] if held is not None and held[0] == trial_id else None
+
+    def _first_beat(self, trial_id: int) -> bool:
+        with self._beat_lock:
+            first = trial_id not in self._beating
+            self._beating.add(trial_id)
+        return first
+
+    def _finished(self, trial_id: int) -> None:
+        with self._beat_lock:
+            self._beating.discard(trial_id)
+
+
+class HeartbeatJournalStorage(_TrialWrites, JournalStorage, BaseHeartbeat):
     """A journal-file storage with Optuna's heartbeat protocol (beats stored as trial system attrs)."""
 
     def __init__(
@@ -52,16 +105,12 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self._grace = grace_period
         self._stale_callback = stale_callback
         self._attrs: dict[int, dict[str, Any]] = {}  # trial id -> user attrs appended with its final state
-        self._beating: set[int] = set()  # running trials of this worker whose first beat was skipped
-        self._local = threading.local()  # per thread: (trial id, param records held back) while sampling
+        self._init_writes()
 
     def record_heartbeat(self, trial_id: int) -> None:
         """Every beat after a trial's first: Optuna beats once as the trial starts, and the trial's start time
         already serves as that beat (``_get_stale_trial_ids``), so that append is skipped."""
-        with self._thread_lock:
-            first = trial_id not in self._beating
-            self._beating.add(trial_id)
-        if first:
+        if self._first_beat(trial_id):
             return
         try:
             self.set_trial_system_attr(trial_id, _BEAT, time.time())
@@ -88,26 +137,16 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
             self._backend.append_logs(logs)
             self._sync_with_backend()
 
-    @contextmanager
-    def params_at_once(self, trial_id: int) -> Iterator[None]:
-        """While open, ``set_trial_param`` of ``trial_id`` (in this thread) holds its records back; they
-        are appended together on exit, also when sampling raised. Optuna's trial reads its own params from
-        its cached copy, so later suggestions see the earlier ones."""
-        self._local.params = (trial_id, held := [])
-        try:
-            yield
-        finally:
-            self._local.params = None
-            if held:
-                self._append(held)
+    def _write_params(self, trial_id: int, held: list[Any]) -> None:
+        self._append(held)
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                         distribution: BaseDistribution) -> None:  # fmt: skip
-        held = getattr(self._local, "params", None)
-        if held is None or held[0] != trial_id:
+        held = self._holding(trial_id)
+        if held is None:
             super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
             return
-        held[1].append({"op_code": JournalOperation.SET_TRIAL_PARAM, "worker_id": self._replay_result.worker_id,
+        held.append({"op_code": JournalOperation.SET_TRIAL_PARAM, "worker_id": self._replay_result.worker_id,
                         "trial_id": trial_id, "param_name": param_name, "param_value_internal": param_value_internal,
                         "distribution": distribution_to_json(distribution)})  # fmt: skip
 
@@ -121,7 +160,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         with self._thread_lock:
             attrs = self._attrs.pop(trial_id, None) if state.is_finished() else None
             if state.is_finished():
-                self._beating.discard(trial_id)
+                self._finished(trial_id)
         if not attrs:
             return super().set_trial_state_values(trial_id, state, values)
         wid = self._replay_result.worker_id
@@ -137,7 +176,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return self._stale_callback
 
 
-class HeartbeatRDBStorage(optuna.storages.RDBStorage):
+class HeartbeatRDBStorage(_TrialWrites, optuna.storages.RDBStorage):
     """Optuna's RDB storage, whose stale-trial check also catches trials killed before their first
     heartbeat (Optuna skips trials without a heartbeat row, so those would stay RUNNING forever), and
     which writes a trial's user attrs in the transaction that finishes it (the same rows Optuna writes one
@@ -146,42 +185,27 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pending: dict[int, dict[str, Any]] = {}  # trial id -> user attrs written with its state
-        self._local = threading.local()  # per thread: (trial id, params held back) while sampling
-        self._beating: set[int] = set()  # running trials of this worker whose first beat was skipped
-        self._beat_lock = threading.Lock()
+        self._init_writes()
 
     def record_heartbeat(self, trial_id: int) -> None:
-        """Every beat after a trial's first: the trial's start time serves as its first beat
-        (``_get_stale_trial_ids``), so the transaction Optuna makes as each trial starts is skipped."""
-        with self._beat_lock:
-            first = trial_id not in self._beating
-            self._beating.add(trial_id)
-        if not first:
+        """Every beat after a trial's first (see :class:`_TrialWrites`)."""
+        if not self._first_beat(trial_id):
             super().record_heartbeat(trial_id)
 
-    @contextmanager
-    def params_at_once(self, trial_id: int) -> Iterator[None]:
-        """While open, the params of ``trial_id`` (in this thread) are held back and written in one transaction
-        on exit, also when sampling raised (Optuna's trial reads its own params from its cached copy)."""
+    def _write_params(self, trial_id: int, held: list[Any]) -> None:
         from optuna.storages._rdb.storage import _create_scoped_session
 
-        self._local.params = (trial_id, held := [])
-        try:
-            yield
-        finally:
-            self._local.params = None
-            if held:
-                with _create_scoped_session(self.scoped_session, True) as session:
-                    for args in held:
-                        self._set_trial_param_without_commit(session, trial_id, *args)
+        with _create_scoped_session(self.scoped_session, True) as session:
+            for args in held:
+                self._set_trial_param_without_commit(session, trial_id, *args)
 
     def _set_trial_param(self, trial_id: int, *args: Any) -> None:
         """What Optuna's cached storage calls per suggestion: held back inside :meth:`params_at_once`."""
-        held = getattr(self._local, "params", None)
-        if held is None or held[0] != trial_id:
+        held = self._holding(trial_id)
+        if held is None:
             super()._set_trial_param(trial_id, *args)
         else:
-            held[1].append(args)
+            held.append(args)
 
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Attrs for a running trial, committed with its final state (``set_trial_state_values``)."""
@@ -193,8 +217,7 @@ class HeartbeatRDBStorage(optuna.storages.RDBStorage):
         from sqlalchemy import exc
 
         if state.is_finished():
-            with self._beat_lock:
-                self._beating.discard(trial_id)
+            self._finished(trial_id)
         attrs = self._pending.pop(trial_id, None)
         if not attrs or state == TrialState.RUNNING:
             if attrs:

@@ -85,3 +85,43 @@ def test_resuming_with_another_space_is_refused(study_url, tmp_path):
     ck = make_checkpoint(tmp_path / "ck", epochs=1)
     with pytest.raises(ValueError, match="'native' was created over a different search space"):
         run_search(cfg, checkpoint=str(ck), storage=study_url, study_name="native")
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_storage_writes_a_trial_at_once_and_pickles(tmp_path, kind):
+    """Our storages hold a trial's params back while it samples and write its user attrs with its final state:
+    the journal gets 3 appends per trial (create, params, attrs + state; Optuna's loop makes one per param and
+    per attr, plus a heartbeat), and every value reads back. They survive pickling (Optuna's storages do)."""
+    import pickle
+
+    from optuna.storages.journal import JournalFileBackend
+
+    from qfx.search.storage import make_storage, params_at_once, set_user_attrs
+
+    url = f"journal:{tmp_path / 'j.log'}" if kind == "journal" else f"sqlite:///{tmp_path / 's.db'}"
+    storage = pickle.loads(pickle.dumps(make_storage(url)))
+    appends = []
+    if kind == "journal":
+        backend = storage._backend
+        real = backend.append_logs
+        backend.append_logs = lambda logs: (appends.append(len(logs)), real(logs))[1]
+    study = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        with params_at_once(trial):
+            x = trial.suggest_int("x", 0, 9)
+            y = trial.suggest_categorical("y", [1, 2])
+            z = trial.suggest_float("z", 0.0, 1.0)
+        set_user_attrs(trial, {"a": x, "b": [y, z], "c": {"d": "e"}})
+        return x + y + z
+
+    study.optimize(objective, n_trials=4)
+    back = optuna.load_study(study_name=study.study_name, storage=make_storage(url))
+    assert [t.state for t in back.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    for t in back.trials:
+        assert set(t.params) == {"x", "y", "z"}
+        assert t.user_attrs == {"a": t.params["x"], "b": [t.params["y"], t.params["z"]], "c": {"d": "e"}}
+        assert t.value == pytest.approx(t.params["x"] + t.params["y"] + t.params["z"])
+    if kind == "journal":
+        assert isinstance(storage._backend, JournalFileBackend)
+        assert len(appends) == 1 + 3 * 4  # the study, then 3 appends per trial
