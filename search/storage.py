@@ -1,8 +1,8 @@
 """Study storages: in memory, a journal file or an RDB (SQLite, PostgreSQL), all surviving killed workers.
 
-Every persistent storage has heartbeats: a running trial records one every ``HEARTBEAT_S`` seconds
-and a trial whose heartbeat is older than ``GRACE_S`` (its worker was killed) is marked FAIL by the
-next worker that starts a trial, which also re-queues its configuration (Optuna's retry callback:
+Every persistent storage has heartbeats: a running trial records one every ``HEARTBEAT_S`` seconds (its
+start time counts as the first) and a trial whose heartbeat is older than ``GRACE_S`` (its worker was killed)
+is marked FAIL by the next worker that starts a trial, which also re-queues its configuration (Optuna's retry callback:
 a WAITING trial with the same parameters). Optuna's RDB storage implements heartbeats itself; for the
 journal file (which has none in Optuna 5) :class:`HeartbeatJournalStorage` records them as trial
 system attributes. Marking a trial failed is atomic in both backends (the journal replays operations

@@ -389,3 +389,40 @@ def test_rebuilder_equals_quantize_pass(name):
         prev = got
     with pytest.raises(PassError, match="unknown node"):
         rb({"by": "name", "no_such_node": _cfg(8)})
+
+
+def test_rebuilder_threads_never_share_a_graph():
+    """n_jobs threads share one evaluator: each thread's rebuilds go into its own templates, so a thread that
+    yields between its rebuild and its forward still runs its own configuration."""
+    import threading
+    import time
+
+    from qfx.passes.transforms.quantize.rebuild import Rebuilder
+
+    model, (x,) = ZOO["jsc-tiny"]
+    g = analyze(trace(model, (x,)))
+    cfgs = [{"by": "type", "linear": _cfg(w, 3), "relu": _cfg(w, 3)} for w in (3, 4, 6, 8)]  # one structure
+    want = []
+    for c in cfgs:
+        q = QuantizePass(c)(g).graph
+        q.gm.eval()
+        with torch.no_grad():
+            want.append(q.gm(x))
+    assert all(not torch.equal(want[0], w) for w in want[1:])
+    rb, errors, barrier = Rebuilder(g), [], threading.Barrier(len(cfgs))
+
+    def work(i: int) -> None:
+        barrier.wait()
+        for _ in range(30):
+            q = rb(cfgs[i])
+            time.sleep(0)  # let another thread rebuild in between
+            with torch.no_grad():
+                if not torch.equal(q.gm(x), want[i]):
+                    errors.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cfgs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

@@ -15,12 +15,14 @@ records. The result equals ``QuantizePass(config, copy_weights=False)`` output f
 record (``tests/test_quantize.py``), in eval mode.
 
 The graph returned is shared: a new ``QGraph`` around the template's GraphModule, valid until the next call
-re-fills that template; its float parameters are the pristine graph's, read-only. Use it to evaluate, not to
-keep or train.
+(in the same thread: each thread has its own templates, so ``n_jobs`` threads never re-fill a graph another is
+running; quantized modules are shared); its float parameters are the pristine graph's, read-only. Use it to
+evaluate, not to keep or train.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -47,12 +49,13 @@ class Rebuilder:
         self._templates = OrderedDict()
         self._modules: OrderedDict[tuple[Any, ...], nn.Module] = OrderedDict()
         self._limits = (templates, modules)
+        self._lock = threading.Lock()  # the two caches (threads share them; builds run outside the lock)
 
     def __call__(self, config: QuantizeConfig | dict[str, Any]) -> QGraph:
         cfg = config if isinstance(config, QuantizeConfig) else QuantizeConfig.model_validate(config)
         with no_gc():
             plan, _ = resolve(self.pristine, cfg)
-            q, slots = self._template(frozenset(plan), cfg)
+            q, slots = self._template((threading.get_ident(), frozenset(plan)), cfg)
             for name, c in plan.items():
                 on = self._nodes[name]
                 rule = QUANT_RULES.lookup(on, self._float)
@@ -65,33 +68,37 @@ class Rebuilder:
                             target=target_name(n, {n.target: m}))  # fmt: skip
             return QGraph(q.gm, q.example_inputs, q.analyses)  # a new wrapper: memos keyed by graph stay exact
 
-    def _template(self, key: frozenset[str], cfg: QuantizeConfig) -> tuple[QGraph, dict]:
-        t = self._templates.get(key)
-        if t is not None:
-            self._templates.move_to_end(key)
-            return t
+    def _template(self, key: tuple[int, frozenset[str]], cfg: QuantizeConfig) -> tuple[QGraph, dict]:
+        with self._lock:
+            t = self._templates.get(key)
+            if t is not None:
+                self._templates.move_to_end(key)
+                return t
         q = QuantizePass(cfg, copy_weights=False)(self.pristine).graph
         q.gm.eval()
         slots = {}
         for n in q.gm.graph.nodes:
-            if n.name in key:
+            if n.name in key[1]:
                 path, _, leaf = n.target.rpartition(".")
                 slots[n.name] = (q.gm.get_submodule(path), leaf, n)
-        self._templates[key] = t = (q, slots)
-        if len(self._templates) > self._limits[0]:
-            self._templates.popitem(last=False)
+        with self._lock:
+            self._templates[key] = t = (q, slots)
+            if len(self._templates) > self._limits[0]:
+                self._templates.popitem(last=False)
         return t
 
     def _module(self, on: fx.Node, rule: QuantRule, roles: dict[str, Any]) -> nn.Module:
         key = (on.name, tuple(sorted(roles.items())))
-        m = self._modules.get(key)
-        if m is not None:
-            self._modules.move_to_end(key)
-            return m
+        with self._lock:
+            m = self._modules.get(key)
+            if m is not None:
+                self._modules.move_to_end(key)
+                return m
         source = self._float[on.target] if on.op == "call_module" else on.target
         m = rule.build(source, on, roles)
         m.train(False)
-        self._modules[key] = m
-        if len(self._modules) > self._limits[1]:
-            self._modules.popitem(last=False)
+        with self._lock:
+            m = self._modules.setdefault(key, m)  # a thread that built it first wins: one module per key
+            if len(self._modules) > self._limits[1]:
+                self._modules.popitem(last=False)
         return m
