@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +96,7 @@ class Evaluator:
         # energy or resource metric, whose value a second measurement would change)
         self.memo: dict[str, TrialResult] | None = None if any(METRICS[m].varies for m in self.metrics) else {}
         self._rebuilder = Rebuilder(pristine)  # without fine-tuning: only what a configuration changes is rebuilt
+        self._local = threading.local()  # per thread (n_jobs): the graph a budget check hands to its evaluation
 
     def quantized(self, config: Any) -> QGraph:
         """The pristine graph quantized with ``config``, in eval mode. Without fine-tuning it comes from the
@@ -168,12 +170,12 @@ class Evaluator:
         q = self.quantized(config)
         hw = hw_metrics(q, self.hw.compare_to, self.hw.activations)
         self._measure(MetricContext(q, torch.empty(0), self.y, self), hw, "hardware")
-        self._checked = (json.dumps(config, sort_keys=True, default=str), q, hw)  # the evaluation that follows
+        self._local.checked = (json.dumps(config, sort_keys=True, default=str), q, hw)  # the evaluation that follows
         return dict(hw)
 
     def _evaluate(self, config: Any) -> TrialResult:
         t0 = time.perf_counter()
-        checked, self._checked = getattr(self, "_checked", None), None
+        checked, self._local.checked = getattr(self._local, "checked", None), None
         if checked and not self.qat.steps and checked[0] == json.dumps(config, sort_keys=True, default=str):
             q = checked[1]  # quantized (and its hardware metrics measured) by the budget check just before
         else:
