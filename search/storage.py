@@ -132,10 +132,21 @@ class HeartbeatJournalStorage(_TrialWrites, JournalStorage, BaseHeartbeat):
         return self._interval
 
     def _append(self, logs: list[dict[str, Any]]) -> None:
-        """Records in one append (one lock, one fsync), then replayed like every other worker's."""
+        """Records in one append (one lock, one fsync), then replayed like every other worker's. When the replay
+        refuses one (its trial was finished meanwhile, e.g. failed as stale by another worker), the rest of the
+        batch is replayed too before the first refusal is raised: a refused record ends a replay, and the
+        records after it would otherwise be refused one by one by every later call."""
         with self._thread_lock:
             self._backend.append_logs(logs)
-            self._sync_with_backend()
+            refused: Exception | None = None
+            for _ in range(len(logs) + 1):
+                try:
+                    self._sync_with_backend()
+                    break
+                except (optuna.exceptions.UpdateFinishedTrialError, KeyError) as e:
+                    refused = refused or e
+            if refused is not None:
+                raise refused
 
     def _write_params(self, trial_id: int, held: list[Any]) -> None:
         self._append(held)

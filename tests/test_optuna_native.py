@@ -125,3 +125,23 @@ def test_storage_writes_a_trial_at_once_and_pickles(tmp_path, kind):
     if kind == "journal":
         assert isinstance(storage._backend, JournalFileBackend)
         assert len(appends) == 1 + 3 * 4  # the study, then 3 appends per trial
+
+
+def test_journal_batch_for_a_trial_failed_meanwhile_is_refused_once(tmp_path):
+    """Another worker failed our trial (stale) before its attrs and state were appended: the whole batch is
+    refused with one error, and the storage stays usable (no record of the batch is refused again later)."""
+    from qfx.search.storage import make_storage, params_at_once, set_user_attrs
+
+    url = f"journal:{tmp_path / 'j.log'}"
+    ours, other = make_storage(url), make_storage(url)
+    study = optuna.create_study(storage=ours, study_name="s")
+    trial = study.ask()
+    with params_at_once(trial):
+        trial.suggest_int("x", 0, 3)
+    other.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)  # the other worker
+    set_user_attrs(trial, {"a": 1, "b": 2, "c": 3})
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # Optuna's tell checks first; this is the race
+        ours.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.COMPLETE, [1.0])
+    study.optimize(lambda t: t.suggest_int("x", 0, 3), n_trials=2)  # every later call works
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert study.trials[0].user_attrs == {}
