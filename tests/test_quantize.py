@@ -369,7 +369,7 @@ def test_rebuilder_equals_quantize_pass(name):
     qn = sorted(quantizable_nodes(g))
     rng = random.Random(0)
     masks = [set(rng.sample(qn, k=max(1, len(qn) // 2))) for _ in range(2)] + [set(qn)]
-    rb = Rebuilder(g, templates=2, modules=16)  # small limits: eviction is exercised too
+    rb = Rebuilder(g, templates=2, modules=16, cache_bytes=1 << 14)  # small limits: eviction is exercised too
     prev = None
     for i in range(12):
         on = masks[i % 3]
@@ -387,6 +387,8 @@ def test_rebuilder_equals_quantize_pass(name):
         assert [m.to_dict() for m in want.metas()] == [m.to_dict() for m in got.metas()]
         assert got is not prev  # a new wrapper per call: memos keyed by graph object never see stale contents
         prev = got
+        assert len(rb._modules) <= 16 and (rb._bytes <= 1 << 14 or len(rb._modules) == 1)
+        assert rb._bytes == sum(size for _, size in rb._modules.values())
     with pytest.raises(PassError, match="unknown node"):
         rb({"by": "name", "no_such_node": _cfg(8)})
 

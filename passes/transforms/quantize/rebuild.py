@@ -35,20 +35,26 @@ from qfx.graph.trace import QGraph, no_gc
 from qfx.passes.transforms.quantize.config import QuantizeConfig
 from qfx.passes.transforms.quantize.quantize_pass import QUANT_RULES, QuantizePass, QuantRule, node_roles, resolve
 
+Slot = tuple[nn.Module, str, fx.Node]
+
 
 class Rebuilder:
     """``rebuild(config) -> QGraph`` for one pristine graph (see the module docstring). Reads: the pristine
-    graph's op types and "auto" calibration. Keeps at most ``templates`` structures and ``modules`` quantized
-    modules (least recently used dropped)."""
+    graph's op types and "auto" calibration. Keeps at most ``templates`` structures, and quantized modules up to
+    ``modules`` of them and ``cache_bytes`` of the quantized weights they may hold (a float copy of each
+    parameter they own), least recently used dropped first."""
 
-    def __init__(self, pristine: QGraph, templates: int = 16, modules: int = 4096) -> None:
+    def __init__(
+        self, pristine: QGraph, templates: int = 16, modules: int = 4096, cache_bytes: int = 512 << 20
+    ) -> None:
         self.pristine = pristine
         self._nodes = {n.name: n for n in pristine.gm.graph.nodes}
         self._float = dict(pristine.gm.named_modules())
-        self._templates: OrderedDict[frozenset[str], tuple[QGraph, dict[str, tuple[nn.Module, str, fx.Node]]]]
-        self._templates = OrderedDict()
-        self._modules: OrderedDict[tuple[Any, ...], nn.Module] = OrderedDict()
-        self._limits = (templates, modules)
+        # (thread, quantized nodes) -> (template graph, node -> (parent module, attribute, template node))
+        self._templates: OrderedDict[tuple[int, frozenset[str]], tuple[QGraph, dict[str, Slot]]] = OrderedDict()
+        self._modules: OrderedDict[tuple[Any, ...], tuple[nn.Module, int]] = OrderedDict()  # with its bytes
+        self._bytes = 0
+        self._limits = (templates, modules, cache_bytes)
         self._lock = threading.Lock()  # the two caches (threads share them; builds run outside the lock)
 
     def __call__(self, config: QuantizeConfig | dict[str, Any]) -> QGraph:
@@ -68,7 +74,7 @@ class Rebuilder:
                             target=target_name(n, {n.target: m}))  # fmt: skip
             return QGraph(q.gm, q.example_inputs, q.analyses)  # a new wrapper: memos keyed by graph stay exact
 
-    def _template(self, key: tuple[int, frozenset[str]], cfg: QuantizeConfig) -> tuple[QGraph, dict]:
+    def _template(self, key: tuple[int, frozenset[str]], cfg: QuantizeConfig) -> tuple[QGraph, dict[str, Slot]]:
         with self._lock:
             t = self._templates.get(key)
             if t is not None:
@@ -90,15 +96,19 @@ class Rebuilder:
     def _module(self, on: fx.Node, rule: QuantRule, roles: dict[str, Any]) -> nn.Module:
         key = (on.name, tuple(sorted(roles.items())))
         with self._lock:
-            m = self._modules.get(key)
-            if m is not None:
+            hit = self._modules.get(key)
+            if hit is not None:
                 self._modules.move_to_end(key)
-                return m
+                return hit[0]
         source = self._float[on.target] if on.op == "call_module" else on.target
         m = rule.build(source, on, roles)
         m.train(False)
+        size = 4 * sum(p.numel() for p in m.parameters())
         with self._lock:
-            m = self._modules.setdefault(key, m)  # a thread that built it first wins: one module per key
-            if len(self._modules) > self._limits[1]:
-                self._modules.popitem(last=False)
+            if key in self._modules:  # a thread that built it first wins: one module per key
+                return self._modules[key][0]
+            self._modules[key] = (m, size)
+            self._bytes += size
+            while len(self._modules) > 1 and (len(self._modules) > self._limits[1] or self._bytes > self._limits[2]):
+                self._bytes -= self._modules.popitem(last=False)[1][1]
         return m
