@@ -289,14 +289,22 @@ class HeartbeatRDBStorage(_TrialWrites, optuna.storages.RDBStorage):
         return stale
 
 
+def _ours(trial: optuna.Trial) -> HeartbeatRDBStorage | HeartbeatJournalStorage | None:
+    """The trial's storage when it is one of ours (the RDB storage sits under Optuna's cache), else None."""
+    storage = trial.study._storage
+    for s in (storage, getattr(storage, "_backend", None)):
+        if isinstance(s, HeartbeatRDBStorage | HeartbeatJournalStorage):
+            return s
+    return None
+
+
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """All of a trial's user attrs, written with the trial's final state on our RDB storage (same transaction)
     and on our journal (same append); else one write each."""
-    storage = trial.study._storage
-    for s in (storage, getattr(storage, "_backend", None)):  # the RDB storage sits under Optuna's cache
-        if isinstance(s, HeartbeatRDBStorage | HeartbeatJournalStorage):
-            s.set_trial_user_attrs(trial._trial_id, attrs)
-            return
+    s = _ours(trial)
+    if s is not None:
+        s.set_trial_user_attrs(trial._trial_id, attrs)
+        return
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
 
@@ -304,11 +312,8 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
 def params_at_once(trial: optuna.Trial) -> Any:
     """A context in which the trial's suggestions are written in one append to our journal, in one transaction
     to our RDB storage (else one write each, as Optuna does)."""
-    storage = trial.study._storage
-    for s in (storage, getattr(storage, "_backend", None)):  # the RDB storage sits under Optuna's cache
-        if isinstance(s, HeartbeatRDBStorage | HeartbeatJournalStorage):
-            return s.params_at_once(trial._trial_id)
-    return nullcontext()
+    s = _ours(trial)
+    return nullcontext() if s is None else s.params_at_once(trial._trial_id)
 
 
 def make_storage(url: str | None) -> Any:

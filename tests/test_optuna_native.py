@@ -127,6 +127,7 @@ def test_storage_writes_a_trial_at_once_and_pickles(tmp_path, kind):
         assert len(appends) == 1 + 3 * 4  # the study, then 3 appends per trial
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask/tell on purpose: the race needs it
 def test_journal_batch_for_a_trial_failed_meanwhile_is_refused_once(tmp_path):
     """Another worker failed our trial (stale) before its attrs and state were appended: the whole batch is
     refused with one error, and the storage stays usable (no record of the batch is refused again later)."""
