@@ -117,6 +117,51 @@ def trial_floor(model_name: str, n_trials: int, storage_kind: str) -> list[str]:
             f"{t2 - t1:.2f} s ({(t2 - t1) / (t2 - t0):.0%})"]  # fmt: skip
 
 
+def timed_command(argv: list[str]) -> None:
+    """Child of :func:`whole_command`: ``qfx`` with ``argv``, printing write_outputs' seconds to stderr."""
+    from qfx import cli
+    from qfx.search import session
+
+    real, spent = session.write_outputs, []
+
+    def timed(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        t = time.perf_counter()
+        r = real(*a, **k)
+        spent.append(time.perf_counter() - t)
+        return r
+
+    session.write_outputs = timed
+    rc = cli.main(argv)
+    print(f"write_outputs {sum(spent):.3f}", file=sys.stderr)
+    sys.exit(rc)
+
+
+def whole_command(n_trials: int, storage_kind: str) -> list[str]:
+    """The issue's scenario as a user runs it: ``qfx search`` in a fresh interpreter on a trained jsc-tiny
+    checkpoint, configs/jsc_tiny_by_type.toml, random sampler, ``n_trials`` trials, ``storage_kind`` storage;
+    the command's wall time (interpreter start to exit) and write_outputs' share of it."""
+    import re
+    import subprocess
+
+    from qfx import cli
+
+    cfg = Path(__file__).resolve().parent.parent / "configs" / "jsc_tiny_by_type.toml"
+    with tempfile.TemporaryDirectory() as d:
+        cli.main(["-q", "train", "--model", "jsc-tiny", "--out", f"{d}/ck", "--no-progress"])
+        url = {"memory": [], "journal": ["--storage", f"journal:{d}/j.log", "--study-name", "s"],
+               "sqlite": ["--storage", f"sqlite:///{d}/s.db", "--study-name", "s"]}[storage_kind]  # fmt: skip
+        argv = ["search", "--config", str(cfg), "--checkpoint", f"{d}/ck", "--n-trials", str(n_trials), "--sampler",
+                "random", "--seed", "0", "--out", f"{d}/out", "--no-progress", *url]  # fmt: skip
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, __file__, "--timed-command", *argv], capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if r.returncode:
+            raise RuntimeError(r.stderr[-2000:])
+        files = len([p for p in Path(f"{d}/out").rglob("*") if p.is_file()])
+    out_s = float(re.findall(r"write_outputs ([\d.]+)", r.stderr)[-1])
+    return ["jsc-tiny", storage_kind, n_trials, f"{wall:.2f}", f"{out_s:.2f}", f"{out_s / wall:.0%}", files]
+
+
 def rebuild_scaling(depths: list[int]) -> list[list[str]]:
     rows = []
     for d in depths:
@@ -171,6 +216,10 @@ def main() -> None:
     heads = ["model", "storage", "trials", "evaluated", "evaluated trial ms", "repeat trial ms", "wall/trial ms",
              "sample", "rebuild", "evaluate", "hw", "record", "bare ms", "wall/bare", "outputs (share)"]  # fmt: skip
     print(tabulate(rows, headers=heads, tablefmt="github"), flush=True)
+    print("\nthe whole `qfx search` command (fresh interpreter, trained jsc-tiny, random sampler, outputs written)")
+    rows = [whole_command(100 if quick else 400, kind) for kind in ("memory", "journal")]
+    print(tabulate(rows, headers=["model", "storage", "trials", "command s", "write_outputs s", "outputs share",
+                                  "files written"], tablefmt="github"), flush=True)  # fmt: skip
     print("\nrebuild (QuantizePass, shared weights) vs node count")
     depths = [10, 100, 500] if quick else [10, 100, 500, 2000]
     print(
@@ -181,4 +230,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "--timed-command" in sys.argv:
+        timed_command(sys.argv[sys.argv.index("--timed-command") + 1 :])
+    else:
+        main()

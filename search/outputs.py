@@ -7,7 +7,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,28 +127,66 @@ BEST_KEYS = ("number", "value", "software_metrics", "hardware_metrics", "scaled_
              "weakest_nodes")  # fmt: skip
 
 
-MAX_SQNR_PLOTS = 3  # SQNR plots written for the first distinct best configurations; the rest: qfx debug
+MAX_SQNR_PLOTS = 3  # distinct best configurations drawn in sqnr.png; the rest: qfx debug --graph OUT/pareto/...
 
 
 def _write_best_graphs(
     best: list[optuna.trial.FrozenTrial], out: Path, ev: Evaluator
 ) -> dict[int, list[dict[str, Any]]]:
     """best_model/ (the first best configuration's quantized graph), pareto/trial_N/ for the other distinct
-    Pareto configurations, and SQNR plots of the first ``MAX_SQNR_PLOTS``; returns each one's weakest nodes.
-    Plots and weakest nodes use the same batch (``Evaluator.SQNR_BATCH`` samples); they are computed here, for
-    the distinct best configurations only, not in every trial."""
+    Pareto configurations, and one sqnr.png drawing the first ``MAX_SQNR_PLOTS`` of them; returns each one's
+    weakest nodes. The plot and weakest nodes use the same batch (``Evaluator.SQNR_BATCH`` samples); they are
+    computed here, for the distinct best configurations only, not in every trial."""
 
     weakest = {}
     xb = ev.x[: ev.SQNR_BATCH]
+    drawn = {}
     for i, t in enumerate(best):
         q = QuantizePass(t.user_attrs["sampled_config"], copy_weights=False)(ev.pristine).graph  # saved: read only
         q.save(out / ("best_model" if i == 0 else f"pareto/trial_{t.number}"))
         weakest[t.number] = ev.weakest_nodes(q) if hasattr(ev, "weakest_nodes") else []
         if i < MAX_SQNR_PLOTS:
             NumericsPass(ev.pristine, xb)(q)
-            name = "sqnr.png" if len(best) == 1 else f"sqnr_trial_{t.number}.png"
-            plot_sqnr(q, out / name, f"trial {t.number}: output SQNR vs float per node ({len(xb)} samples)")
+            drawn[f"trial {t.number}"] = q
+    if drawn:
+        what = "best configuration" if len(drawn) == 1 else f"first {len(drawn)} Pareto configurations"
+        plot_sqnr(drawn, out / "sqnr.png", f"Output SQNR vs float per node, {what} ({len(xb)} samples)")
     return weakest
+
+
+def beside(job: Callable[[], object]) -> Callable[[], None]:
+    """Start ``job`` (it writes files) in a forked child so it runs on another core while the caller goes on;
+    the returned function waits for it. Where fork is missing or the child fails, ``job`` runs (again) in
+    this process when waited for, so its files are never lost and its errors surface here."""
+    if not hasattr(os, "fork"):
+        return lambda: None if job() is None else None
+    try:
+        with warnings.catch_warnings():  # Python >= 3.12 warns on fork beside threads; the child runs no locks
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError:
+        return lambda: None if job() is None else None
+    if pid == 0:  # the child: run, then leave without the parent's exit handlers or buffered output
+        code = 1
+        try:
+            job()
+            code = 0
+        finally:
+            os._exit(code)
+
+    def wait() -> None:
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            job()
+
+    return wait
+
+
+def _plots(data: StudyData, out: Path, names: tuple[str, ...]) -> None:
+    try:
+        plot_study(data, out, names)
+    except Exception as e:  # noqa: BLE001 - plots must not lose the results
+        log.warning("plots failed: %s", e)
 
 
 def write_outputs(
@@ -159,6 +200,8 @@ def write_outputs(
     trials (default :func:`best_trials`); ``selection``: split sizes and each candidate's selection/test
     figures (:mod:`qfx.search.selection`), written beside the search figures."""
     out.mkdir(parents=True, exist_ok=True)
+    data = study_data(study, objective)
+    plots = beside(lambda: _plots(data, out, ("metric_vs_config.png", "pareto.png")))  # on another core meanwhile
     _write_trials(study.get_trials(False), out, objective)
     best = best_trials(study) if best is None else best
     figs = (selection or {}).get("trials", {})
@@ -175,8 +218,6 @@ def write_outputs(
         for i, t in enumerate(best)
     }  # fmt: skip
     (out / "best.json").write_text(json.dumps(best_json, indent=1, default=str))
-    try:
-        plot_study(study_data(study, objective), out)
-    except Exception as e:  # noqa: BLE001 - plots must not lose the results
-        log.warning("plots failed: %s", e)
+    _plots(data, out, ("history.png",))
+    plots()
     return best_json

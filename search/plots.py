@@ -114,24 +114,30 @@ def plot_metric_vs_config(data: StudyData, path: Path) -> Path | None:
     cols = min(n, 3)
     rows = -(-n // cols)
     fig = Figure(figsize=(4 * cols, 3.2 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax, (d, choices) in zip(axes.flat, data.dims.items(), strict=False):
+    first = None
+    y = np.asarray(ys, float)
+    for k, (d, choices) in enumerate(data.dims.items()):
+        ax = fig.add_subplot(rows, cols, k + 1, sharey=first)  # one y scale: panels compare at a glance
+        first = first or ax
         labels = [str(c) for c in choices]
-        groups = [[y for y, c in zip(ys, data.choices, strict=True) if str(c.get(d)) == lab] for lab in labels]
-        for i, g in enumerate(groups):
-            ax.scatter(np.full(len(g), i), g, s=12, alpha=0.6)
-        ax.plot(range(len(labels)), [np.mean(g) if g else np.nan for g in groups], "k_", ms=20, mew=2)
+        idx = {lab: i for i, lab in enumerate(labels)}
+        x = np.array([idx.get(str(c.get(d)), -1) for c in data.choices])
+        ax.scatter(x[x >= 0], y[x >= 0], s=12, alpha=0.6, c=[f"C{i % 10}" for i in x[x >= 0]])
+        means = [y[x == i].mean() if (x == i).any() else np.nan for i in range(len(labels))]
+        ax.plot(range(len(labels)), means, "k_", ms=20, mew=2)  # the mean per choice
         ax.set_xticks(range(len(labels)), labels)
-        ax.set(title=d, xlabel=f"{d} (choice)", ylabel=name if ax in axes[:, 0] else None)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
+        ax.set(title=d, xlabel=f"{d} (choice)", ylabel=name if k % cols == 0 else None)
+        if k % cols:
+            ax.tick_params(labelleft=False)
     return _save(fig, path)
 
 
-def plot_study(data: StudyData, out: Path) -> list[Path]:
-    """history.png, pareto.png and metric_vs_config.png in ``out`` (nothing when no trial completed)."""
+STUDY_PLOTS = {"history.png": plot_history, "pareto.png": plot_pareto, "metric_vs_config.png": plot_metric_vs_config}
+
+
+def plot_study(data: StudyData, out: Path, names: tuple[str, ...] = tuple(STUDY_PLOTS)) -> list[Path]:
+    """The ``names`` of :data:`STUDY_PLOTS` (history.png, pareto.png, metric_vs_config.png) in ``out``; nothing
+    when no trial completed."""
     if not data.numbers:
         return []
-    paths = [plot_history(data, out / "history.png"), plot_pareto(data, out / "pareto.png")]
-    extra = plot_metric_vs_config(data, out / "metric_vs_config.png")
-    return paths + ([extra] if extra else [])
+    return [p for n in names if (p := STUDY_PLOTS[n](data, out / n)) is not None]

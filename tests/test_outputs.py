@@ -29,7 +29,12 @@ def ck(tmp_path_factory):
 
 
 @pytest.mark.parametrize("single", [True, False])
-def test_repeated_configurations_are_reported_once(ck, tmp_path, capsys, single):
+def test_repeated_configurations_are_reported_once(ck, tmp_path, capsys, monkeypatch, single):
+    from qfx.search import outputs
+
+    drawn: list[list[str]] = []
+    real = outputs.plot_sqnr
+    monkeypatch.setattr(outputs, "plot_sqnr", lambda g, *a, **k: drawn.append(list(g)) or real(g, *a, **k))
     cfg = tmp_path / "s.toml"
     # 3 points, 24 random trials: every configuration is drawn several times
     cfg.write_text(search_toml("random", 24, single=single, space=SMALL_SPACE, num_samples=64))
@@ -47,9 +52,42 @@ def test_repeated_configurations_are_reported_once(ck, tmp_path, capsys, single)
     graphs = [p.parent for p in out.rglob("graph.json")]
     assert len(graphs) == len(best)  # one saved graph per distinct best configuration
     plots = list(out.glob("sqnr*.png"))
-    assert 1 <= len(plots) <= min(MAX_SQNR_PLOTS, len(best))
+    assert [p.name for p in plots] == ["sqnr.png"]  # one plot: the first MAX_SQNR_PLOTS configurations in it
+    assert drawn == [[f"trial {b['number']}" for b in list(best.values())[:MAX_SQNR_PLOTS]]]
     rows = [line for line in printed.split("Best trial(s):")[1].splitlines() if line.startswith("|")][1:]
     assert len([r for r in rows if not r.startswith("|--")]) == len(best)
     last = printed.strip().splitlines()[-1]
     for name in ("best.json", "trials.jsonl", "best_model/", *(p.name for p in plots)):
         assert name in last, last  # the final line lists every file written
+
+
+def test_beside_runs_the_job_on_another_process_and_reruns_it_here_when_that_fails(tmp_path, monkeypatch):
+    import os
+
+    from qfx.search.outputs import beside
+
+    here = os.getpid()
+
+    def job(path):
+        def run():
+            path.write_text(str(os.getpid()))
+
+        return run
+
+    wait = beside(job(tmp_path / "a"))
+    wait()
+    assert int((tmp_path / "a").read_text()) != here  # drawn in the forked child
+
+    def fails_away():
+        if os.getpid() != here:
+            raise RuntimeError("child")
+        (tmp_path / "b").write_text(str(os.getpid()))
+
+    beside(fails_away)()
+    assert int((tmp_path / "b").read_text()) == here  # the child failed: run again here, nothing lost
+
+    monkeypatch.delattr(os, "fork")
+    wait = beside(job(tmp_path / "c"))
+    assert not (tmp_path / "c").exists()  # without fork the job runs when waited for
+    wait()
+    assert int((tmp_path / "c").read_text()) == here

@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,30 +29,42 @@ def _sqnr(stats: Any) -> float | None:
     return SQNR_CAP if stats.get("exact") else stats["sqnr_db"]
 
 
-def plot_sqnr(graph: QGraph, path: str | Path, title: str = "", worst: int = 3) -> Path:
-    """SQNR (dB) per node in topological order; saturating nodes marked; the worst nodes named."""
+def plot_sqnr(graphs: QGraph | Mapping[str, QGraph], path: str | Path, title: str = "", worst: int = 3) -> Path:
+    """SQNR (dB) per node in topological order: one line per graph (a mapping label -> graph draws several on
+    one axis, e.g. a search's distinct best configurations); saturating nodes circled; the ``worst`` inexact
+    nodes of the first graph named."""
     from matplotlib.figure import Figure
 
-    pts = [(m.name, _sqnr(m.numerics), saturation(dict(m.numerics or {}))) for m in graph.metas()]
-    pts = [(n, s, sat) for n, s, sat in pts if s is not None]
-    exact = {m.name for m in graph.metas() if (m.numerics or {}).get("exact")}
-    fig = Figure(figsize=(max(6.0, 0.35 * len(pts)), 4.2))
+    lines = {"output SQNR vs float": graphs} if isinstance(graphs, QGraph) else dict(graphs)
+    per: dict[str, dict[str, tuple[float, float]]] = {}
+    order: dict[str, None] = {}  # nodes with an SQNR in any graph, in the first graph's topological order
+    for label, g in lines.items():
+        per[label] = {m.name: (s, saturation(dict(m.numerics or {}))) for m in g.metas()
+                      if (s := _sqnr(m.numerics)) is not None}  # fmt: skip
+        order.update(dict.fromkeys(per[label]))
+    names = list(order)
+    xs = {n: i for i, n in enumerate(names)}
+    fig = Figure(figsize=(max(6.0, 0.35 * len(names)), 4.2))
     ax = fig.add_subplot()
-    xs = list(range(len(pts)))
-    ax.plot(xs, [s for _, s, _ in pts], "-o", color="tab:blue", ms=4, label="output SQNR vs float")
-    sat = [(x, s, v) for x, (_, s, v) in zip(xs, pts, strict=True) if v > 0]
+    for i, (label, pts) in enumerate(per.items()):
+        named = " (weakest named)" if i == 0 and len(per) > 1 and worst else ""
+        ax.plot([xs[n] for n in pts], [s for s, _ in pts.values()], "-o", color=f"C{i}", ms=4, label=label + named)
+    sat = [(xs[n], s, v) for pts in per.values() for n, (s, v) in pts.items() if v > 0]
     if sat:
         ax.scatter([x for x, _, _ in sat], [s for _, s, _ in sat], s=[30 + 400 * v for _, _, v in sat],
                    facecolors="none", edgecolors="tab:red", label="saturating (size: fraction)")  # fmt: skip
-    inexact = [(x, p) for x, p in zip(xs, pts, strict=True) if p[0] not in exact]  # exact nodes are never "weakest"
-    for rank, (x, (name, s, _)) in enumerate(sorted(inexact, key=lambda t: t[1][1])[:worst]):
+    first = next(iter(lines.values()), None)
+    exact = {m.name for m in first.metas() if (m.numerics or {}).get("exact")} if first is not None else set()
+    inexact = [(n, s) for n, (s, _) in next(iter(per.values()), {}).items() if n not in exact]  # never "weakest"
+    for rank, (name, s) in enumerate(sorted(inexact, key=lambda t: t[1])[:worst]):
+        x = xs[name]
         right = x > (len(xs) - 1) / 2  # labels of right-half points extend leftwards: never cut at the edge
         ax.annotate(f"{name}: {s:.1f} dB", (x, s), textcoords="offset points", xytext=(-6 if right else 6,
                     10 + 22 * rank), ha="right" if right else "left", fontsize=7,
                     arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5})  # fmt: skip
-    ax.set_xticks(xs, [n for n, _, _ in pts], rotation=70, fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=70, fontsize=7)
     ax.set_ylabel(f"SQNR (dB; exact drawn at {SQNR_CAP:.0f})")
-    ax.set_title(title or "quantization error along the graph")
+    ax.set_title(title or "quantization error along the graph", fontsize=10, wrap=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
