@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from qfx.graph.copying import copy_value
 from qfx.graph.dump import to_dict, to_networkx, to_table
+from qfx.graph.fork import Beside, beside
 from qfx.graph.meta import NodeMeta, get_meta, set_meta
 from qfx.graph.registry import op_type, registered_ops, target_name
 from qfx.graph.safeio import check_out_dir, inside
@@ -67,6 +68,9 @@ def _user_frame(exc: BaseException) -> str:
 
 SAVE_HOOKS: list[Callable[[QGraph, Path], None]] = []
 """Extra writers run by :meth:`QGraph.save` (the export package adds the portable checkpoint)."""
+FORK_NODES = 2000
+"""Graphs of at least this many nodes run :data:`SAVE_HOOKS` in a forked child while the rest is written
+(:func:`qfx.graph.fork.beside`); smaller ones run them in turn, where a fork would cost more than it saves."""
 
 
 class QGraph:
@@ -131,16 +135,21 @@ class QGraph:
             return self._save(Path(directory), dump_graph_module, to_dict, check_out_dir, save_tensors)
 
     def _save(self, directory: Path, dump: Any, to_dict: Any, check_out_dir: Any, save_tensors: Any) -> Path:
-        spec, tensors = dump(self.gm)
         d = check_out_dir(directory)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "graph.json").write_text(json.dumps(spec, separators=(",", ":")))
-        save_tensors(tensors, d / "weights.safetensors")
-        (d / "weights.pt").unlink(missing_ok=True)  # an older save's table would be ambiguous
-        torch.save(self.example_inputs, d / "inputs.pt")
-        (d / "meta.json").write_text(json.dumps(to_dict(self), separators=(",", ":")))
-        for hook in SAVE_HOOKS:
-            hook(self, d)
+
+        def hooks() -> None:
+            for hook in SAVE_HOOKS:
+                hook(self, d)
+
+        big = SAVE_HOOKS and len(self.gm.graph.nodes) >= FORK_NODES
+        with beside(hooks) if big else Beside(hooks, None):  # on another core meanwhile; rerun here if it fails
+            spec, tensors = dump(self.gm)
+            (d / "graph.json").write_text(json.dumps(spec, separators=(",", ":")))
+            save_tensors(tensors, d / "weights.safetensors")
+            (d / "weights.pt").unlink(missing_ok=True)  # an older save's table would be ambiguous
+            torch.save(self.example_inputs, d / "inputs.pt")
+            (d / "meta.json").write_text(json.dumps(to_dict(self), separators=(",", ":")))
         return d
 
     @classmethod

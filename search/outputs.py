@@ -7,10 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import warnings
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 from tabulate import tabulate
 
+from qfx.graph.fork import beside
 from qfx.passes.debug import NumericsPass
 from qfx.passes.debug.views import plot_sqnr
 from qfx.passes.transforms.quantize import QuantizePass
@@ -154,34 +152,6 @@ def _write_best_graphs(
     return weakest
 
 
-def beside(job: Callable[[], object]) -> Callable[[], None]:
-    """Start ``job`` (it writes files) in a forked child so it runs on another core while the caller goes on;
-    the returned function waits for it. Where fork is missing or the child fails, ``job`` runs (again) in
-    this process when waited for, so its files are never lost and its errors surface here."""
-    if not hasattr(os, "fork"):
-        return lambda: None if job() is None else None
-    try:
-        with warnings.catch_warnings():  # Python >= 3.12 warns on fork beside threads; the child runs no locks
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-    except OSError:
-        return lambda: None if job() is None else None
-    if pid == 0:  # the child: run, then leave without the parent's exit handlers or buffered output
-        code = 1
-        try:
-            job()
-            code = 0
-        finally:
-            os._exit(code)
-
-    def wait() -> None:
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            job()
-
-    return wait
-
-
 def _plots(data: StudyData, out: Path, names: tuple[str, ...]) -> None:
     try:
         plot_study(data, out, names)
@@ -201,23 +171,22 @@ def write_outputs(
     figures (:mod:`qfx.search.selection`), written beside the search figures."""
     out.mkdir(parents=True, exist_ok=True)
     data = study_data(study, objective)
-    plots = beside(lambda: _plots(data, out, ("metric_vs_config.png", "pareto.png")))  # on another core meanwhile
-    _write_trials(study.get_trials(False), out, objective)
-    best = best_trials(study) if best is None else best
-    figs = (selection or {}).get("trials", {})
-    drawn = draws(study)
-    numbers: dict[str, list[int]] = {}
-    for t in study.get_trials(False, states=(TrialState.COMPLETE,)):
-        numbers.setdefault(config_key(t), []).append(t.number)
-    weakest = _write_best_graphs(best, out, objective.evaluator) if best else {}
-    best_json = {
-        str(i): {**{k: trial_record(t)[k] for k in BEST_KEYS}, "weakest_nodes": weakest.get(t.number, []),
-                 "trials": drawn[config_key(t)], "trial_numbers": numbers.get(config_key(t), [t.number]),
-                 **({"split_sizes": selection["splits"], **figs[t.number]} if t.number in figs else {}),
-                 **({"anchor": selection["anchor"]} if i == 0 and "anchor" in (selection or {}) else {})}
-        for i, t in enumerate(best)
-    }  # fmt: skip
-    (out / "best.json").write_text(json.dumps(best_json, indent=1, default=str))
-    _plots(data, out, ("history.png",))
-    plots()
+    with beside(lambda: _plots(data, out, ("metric_vs_config.png", "pareto.png"))):  # on another core meanwhile
+        _write_trials(study.get_trials(False), out, objective)
+        best = best_trials(study) if best is None else best
+        figs = (selection or {}).get("trials", {})
+        drawn = draws(study)
+        numbers: dict[str, list[int]] = {}
+        for t in study.get_trials(False, states=(TrialState.COMPLETE,)):
+            numbers.setdefault(config_key(t), []).append(t.number)
+        weakest = _write_best_graphs(best, out, objective.evaluator) if best else {}
+        best_json = {
+            str(i): {**{k: trial_record(t)[k] for k in BEST_KEYS}, "weakest_nodes": weakest.get(t.number, []),
+                     "trials": drawn[config_key(t)], "trial_numbers": numbers.get(config_key(t), [t.number]),
+                     **({"split_sizes": selection["splits"], **figs[t.number]} if t.number in figs else {}),
+                     **({"anchor": selection["anchor"]} if i == 0 and "anchor" in (selection or {}) else {})}
+            for i, t in enumerate(best)
+        }  # fmt: skip
+        (out / "best.json").write_text(json.dumps(best_json, indent=1, default=str))
+        _plots(data, out, ("history.png",))
     return best_json

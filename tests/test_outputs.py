@@ -64,7 +64,7 @@ def test_repeated_configurations_are_reported_once(ck, tmp_path, capsys, monkeyp
 def test_beside_runs_the_job_on_another_process_and_reruns_it_here_when_that_fails(tmp_path, monkeypatch):
     import os
 
-    from qfx.search.outputs import beside
+    from qfx.graph.fork import beside
 
     here = os.getpid()
 
@@ -74,20 +74,69 @@ def test_beside_runs_the_job_on_another_process_and_reruns_it_here_when_that_fai
 
         return run
 
-    wait = beside(job(tmp_path / "a"))
-    wait()
-    assert int((tmp_path / "a").read_text()) != here  # drawn in the forked child
+    beside(job(tmp_path / "a")).wait()
+    assert int((tmp_path / "a").read_text()) != here  # run in the forked child
 
     def fails_away():
         if os.getpid() != here:
             raise RuntimeError("child")
         (tmp_path / "b").write_text(str(os.getpid()))
 
-    beside(fails_away)()
+    with beside(fails_away):
+        pass
     assert int((tmp_path / "b").read_text()) == here  # the child failed: run again here, nothing lost
 
+    def slow():
+        import time
+
+        time.sleep(30)
+        (tmp_path / "d").write_text("late")
+
+    b = beside(slow)
+    pid = b.pid
+    with pytest.raises(KeyError), b:  # the caller failed: the child is stopped and reaped, the job not rerun
+        raise KeyError("caller")
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    assert not (tmp_path / "d").exists()
+
     monkeypatch.delattr(os, "fork")
-    wait = beside(job(tmp_path / "c"))
+    b = beside(job(tmp_path / "c"))
     assert not (tmp_path / "c").exists()  # without fork the job runs when waited for
-    wait()
+    b.wait()
     assert int((tmp_path / "c").read_text()) == here
+
+
+def test_big_graph_save_writes_its_hooks_files_from_a_child_exactly_as_in_turn(tmp_path, monkeypatch):
+    import importlib
+    import os
+
+    import torch
+
+    from qfx.passes.analysis import analyze
+    from qfx.passes.transforms.quantize import QuantizePass
+
+    T = importlib.import_module("qfx.graph.trace")  # the module (qfx.graph.trace is also the function's name)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    q = QuantizePass({"by": "type", "linear": {"name": "integer", "weight_width": 4}})(
+        analyze(T.trace(m, torch.randn(2, 8)))
+    ).graph
+    q.save(tmp_path / "inline")
+    here, wrote = os.getpid(), []
+    monkeypatch.setattr(T, "FORK_NODES", 0)
+    monkeypatch.setattr(T, "SAVE_HOOKS", [*T.SAVE_HOOKS, lambda g, d: (d / "pid").write_text(str(os.getpid()))])
+    q.save(tmp_path / "forked")
+    assert int((tmp_path / "forked" / "pid").read_text()) != here  # the hooks ran in the child
+    a = torch.load(tmp_path / "inline" / "quantized.pt", weights_only=True)
+    b = torch.load(tmp_path / "forked" / "quantized.pt", weights_only=True)
+    assert a["manifest"] == b["manifest"] and a["tensors"].keys() == b["tensors"].keys()
+    assert all(torch.equal(a["tensors"][k], b["tensors"][k]) for k in a["tensors"])
+
+    def child_fails(g, d):
+        if os.getpid() != here:
+            raise RuntimeError("child")
+        wrote.append(d)
+
+    monkeypatch.setattr(T, "SAVE_HOOKS", [child_fails])
+    q.save(tmp_path / "again")
+    assert wrote == [tmp_path / "again"]  # rerun here: nothing lost
