@@ -287,7 +287,7 @@ class _Writer:
         if id(m) in memo:
             return {"ref": memo[id(m)]}
         memo[id(m)] = path
-        fresh = set(nn.Module().__dict__) - {"training", "_non_persistent_buffers_set"}
+        fresh = _FRESH_KEYS
         transient = getattr(m, "_qfx_transient", {})
         own: dict[int, str] = {}
         params = {}
@@ -382,10 +382,18 @@ class _Reader:
 _MODULE_STATE = nn.Module().__dict__  # what nn.Module.__init__ sets: flags and empty hook/child containers
 
 
+_FRESH_KEYS = frozenset(_MODULE_STATE) - {"training", "_non_persistent_buffers_set"}  # not saved: set by init
+_STATE_FLAGS = {k: v for k, v in _MODULE_STATE.items() if not isinstance(v, dict | set)}
+_STATE_CONTAINERS = [(k, type(v)) for k, v in _MODULE_STATE.items() if isinstance(v, dict | set)]
+
+
 def fresh_module_state() -> dict[str, Any]:
     """The attributes ``nn.Module.__init__`` sets, with new empty containers (no hooks, children or tensors):
     the same state at a fraction of its cost (a rebuild or a load makes one per module)."""
-    return {k: (type(v)() if isinstance(v, dict | set) else v) for k, v in _MODULE_STATE.items()}
+    state = dict(_STATE_FLAGS)
+    for k, make in _STATE_CONTAINERS:
+        state[k] = make()
+    return state
 
 
 def _check_attr(cls: type, k: str, where: str) -> None:

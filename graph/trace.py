@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-import json
 import pickle
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pydantic_core
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -145,11 +145,11 @@ class QGraph:
         big = SAVE_HOOKS and len(self.gm.graph.nodes) >= FORK_NODES
         with beside(hooks) if big else Beside(hooks, None):  # on another core meanwhile; rerun here if it fails
             spec, tensors = dump(self.gm)
-            (d / "graph.json").write_text(json.dumps(spec, separators=(",", ":")))
+            (d / "graph.json").write_bytes(compact_json(spec))
             save_tensors(tensors, d / "weights.safetensors")
             (d / "weights.pt").unlink(missing_ok=True)  # an older save's table would be ambiguous
             torch.save(self.example_inputs, d / "inputs.pt")
-            (d / "meta.json").write_text(json.dumps(to_dict(self), separators=(",", ":")))
+            (d / "meta.json").write_bytes(compact_json(to_dict(self)))
         return d
 
     @classmethod
@@ -245,6 +245,13 @@ def init_meta(gm: fx.GraphModule) -> None:
     modules = dict(gm.named_modules())
     for n in gm.graph.nodes:
         set_meta(n, NodeMeta(name=n.name, op=n.op, target=target_name(n, modules), op_type=op_type(n, modules)))
+
+
+def compact_json(obj: Any) -> bytes:
+    """``json.dumps(obj, separators=(",", ":"))`` as UTF-8 (the same bytes, NaN/Infinity included, except that
+    non-ASCII text stays UTF-8 instead of ``\\u`` escapes) in half the time: pydantic-core's serializer
+    (json.dumps was a third of saving a big graph)."""
+    return pydantic_core.to_json(obj, inf_nan_mode="constants")
 
 
 @contextlib.contextmanager

@@ -140,3 +140,15 @@ def test_big_graph_save_writes_its_hooks_files_from_a_child_exactly_as_in_turn(t
     monkeypatch.setattr(T, "SAVE_HOOKS", [child_fails])
     q.save(tmp_path / "again")
     assert wrote == [tmp_path / "again"]  # rerun here: nothing lost
+
+
+def test_compact_json_writes_what_json_dumps_writes():
+    import json
+    import math
+
+    from qfx.graph.trace import compact_json
+
+    obj = {"a": [1, 2.5, -0.0, 1e-300, 12345678901234567890], "b": (True, None), "c": {"d": math.inf, "e": -math.inf},
+           "n": math.nan, "s": 'quote " back \\ tab \t nl \n', 7: "int key"}  # fmt: skip
+    assert compact_json(obj) == json.dumps(obj, separators=(",", ":")).encode()
+    assert json.loads(compact_json({"é": "ü"})) == {"é": "ü"}  # non-ASCII: UTF-8 rather than escapes
