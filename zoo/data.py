@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 JSC_FEATURES = [
     "j_zlogz",
@@ -172,6 +171,8 @@ def load_dataset(name: str, seed: int = 0, test_size: float = 0.2, val_size: flo
         raise DatasetError(f"dataset {name!r}: every row has the same class; classification needs at least two")
     strat = y if np.bincount(y).min() >= 3 else None
     idx = np.arange(len(y))
+    from sklearn.model_selection import train_test_split  # here: scikit-learn takes 0.7 s to import
+
     tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)
     strat_tr = y[tr] if strat is not None else None
     tr, va = train_test_split(tr, test_size=val_size, random_state=seed, stratify=strat_tr)
