@@ -100,6 +100,23 @@ def test_beside_runs_the_job_on_another_process_and_reruns_it_here_when_that_fai
         os.waitpid(pid, os.WNOHANG)
     assert not (tmp_path / "d").exists()
 
+    import qfx.graph.fork as F
+
+    def stuck_away():
+        if os.getpid() != here:
+            import time
+
+            time.sleep(60)  # as if blocked on a lock another thread held at fork time
+        (tmp_path / "e").write_text(str(os.getpid()))
+
+    monkeypatch.setattr(F, "PATIENCE", (0.3, 0.0))
+    b = beside(stuck_away)
+    pid = b.pid
+    b.wait()  # stopped after 0.3 s, written here
+    assert int((tmp_path / "e").read_text()) == here
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
     monkeypatch.delattr(os, "fork")
     b = beside(job(tmp_path / "c"))
     assert not (tmp_path / "c").exists()  # without fork the job runs when waited for
