@@ -726,11 +726,21 @@ def load_graph_dir(d: Path, trust: bool = False) -> tuple[fx.GraphModule, dict[s
             f"{len(meta.nodes) - len(by_name)} duplicate(s))"
         )
     metas = {}
+    checked: dict[tuple[str, int, int | None], TensorPrecision] = {}  # one check per distinct precision
     for m in meta.nodes:
-        fields = m.model_dump()
-        try:
-            fields["precision"] = {r: check_precision(TensorPrecision(**p)) for r, p in fields["precision"].items()}
-        except ValueError as e:
-            raise SerializationError(f"{d / 'meta.json'}: node {m.name!r}: {e}") from e
+        fields = {k: getattr(m, k) for k in _META_FIELDS}  # validated plain values; NodeMeta freezes them
+        precision = {}
+        for r, p in m.precision.items():
+            key = (p.fmt, p.width, p.frac)
+            if key not in checked:
+                try:
+                    checked[key] = check_precision(TensorPrecision(*key))
+                except ValueError as e:
+                    raise SerializationError(f"{d / 'meta.json'}: node {m.name!r}: {e}") from e
+            precision[r] = checked[key]
+        fields["precision"] = precision
         metas[m.name] = NodeMeta(**fields)
     return gm, metas, list(meta.analyses)
+
+
+_META_FIELDS = tuple(S.NodeMetaSpec.model_fields)
