@@ -3,9 +3,11 @@
 jsc-tiny with 512 validation samples and jsc-s (digits), TPE sampler, in-memory storage; then a whole
 search as a user runs it (random sampler, 400 trials, outputs written) per storage (memory, journal, sqlite)
 against a bare Optuna loop on the same distributions and storage, with output writing's share of the run;
-then a full QuantizePass rebuild against node count on MLPs of growing depth (a search rebuilds through
-``Rebuilder``: only what a configuration changes). Goals (issue 22): a journal-storage search <= 1.5x the
-bare loop per trial; <= 1.5 ms per trial in memory; rebuild linear in node count.
+then the whole ``qfx search`` command in a fresh interpreter (the issue's scenario: trained jsc-tiny, random
+sampler, 400 trials) with write_outputs' share of it; then a full QuantizePass rebuild against node count on
+MLPs of growing depth (a search rebuilds through ``Rebuilder``: only what a configuration changes).
+Goals (issue 22): a journal-storage search <= 1.5x the bare loop per trial; <= 1.5 ms per trial in memory;
+rebuild linear in node count.
 For comparison (measured once against MASE commit 90cee927 on this kind of machine, same jsc-tiny weights,
 same Lab 3 TOML, 512 evaluation samples, interleaved runs; MASE is not installable here, so this script
 does not rerun it): with both tools on one thread and MASE's DataLoader workers off, MASE 9.1 ms vs qfx
