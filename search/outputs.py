@@ -152,11 +152,11 @@ def _write_best_graphs(
     return weakest
 
 
-def _plots(data: list[StudyData], out: Path, names: tuple[str, ...]) -> None:
-    """``names`` of the study plots from ``data`` (one StudyData, or none when it could not be read)."""
+def _plots(data: StudyData | None, out: Path, names: tuple[str, ...]) -> None:
+    """``names`` of the study plots from ``data`` (None: it could not be read; nothing drawn)."""
     try:
-        for d in data:
-            plot_study(d, out, names)
+        if data is not None:
+            plot_study(data, out, names)
     except Exception as e:  # noqa: BLE001 - plots must not lose the results
         log.warning("plots failed: %s", e)
 
@@ -172,9 +172,9 @@ def write_outputs(
     trials (default :func:`best_trials`); ``selection``: split sizes and each candidate's selection/test
     figures (:mod:`qfx.search.selection`), written beside the search figures."""
     out.mkdir(parents=True, exist_ok=True)
-    data: list[StudyData] = []
+    data = None
     try:
-        data.append(study_data(study, objective))
+        data = study_data(study, objective)
     except Exception as e:  # noqa: BLE001 - plots must not lose the results
         log.warning("plots failed: %s", e)
     with beside(lambda: _plots(data, out, ("metric_vs_config.png", "pareto.png"))):  # on another core meanwhile
