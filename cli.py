@@ -10,6 +10,8 @@ import argparse
 import importlib
 import json
 import logging
+import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -76,9 +78,54 @@ def _positive(v: str) -> int:
 
 def _number(v: str) -> float:
     try:
-        return float(v)
+        x = float(v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{v!r} is not a number") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {v}")
+    return x
+
+
+def _at_most(v: str, hi: int, why: str) -> int:
+    n = _positive(v)
+    if n > hi:
+        raise argparse.ArgumentTypeError(f"must be at most {hi:,} ({why}), got {n:,}")
+    return n
+
+
+def _n_jobs(v: str) -> int:
+    from qfx.search.config import MAX_JOBS
+
+    return _at_most(v, MAX_JOBS, "4 per core of this machine")
+
+
+def _verify_rows(v: str) -> int:
+    from qfx.passes.export.api import MAX_VERIFY_ROWS
+
+    return _at_most(v, MAX_VERIFY_ROWS, "rows verified per format")
+
+
+def _seed(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not an integer") from None
+    if not 0 <= n < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in 0..2**32-1, got {n}")
+    return n
+
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+
+
+def _study_name(v: str) -> str:
+    """A study name is a name, never a path: letters, digits, ``_ . + -``, no ``..`` (it names a directory)."""
+    if not STUDY_NAME.fullmatch(v) or ".." in v:
+        raise argparse.ArgumentTypeError(
+            f"{v[:60]!r} is not a study name: 1-100 letters, digits, '_', '.', '+', '-', starting with a letter or "
+            "digit, no '..' or path separators"
+        )
+    return v
 
 
 def _positive_float(v: str) -> float:
@@ -332,7 +379,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("interrupted: the outputs of the finished trials were written", file=sys.stderr)
     _report_search(run, cfg, out, started)
     if args.export and run.best:
-        _export_best(args, run.study, run.prep, out, run.objective.evaluator)
+        _export_best(args, run.best, run.prep, out, run.objective.evaluator)
     return 130 if run.objective.interrupted else 0
 
 
@@ -370,7 +417,7 @@ def _report_search(run: Any, cfg: Any, out: Path, started: float) -> None:
 
     st, study, best = cfg.search.strategy, run.study, run.best
     print("\nBest trial(s):")
-    done = [t for t in study.get_trials(False) if t.state.name == "COMPLETE"]
+    done = [t for t in study.get_trials(False) if t.state.name == "COMPLETE" and t.number not in run.objective.skipped]
     refused = sum("refused" in t.user_attrs for t in study.get_trials(False) if t.state.name == "PRUNED")
     none = "(no feasible trial: every trial broke a budget)" if done or refused else "(no trial completed)"
     print(best_table(best, list(st.metrics), draws(study)) if best else none)
@@ -392,8 +439,9 @@ def _report_search(run: Any, cfg: Any, out: Path, started: float) -> None:
         failed = [t for t in study.get_trials(False) if t.state.name == "FAIL"]
         if failed:
             err = (failed[0].user_attrs.get("error") or "").strip().splitlines()
+            why = err[-1] if err else "none recorded: its worker stopped before recording it (killed or timed out?)"
             raise UsageError(
-                f"all {len(failed)} trial(s) failed; first error: {err[-1] if err else 'unknown'}",
+                f"all {len(failed)} trial(s) failed; first error (trial {failed[0].number}): {why}",
                 f"tracebacks are in {out / 'trials.json'} (key 'error'); rerun with --debug to print them",
             )
 
@@ -456,7 +504,7 @@ def cmd_debug(args: argparse.Namespace) -> int:
     from qfx.passes.debug import numerics_table
     from qfx.passes.debug.views import plot_sqnr, worst_nodes, write_dot, write_model_explorer
 
-    out = check_out_dir(Path(args.out) if args.out else Path(args.graph) / "debug")
+    out = check_out_dir(Path(args.out)) if args.out else check_out_dir(Path(args.graph) / "debug", derived=True)
     g = _debugged(args)
     out.mkdir(parents=True, exist_ok=True)
     print(numerics_table(g))
@@ -492,6 +540,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# yosys synth_xilinx seconds per 1,000 da4ml LUTs on 2 cores, measured (jsc-s: 93 s at 40k; 3 min at 21k)
+SYNTH_S_PER_KLUT = (2.3, 9.0)
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     """Verilog of a saved graph through da4ml, then Yosys ``synth_xilinx``: LUT/FF/CARRY/DSP beside da4ml's
     estimate. Absent tools are named in one line (exit 2)."""
@@ -504,11 +556,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if tools()["yosys"] is None:
         raise UsageError("yosys is not on PATH: synthesis needs it", "apt-get install yosys (or use qfx export)")
     g = QGraph.load(args.graph, trust=args.trust_checkpoint)
-    out = check_out_dir(Path(args.out) if args.out else Path(args.graph) / "synth")
+    out = check_out_dir(Path(args.out)) if args.out else check_out_dir(Path(args.graph) / "synth", derived=True)
     tr = trace_graph(g)
     write_project(tr, out, "verilog")
-    _note(f"yosys synth_xilinx of {out / 'src'} (a jsc-s-sized network takes about a minute)")
-    cells = synth(out)
+    lo, hi = (SYNTH_S_PER_KLUT[0] * tr.luts / 1000, SYNTH_S_PER_KLUT[1] * tr.luts / 1000)
+    _note(f"yosys synth_xilinx of {out / 'src'}: ~{tr.luts:,.0f} LUTs, expect {lo:.0f}-{hi:.0f} s (elapsed every 15 s)")
+    cells = synth(out, progress=_note)
     rows = [["yosys synth_xilinx", cells["LUT"], cells["FF"], cells["CARRY"], cells["DSP"], cells["MUXF"]]]
     rows.append(["da4ml estimate", f"{tr.luts:.0f}", "-", "-", "-", "-"])
     print(tabulate(rows, headers=["", "LUT", "FF", "CARRY", "DSP", "MUXF7/8"], tablefmt="github"))
@@ -557,13 +610,11 @@ def _fail_on_difference(done: list[Any]) -> None:
             )
 
 
-def _export_best(args: argparse.Namespace, study: Any, prep: Any, out: Path, ev: Any) -> None:
+def _export_best(args: argparse.Namespace, best: list[Any], prep: Any, out: Path, ev: Any) -> None:
     from qfx.passes.export.api import export_all, parse_formats, verification_inputs
     from qfx.passes.transforms.quantize import QuantizePass
-    from qfx.search.study import best_trials
 
     fmts = parse_formats(args.export)
-    best = best_trials(study)
     x = verification_inputs(prep.dataset.test.x, 1000)
     for i, t in enumerate(best):
         q = QuantizePass(t.user_attrs["sampled_config"])(ev.pristine).graph
@@ -701,8 +752,8 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     from qfx.search.samplers import SAMPLERS
 
     p.add_argument("--sampler", help=f"override the sampler: {', '.join(SAMPLERS)} (see below)")
-    p.add_argument("--seed", type=int, help="override the sampler seed")
-    p.add_argument("--n-jobs", type=_positive, help="parallel trials in this process")
+    p.add_argument("--seed", type=_seed, help="override the sampler seed")
+    p.add_argument("--n-jobs", type=_n_jobs, help="parallel trials in this process")
     p.add_argument("--timeout", type=_positive_float, help="stop after this many seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -764,7 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, default=40, help="training epochs (default 40)")
     p.add_argument("--batch-size", type=_positive, default=32, help="mini-batch size (default 32)")
     p.add_argument("--lr", type=_positive_float, default=1e-2, help="peak learning rate of the one-cycle schedule")
-    p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and the data split")
+    p.add_argument("--seed", type=_seed, default=0, help="seed for initialisation, shuffling and the data split")
     p.add_argument("--out", required=True, help="checkpoint directory or .pt file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_train)
@@ -831,7 +882,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _search_args(p)
     p.add_argument("--storage", help="sqlite:///f.db, journal:FILE (or *.log), postgresql://user:pw@host/db")
-    p.add_argument("--study-name", help="name of a persistent study (required with --storage to resume/share)")
+    p.add_argument(
+        "--study-name", type=_study_name, help="name of a persistent study (required with --storage to resume/share)"
+    )
     p.add_argument(
         "--export",
         help="export the best trial(s) (every Pareto trial) to OUT/export/<format>/ and verify each bit for bit on "
@@ -889,7 +942,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument(
         "--verify-rows",
-        type=_positive,
+        type=_verify_rows,
         default=1000,
         help="rows verified: the data, then saturating noise at 1x/4x/16x/64x its scale (default 1000)",
     )

@@ -38,12 +38,19 @@ def inside(root: str | Path, name: str, what: str = "file") -> Path:
     return p
 
 
-def check_out_dir(out: str | Path) -> Path:
+def check_out_dir(out: str | Path, derived: bool = False) -> Path:
     """Refuse to write into ``out`` if a symlink inside it leads out of it (returns ``out``).
 
-    ``out`` itself may be a link the user made; what is checked is the tree under its real path.
+    ``out`` itself may be a link the user made; what is checked is the tree under its real path. A
+    ``derived`` directory is a default qfx chose inside an input directory (``GRAPH/synth``): the input
+    is untrusted, so ``out`` itself being a symlink is refused too.
     """
     o = Path(out)
+    if derived and o.is_symlink():
+        raise UnsafePathError(
+            f"{o}: is a symlink (to {os.path.realpath(o)}) inside the input directory; refusing to write "
+            "through it: remove it or pass --out"
+        )
     if not o.exists():
         return o
     if not o.is_dir():

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag
 from typing_extensions import TypeAliasType
 
 MAX_NAME = 200
+MAX_NODES = 250_000  # nodes of a saved graph (the 20,002-node bench graph loads in ~2.5 s; beyond, not a model)
 _ID = r"[A-Za-z_][A-Za-z0-9_]*"
 # a Python identifier (node names, attribute names): what torch.fx writes into code as a variable
 Ident = Annotated[str, Field(pattern=rf"^{_ID}$", max_length=MAX_NAME)]
@@ -247,7 +248,7 @@ class GraphFile(Strict):
     class_name: Ident
     training: bool
     codegen: CodegenSpec | None
-    nodes: list[NodeSpec]
+    nodes: list[NodeSpec]  # at most MAX_NODES (checked by the loader)
     modules: dict[Path_, AnyModule]
     tensors: dict[Path_, AnyAttr]
 

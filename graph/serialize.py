@@ -32,7 +32,7 @@ import inspect
 import math
 import operator
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -45,15 +45,12 @@ from torch.fx.node import _get_qualified_name
 from torch.utils import _pytree as pytree
 
 from qfx.graph import schema as S
+from qfx.graph.errors import SerializationError
 from qfx.graph.meta import NodeMeta, TensorPrecision, check_precision
 from qfx.graph.registry import ON_OP_TYPES_CHANGE, OP_TYPES
 from qfx.graph.safeio import inside
 
 FORMAT = "qfx-graph/1"
-
-
-class SerializationError(ValueError):
-    """A graph cannot be written or read without running code; the message names the node/module."""
 
 
 _SAFE: dict[str, Any] = {}
@@ -666,16 +663,14 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file(out, str(path))
 
 
-def _load_tensors(d: Path) -> dict[str, torch.Tensor]:
+def _load_tensors(d: Path) -> Mapping[str, torch.Tensor]:
+    """The directory's tensor table: ``weights.safetensors`` read lazily (header checked first, see
+    :class:`~qfx.graph.loadcheck.LazyTensors`), or a legacy ``weights.pt`` (weights-only unpickler)."""
+    from qfx.graph.loadcheck import LazyTensors, finite_table
 
     st = inside(d, "weights.safetensors")
     if st.is_file():
-        from safetensors.torch import load
-
-        try:
-            return load(st.read_bytes())
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for bad files
-            raise SerializationError(f"{st}: not a readable safetensors file ({str(e)[:200]})") from e
+        return LazyTensors(st)
     pt = inside(d, "weights.pt")  # directories saved before safetensors
     if not pt.is_file():
         raise FileNotFoundError(f"{st} is missing: not a directory written by QGraph.save")
@@ -685,7 +680,10 @@ def _load_tensors(d: Path) -> dict[str, torch.Tensor]:
         raise SerializationError(f"{pt}: unreadable or unsafe tensors file ({str(e).splitlines()[0][:200]})") from e
     if not isinstance(tensors, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in tensors.items()):
         raise SerializationError(f"{pt}: not a {{name: tensor}} table")
-    return tensors
+    return finite_table(pt, tensors)
+
+
+MAX_JSON_BYTES = 512 * 2**20  # graph.json / meta.json (a 20,002-node graph writes ~10 MB)
 
 
 def _read_json(d: Path, name: str, model: type[Any]) -> Any:
@@ -693,6 +691,8 @@ def _read_json(d: Path, name: str, model: type[Any]) -> Any:
     p = inside(d, name)
     if not p.is_file():
         raise FileNotFoundError(f"{p} is missing: not a directory written by QGraph.save")
+    if p.stat().st_size > MAX_JSON_BYTES:
+        raise SerializationError(f"{p}: {p.stat().st_size:,} bytes, more than a saved graph's {MAX_JSON_BYTES:,}")
     try:
         return model.model_validate_json(p.read_bytes())
     except ValueError as e:
@@ -705,13 +705,19 @@ def load_graph_dir(d: Path, trust: bool = False) -> tuple[fx.GraphModule, dict[s
     Every file is checked against its schema and the allowlists before anything is built from it; any
     other failure while rebuilding is reported as a :class:`SerializationError` naming the file."""
 
+    from qfx.graph.loadcheck import LazyTensors, LoadCheckError, check_records, check_shapes
+
     for mod in REGISTRARS:  # the quantized classes, codecs and number formats a saved graph may name
         importlib.import_module(mod)
     spec = _read_json(d, "graph.json", S.GraphFile)
+    if len(spec.nodes) > S.MAX_NODES:
+        raise SerializationError(f"{d / 'graph.json'}: {len(spec.nodes):,} nodes, more than {S.MAX_NODES:,}")
     meta = _read_json(d, "meta.json", S.MetaFile)
     tensors = _load_tensors(d)
     try:
         gm = load_graph_module(spec, tensors, trust)
+    except LoadCheckError:
+        raise
     except SerializationError as e:
         raise SerializationError(f"{d / 'graph.json'}: {e}") from e
     except Exception as e:  # noqa: BLE001 - whatever torch raises on a crafted file is reported, never run
@@ -740,6 +746,10 @@ def load_graph_dir(d: Path, trust: bool = False) -> tuple[fx.GraphModule, dict[s
             precision[r] = checked[key]
         fields["precision"] = precision
         metas[m.name] = NodeMeta(**fields)
+    if isinstance(tensors, LazyTensors):
+        tensors.check_all_used()
+    check_records(gm, metas, str(d / "meta.json"))
+    check_shapes(gm, metas, str(d / "meta.json"))
     return gm, metas, list(meta.analyses)
 
 

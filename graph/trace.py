@@ -19,6 +19,7 @@ import torch.nn as nn
 from qfx.graph.copying import copy_value
 from qfx.graph.dump import to_dict, to_networkx, to_table
 from qfx.graph.fork import Beside, beside
+from qfx.graph.loadcheck import check_inputs
 from qfx.graph.meta import NodeMeta, get_meta, set_meta
 from qfx.graph.registry import op_type, registered_ops, target_name
 from qfx.graph.safeio import check_out_dir, inside
@@ -177,7 +178,9 @@ class QGraph:
             gm, metas, analyses = load_graph_dir(d, trust)
             for n in gm.graph.nodes:
                 set_meta(n, metas[n.name])
-        return cls(gm, _load_inputs(d), analyses)
+        inputs = _load_inputs(d)
+        check_inputs(d / "inputs.pt", inputs, gm, metas)
+        return cls(gm, inputs, analyses)
 
     def to_networkx(self) -> Any:
 

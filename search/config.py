@@ -8,6 +8,7 @@ and ignored so Lab 3 files run unchanged. Everything else is ``extra="forbid"``.
 from __future__ import annotations
 
 import importlib.resources
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,28 +27,32 @@ class ConfigError(ValueError):
 
 
 class _M(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # every number finite: inf/NaN never run
+
+
+MAX_JOBS = max(4, 4 * (os.cpu_count() or 1))  # parallel trials in one process: threads beyond this only contend
+MAX_COUNT = 10**7  # trials, steps, epochs, samples: far above any run that ends, far below an overflow
 
 
 class BasicEvaluation(_M):
     data_loader: Literal["val_dataloader", "test_dataloader", "train_dataloader", "val", "test", "train"] = (
         "val_dataloader"
     )
-    num_samples: int | None = Field(512, ge=1)
+    num_samples: int | None = Field(512, ge=1, le=MAX_COUNT)
 
 
 class LatencyRunner(_M):
-    batch_size: int = Field(512, ge=1)
-    warmup: int = Field(2, ge=0)
-    repeats: int = Field(10, ge=1)
+    batch_size: int = Field(512, ge=1, le=MAX_COUNT)
+    warmup: int = Field(2, ge=0, le=10_000)
+    repeats: int = Field(10, ge=1, le=10_000)
 
 
 class QATRunner(_M):
     """Optional fine-tune of each trial's quantized graph (straight-through gradients)."""
 
-    steps: int = Field(0, ge=0)
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
+    steps: int = Field(0, ge=0, le=MAX_COUNT)
+    lr: float = Field(1e-3, gt=0, le=10)
+    batch_size: int = Field(64, ge=1, le=MAX_COUNT)
 
 
 class SwRunner(_M):
@@ -57,7 +62,7 @@ class SwRunner(_M):
 
 
 class AvgBitwidthRunner(_M):
-    compare_to: float = Field(32, gt=0)
+    compare_to: float = Field(32, gt=0, le=64)  # the reference width, in bits
     activations: bool = False
 
 
@@ -66,13 +71,13 @@ class HwRunner(_M):
 
 
 class StrategySetup(_M):
-    n_jobs: int = Field(1, ge=1)
-    n_trials: int = Field(20, ge=1)
-    timeout: float | None = Field(None, gt=0)
+    n_jobs: int = Field(1, ge=1, le=MAX_JOBS)
+    n_trials: int = Field(20, ge=1, le=MAX_COUNT)
+    timeout: float | None = Field(None, gt=0, le=10**8)
     sampler: str = "tpe"
     sum_scaled_metrics: bool = True
     direction: Literal["maximize", "minimize"] = "maximize"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     # sensitivity: greedy bit allocations as first trials; ilp: the integer program's optimum (search/ilp.py)
     warm_start: Literal["none", "sensitivity", "ilp"] = "none"
 
@@ -83,7 +88,7 @@ class StrategySetup(_M):
 
 
 class MetricSpec(_M):
-    scale: float = 1.0
+    scale: float = Field(1.0, ge=-1e6, le=1e6)
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
@@ -170,7 +175,7 @@ class CalibrationConfig(_M):
 
     method: Literal["max", "percentile", "mse"] = "mse"
     percentile: float = Field(99.99, gt=50, le=100)
-    num_samples: int = Field(512, ge=1)
+    num_samples: int = Field(512, ge=1, le=MAX_COUNT)
     split: Literal["train", "val", "test"] = "train"
     refine: bool = True  # loss-aware refinement on the split's labels, at the widths the config uses
 
@@ -179,15 +184,15 @@ class RunConfig(_M):
     model: str = "jsc-tiny"
     dataset: str = "digits"
     task: Literal["cls"] = "cls"
-    max_epochs: int = Field(40, ge=1)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(1e-2, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    max_epochs: int = Field(40, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=1, le=MAX_COUNT)
+    learning_rate: float = Field(1e-2, gt=0, le=10)
+    weight_decay: float = Field(1e-4, ge=0, le=10)
     accelerator: Literal["cpu", "cuda", "gpu", "auto"] = "cpu"
     # torch CPU threads (1..1024; far above any core count torch crashes); None: 1 below 1M parameters, else all
     threads: int | None = Field(None, ge=1, le=MAX_THREADS)
     project: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     load_name: str | None = None
     # accepted for MASE compatibility, unused
     log_every_n_steps: int | None = None

@@ -167,6 +167,48 @@ def uniform_points(space: Any, ev: Any, budgets: dict[str, Any]) -> list[dict[st
     return []
 
 
+def extreme_point(space: Any, ev: Any, metric: str, lowest: bool = True) -> tuple[dict[str, int], float]:
+    """The point of the space where hardware ``metric`` is lowest (or highest), and its value: one pass of
+    coordinate descent from the narrowest point (every width dimension at its narrowest choice), each free
+    dimension set to its best choice with the others fixed. Exact for metrics that are sums over units of
+    monotone terms (every hardware metric here: bits, BOPs, EBOPs, LUTs per layer); ``sum(choices)``
+    hardware evaluations, no model run."""
+    sign = 1.0 if lowest else -1.0
+    dims = width_dims(space)
+    p = {d: 0 for d in space.free_dims}
+    for d, ch in dims.items():
+        p[d] = min(range(len(ch)), key=lambda i: sign * ch[i])
+
+    def value(q: dict[str, int]) -> float:
+        return float(ev.hardware(space.to_config(q))[metric])
+
+    best = value(p)
+    for d, n in space.free_dims.items():
+        for i in range(n):
+            if i == p[d]:
+                continue
+            v = value({**p, d: i})
+            if sign * v < sign * best:
+                p, best = {**p, d: i}, v
+    return p, best
+
+
+def unreachable_budgets(space: Any, ev: Any, budgets: dict[str, Any]) -> list[str]:
+    """One line per hardware budget that no point of the space meets (a ``max`` below the metric's lowest
+    value, a ``min`` above its highest), naming the budget and the achievable extreme."""
+    out = []
+    for k, b in budgets.items():
+        if b.max is not None:
+            _, lo = extreme_point(space, ev, k, lowest=True)
+            if lo > b.max + 1e-9 * max(1.0, abs(b.max)):
+                out.append(f"{k}.max = {b.max:g} is below the smallest {k} of the space ({lo:g})")
+        if b.min is not None:
+            _, hi = extreme_point(space, ev, k, lowest=False)
+            if hi < b.min - 1e-9 * max(1.0, abs(b.min)):
+                out.append(f"{k}.min = {b.min:g} is above the largest {k} of the space ({hi:g})")
+    return out
+
+
 def proposals(
     table: Table,
     space: Any,

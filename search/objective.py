@@ -63,6 +63,7 @@ class Objective:
     shared: bool = True  # other workers/threads may run trials at once: cap checks and point claims needed
     progress: Progress | None = None  # bar and JSONL record of every finished trial
     hard_pruned: int = 0  # points refused before evaluation for breaking a hardware budget
+    skipped: dict[int, str] = field(default_factory=dict)  # resumed trials whose stored records are refused
 
     @staticmethod
     def _claim(trial: optuna.Trial, point: dict[str, Any]) -> None:
@@ -140,9 +141,11 @@ class Objective:
         if self.unique and self.shared:
             self._claim(trial, params)
         config = self.space.to_config(point)
-        self._check_budgets(trial, config)
         try:
+            self._check_budgets(trial, config)  # a hardware metric that cannot be computed fails the trial here
             res = self.evaluator.evaluate(config)
+        except _Refused:
+            raise
         except Exception as e:
             fail = {"error": traceback.format_exc(), "sampled_config": config}  # the full story stays in the record
             set_user_attrs(trial, fail)

@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,24 @@ def config_key(t: optuna.trial.FrozenTrial) -> str:
     return json.dumps(t.user_attrs.get("sampled_config", t.params), sort_keys=True, default=str)
 
 
-def draws(study: optuna.Study) -> Counter[str]:
+def completed(study: optuna.Study, skip: Collection[int] = ()) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE trials, less ``skip`` (resumed trials whose stored records were refused, see
+    :mod:`qfx.search.records`)."""
+    return [t for t in study.get_trials(False, states=(TrialState.COMPLETE,)) if t.number not in skip]
+
+
+def draws(study: optuna.Study, skip: Collection[int] = ()) -> Counter[str]:
     """How many completed trials drew each configuration (:func:`config_key`)."""
-    return Counter(config_key(t) for t in study.get_trials(False, states=(TrialState.COMPLETE,)))
+    return Counter(config_key(t) for t in completed(study, skip))
 
 
-def best_trials(study: optuna.Study, distinct: bool = True) -> list[optuna.trial.FrozenTrial]:
+def best_trials(
+    study: optuna.Study, distinct: bool = True, skip: Collection[int] = ()
+) -> list[optuna.trial.FrozenTrial]:
     """The best feasible trial (single objective) or the Pareto front of the feasible trials, by number;
-    with ``distinct`` (the default) one trial per configuration (the first that drew it)."""
-    done = [t for t in study.get_trials(False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible", True)]
+    with ``distinct`` (the default) one trial per configuration (the first that drew it); ``skip``: trial
+    numbers left out."""
+    done = [t for t in completed(study, skip) if t.user_attrs.get("feasible", True)]
     if not done:
         return []
     maximize = [d == optuna.study.StudyDirection.MAXIMIZE for d in study.directions]
@@ -92,7 +102,7 @@ def best_table(
 
 def study_data(study: optuna.Study, objective: Objective) -> StudyData:
     """The completed trials as the plain data the plots read (measured metrics, chosen values)."""
-    trials = study.get_trials(False, states=(TrialState.COMPLETE,))
+    trials = completed(study, objective.skipped)
     free = objective.space.free_dims
     return StudyData(
         numbers=[t.number for t in trials],
@@ -108,6 +118,9 @@ def study_data(study: optuna.Study, objective: Objective) -> StudyData:
 
 def _write_trials(trials: list[optuna.trial.FrozenTrial], out: Path, objective: Objective) -> None:
     records = [trial_record(t) for t in trials]
+    for r in records:  # a skipped record is kept, marked, with none of its (refused) contents read
+        if r["number"] in objective.skipped:
+            r.update(skipped=objective.skipped[r["number"]], software_metrics={}, hardware_metrics={})
     (out / "trials.json").write_text(json.dumps(records, indent=1, default=str))
     metric_keys = sorted({k for r in records for k in {**r["software_metrics"], **r["hardware_metrics"]}})
     free = objective.space.free_dims
@@ -116,7 +129,8 @@ def _write_trials(trials: list[optuna.trial.FrozenTrial], out: Path, objective: 
         w.writerow(["number", "state", "value", *metric_keys, *free, "duration_s"])
         for r, t in zip(records, trials, strict=True):
             m = {**r["software_metrics"], **r["hardware_metrics"]}
-            vals = objective.space.values(objective.space.point_of(t.params)) if len(t.params) == len(free) else {}
+            ok = len(t.params) == len(free) and t.number not in objective.skipped
+            vals = objective.space.values(objective.space.point_of(t.params)) if ok else {}
             w.writerow([r["number"], r["state"], json.dumps(r["value"]), *(m.get(k, "") for k in metric_keys),
                         *(vals.get(d, "") for d in free), r["duration_s"]])  # fmt: skip
 
@@ -179,11 +193,11 @@ def write_outputs(
         log.warning("plots failed: %s", e)
     with beside(lambda: _plots(data, out, ("metric_vs_config.png", "pareto.png"))):  # on another core meanwhile
         _write_trials(study.get_trials(False), out, objective)
-        best = best_trials(study) if best is None else best
+        best = best_trials(study, skip=objective.skipped) if best is None else best
         figs = (selection or {}).get("trials", {})
-        drawn = draws(study)
+        drawn = draws(study, objective.skipped)
         numbers: dict[str, list[int]] = {}
-        for t in study.get_trials(False, states=(TrialState.COMPLETE,)):
+        for t in completed(study, objective.skipped):
             numbers.setdefault(config_key(t), []).append(t.number)
         weakest = _write_best_graphs(best, out, objective.evaluator) if best else {}
         best_json = {

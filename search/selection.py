@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from typing import Any
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 
 from qfx.passes.transforms.quantize import QuantizePass
+from qfx.search.config import ConfigError
 from qfx.search.metrics import scalarize
-from qfx.search.outputs import best_trials
+from qfx.search.outputs import best_trials, completed
 from qfx.search.study import anchor_trial
 from qfx.zoo.data import Split
 from qfx.zoo.train import predict
@@ -32,6 +33,14 @@ def split_off(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     idx = list(range(len(split)))
     y = split.y.numpy()
     counts = {c: int((y == c).sum()) for c in set(y.tolist())}
+    k, n = len(counts), len(idx)
+    held = math.ceil(fraction * n)  # what scikit-learn holds out
+    if held < k or n - held < k:
+        lo, hi = k / n, 1 - k / n
+        raise ConfigError(
+            f"[search.strategy.selection] fraction = {fraction:g} holds out {held} of {n} evaluation rows; each of "
+            f"the {k} classes needs a row on both sides: use a fraction in {lo:.3g}..{hi:.3g} (or more num_samples)"
+        )
     strat = y if min(counts.values()) >= 2 else None
     keep, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=strat)
     return Split(split.x[keep], split.y[keep]), Split(split.x[held], split.y[held])
@@ -54,8 +63,8 @@ def candidates(study: optuna.Study, objective: Any, top_k: int) -> list[optuna.t
     Pareto front (multi-objective)."""
 
     if not objective.single:
-        return best_trials(study)
-    done = [t for t in study.get_trials(False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible", True)]
+        return best_trials(study, skip=objective.skipped)
+    done = [t for t in completed(study, objective.skipped) if t.user_attrs.get("feasible", True)]
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     done.sort(key=lambda t: (-t.values[0] if maximize else t.values[0], t.number))
     out, seen = [], set()

@@ -19,6 +19,8 @@ import torch.nn as nn
 from qfx.graph.trace import QGraph, trace
 from qfx.passes.analysis import CalibrationPass, analyze
 from qfx.search.config import ConfigError, RunConfig, StrategySetup, load_config
+from qfx.search.ilp import unreachable_budgets
+from qfx.search.metrics import METRICS
 from qfx.search.runner import Evaluator
 from qfx.search.selection import apply_anchor, referee, rescore, split_off
 from qfx.search.space import SearchSpace
@@ -131,6 +133,18 @@ def build_search(cfg: RunConfig, prep: Prepared, eval_split: Any = None) -> tupl
     return space, ev
 
 
+def check_budgets_reachable(space: SearchSpace, ev: Evaluator, constraints: dict[str, Any]) -> None:
+    """Refuse (ConfigError) hardware budgets that no point of the space can meet, before any trial runs."""
+    hard = {k: b for k, b in constraints.items() if METRICS[k].kind == "hardware"}
+    try:
+        bad = unreachable_budgets(space, ev, hard) if hard else []
+    except Exception as e:  # noqa: BLE001 - a metric some points cannot have: those trials record why
+        log.warning("budgets %s not checked before the search: %s", ", ".join(hard), str(e).splitlines()[0][:200])
+        return
+    if bad:
+        raise ConfigError(f"[search.strategy.constraints] {'; '.join(bad)}: no configuration can meet it")
+
+
 def search_split(cfg: RunConfig, prep: Prepared) -> Any:
     """The split the config's search evaluates on (its ``num_samples`` head of ``data_loader``)."""
     be = cfg.search.strategy.sw_runner.basic_evaluation  # type: ignore[union-attr]
@@ -228,12 +242,13 @@ def run_search(
         if st.selection.fraction > 0:
             split, held = split_off(split, st.selection.fraction, cfg.seed)
         space, ev = build_search(cfg, prep, split)
+        check_budgets_reachable(space, ev, st.constraints)
         if ready is not None:
             ready(prep, space, ev)
         anchor = st.selection.anchor == "uniform"
         study, objective = run_study(space, ev, st.metrics, st.setup, work if out else None, storage, study_name,
                                      progress, tracebacks, constraints=st.constraints, anchor=anchor)  # fmt: skip
-        best, figures = best_trials(study), {}
+        best, figures = best_trials(study, skip=objective.skipped), {}
         if held is not None or anchor:
             best, figures = _select(study, objective, ev, held, prep, st, best, len(split))
         best_json = write_outputs(study, work, objective, best, figures) if out is not None else {}

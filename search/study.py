@@ -10,6 +10,7 @@ best quantized graph), ``history.png``, ``pareto.png``, ``metric_vs_config.png``
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from pathlib import Path
@@ -26,11 +27,13 @@ from qfx.search.outputs import (
     MAX_SQNR_PLOTS,
     best_table,
     best_trials,
+    completed,
     config_key,
     draws,
     study_data,
     write_outputs,
 )
+from qfx.search.records import check_resumed
 from qfx.search.runner import Evaluator
 from qfx.search.samplers import make_sampler, sampler_spec
 from qfx.search.sensitivity import sensitivity, space_frac, space_widths, warm_start_points
@@ -179,7 +182,7 @@ def _uniform(objective: Objective) -> list[dict[str, Any]]:
 def anchor_trial(study: optuna.Study, objective: Objective) -> optuna.trial.FrozenTrial | None:
     """The finished feasible trial of the uniform anchor (see ``run_study(anchor=True)``), or None."""
     want = _uniform(objective)
-    for t in study.get_trials(False, states=(TrialState.COMPLETE,)):
+    for t in completed(study, objective.skipped):
         if want and t.params == want[0] and t.user_attrs.get("feasible", True):
             return t
     return None
@@ -233,7 +236,7 @@ def run_study(
                           n_trials=n_trials, unique=spec.enumerates, constraints=dict(constraints or {}),
                           shared=storage is not None or setup.n_jobs > 1)  # fmt: skip
     study = _open_study(objective, setup, storage, study_name)
-    fresh = not study.get_trials(False)
+    fresh = _check_resumed(study, objective, storage)
     if anchor and fresh:
         for p in _uniform(objective):
             study.enqueue_trial(p, skip_if_exists=True)
@@ -265,6 +268,28 @@ def run_study(
         opt_log.removeFilter(one_line)
     bar.bar.close()
     return study, objective
+
+
+def _check_resumed(study: optuna.Study, objective: Objective, storage: str | None) -> bool:
+    """True for a fresh study. A resumed study's records come from a file: validated like fresh ones, bad ones
+    skipped (``objective.skipped``); a record Optuna itself cannot read refuses the study, naming the storage."""
+    where = _safe_url(storage or "memory")
+    try:
+        trials = study.get_trials(False)
+    except Exception as e:  # noqa: BLE001 - whatever Optuna raises on an edited or corrupted record
+        raise ValueError(
+            f"{where}: study {study.study_name!r} holds a trial record that cannot be read ({type(e).__name__}: "
+            f"{str(e)[:120]}); the file was edited or corrupted: use another --study-name"
+        ) from None
+    if trials:
+        n_values = 1 if objective.single else len(objective.metrics)
+        objective.skipped = check_resumed(study, objective.space, objective.metrics, n_values, where)
+    return not trials
+
+
+def _safe_url(storage: str) -> str:
+    """A storage URL fit to print: a password in it is masked."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", storage)
 
 
 def summarize(study: optuna.Study) -> dict[str, Any]:

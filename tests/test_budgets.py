@@ -53,14 +53,23 @@ def test_multi_objective_budget_with_nsgaii(tmp_path, ckpt):
 
 
 def test_cli_reports_infeasible_count_and_no_feasible_trial(tmp_path, ckpt, capsys):
-    cfg = _cfg(tmp_path, "random", "average_bitwidth.max = 0.5", n=3)  # impossible
+    cfg = _cfg(tmp_path, "random", "accuracy.min = 1.5", n=3)  # no trial can meet it; known only by evaluating
     assert cli.main(["search", "--config", str(cfg), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
                      "--no-progress"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "(no feasible trial: every trial broke a budget)" in out
-    # a hardware budget is a function of the configuration: no point was evaluated, each was refused (then the
-    # study gives up after HARD_LIMIT x n_trials refusals)
-    assert "budgets average_bitwidth <= 0.5: 0 of 0 evaluated trial(s) infeasible; 61 sampled point(s)" in out
+    assert "budgets accuracy >= 1.5: 3 of 3 evaluated trial(s) infeasible; 0 sampled point(s)" in out
+
+
+def test_cli_refuses_a_hardware_budget_no_point_meets(tmp_path, ckpt, capsys):
+    """A hardware budget is a function of the configuration: one the narrowest configuration breaks is refused
+    before any trial (it used to take 61 refused samples to say "no feasible trial")."""
+    cfg = _cfg(tmp_path, "random", "average_bitwidth.max = 0.5", n=3)
+    assert cli.main(["search", "--config", str(cfg), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+                     "--no-progress"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: [search.strategy.constraints] average_bitwidth.max = 0.5 is below the smallest")
+    assert not (tmp_path / "o" / "trials.json").exists()
 
 
 def test_hardware_budget_checked_before_evaluation(tmp_path, ckpt):

@@ -187,7 +187,23 @@ def test_cli_export_verilog_of_a_lying_meta_exits_nonzero(tmp_path, capsys):
     rc = cli.main(["export", "--graph", str(tmp_path / "g"), "--format", "vhdl", "--out", str(tmp_path / "o")])
     out, err = capsys.readouterr()
     assert rc == 2, out
-    assert err.startswith("error: vhdl export differs from the graph") and "seq_blocks_2" in err, err
+    assert err.startswith(f"error: {tmp_path / 'g' / 'meta.json'}: node 'seq_blocks_2': precision"), err  # at load
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_export_verilog_relative_out_with_spaces(tmp_path, capsys, monkeypatch):
+    """The README's command shape: relative --graph and --out (here with spaces), run from another
+    directory; Verilator and g++ run inside the project and get absolute paths."""
+    need("verilator")
+    from qfx import cli
+
+    _quantized("jsc-tiny", 0).save(tmp_path / "my graph")
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main(["export", "--graph", "my graph", "--format", "verilog", "--out", "rtl out", "--data", "digits",
+                   "--verify-rows", "400"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "da4ml interpreter + Verilator" in out and (tmp_path / "rtl out" / "verilog" / "src" / "qfx_model.v").is_file()
 
 
 def test_fpga_metrics_cached_and_ebops_counts_used_bits():

@@ -283,27 +283,40 @@ def test_debug_never_writes_through_a_planted_symlink(crafted: Path, tmp_path: P
     assert not (tmp_path / "elsewhere").exists()
 
 
-def test_dot_labels_from_meta_are_escaped(crafted: Path) -> None:
+def test_dot_labels_are_escaped(crafted: Path) -> None:
+    from qfx.graph.meta import update_meta
     from qfx.passes.debug.views import to_dot
 
-    _edit(crafted, "meta.json", lambda s: s["nodes"][1].update(op_type='x"]; injected [label="pwn\\'))
-    dot = to_dot(QGraph.load(crafted))
+    g = QGraph.load(crafted)  # a loaded op_type must match the module (below); a label is still escaped text
+    update_meta(g.node("fc1"), op_type='x"]; injected [label="pwn\\')
+    dot = to_dot(g)
     statements = [line for line in dot.splitlines()[3:-1]]
     assert all(line.startswith('  "') and line.endswith(";") for line in statements)
     assert not any(line.lstrip().startswith("injected") for line in dot.splitlines())
     assert '\\"]; injected [label=\\"pwn\\\\' in dot  # kept as text, escaped
 
 
-def test_export_of_a_lying_meta_exits_nonzero_naming_the_node(crafted: Path, tmp_path: Path, capsys: Any) -> None:
-    # meta.json says fc2 reads its input at frac 2; the saved module quantizes at frac 3 (the add) / 4
-    _edit(crafted, "meta.json", lambda s: next(n for n in s["nodes"] if n["name"] == "fc2")["precision"]
-          ["data_in"].update(frac=1))  # fmt: skip
-    rc = cli.main(["export", "--graph", str(crafted), "--format", "torch,onnx-qdq", "--out", str(tmp_path / "o")])
-    out, err = capsys.readouterr()
-    assert rc == 2, out
-    lines = err.strip().splitlines()
-    assert lines[0].startswith("error: torch export differs from the graph") and "node 'fc2'" in lines[0], lines
-    assert "required: bit-identical" in lines[0] and "NO" in out  # the table is still printed
+@pytest.mark.parametrize(
+    ("node", "edit", "says"),
+    [
+        ("add", {"op_type": "sub"}, "op_type is 'sub' but the saved graph runs 'add'"),
+        ("fc1", {"op_type": 'x"]; injected'}, "op_type is"),
+        ("fc1", {"target": "torch.nn.Conv2d"}, "target is"),
+        ("fc2", {"precision": {"data_in": {"fmt": "integer", "width": 8, "frac": 1}}}, "precision"),
+    ],
+)
+def test_meta_json_must_describe_the_modules(crafted: Path, tmp_path: Path, capsys: Any, node: str, edit: dict,
+                                             says: str) -> None:  # fmt: skip
+    """An add recorded as sub (or a precision the module does not run) would export a wrong graph: refused at
+    load, naming meta.json and the node, by the library and by export --no-verify."""
+    _edit(crafted, "meta.json", lambda s: _node(s, node).update(edit))
+    with pytest.raises(SerializationError, match=f"meta.json: node {node!r}"):
+        QGraph.load(crafted)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc = cli.main(["export", "--graph", str(crafted), "--format", "torch", "--out", str(tmp_path / "o"), "--no-verify"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[0].startswith("error: ") and says in err[0] and f"node {node!r}" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
 # ---- the portable quantized.pt --------------------------------------------------------------------

@@ -155,6 +155,9 @@ def _reference(e: Exported, graph: QGraph, x: torch.Tensor) -> np.ndarray:
         return graph.gm.eval()(x).detach().float().numpy().reshape(len(x), -1)
 
 
+MAX_VERIFY_ROWS = 1_000_000  # rows an export is verified on: beyond this the executors' batches stop fitting memory
+
+
 def verification_inputs(x: torch.Tensor, rows: int = 1000, seed: int = 0) -> torch.Tensor:
     """``x`` followed by rows that reach and pass every saturation bound: normal noise at the data's own
     scale and at 4x, 16x and 64x it (seeded), ``rows`` in all (at least ``len(x)``)."""

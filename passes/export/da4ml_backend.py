@@ -30,6 +30,7 @@ import math
 import re
 import shutil
 import subprocess
+import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,10 @@ import numpy as np
 import torch
 
 from qfx.graph.meta import TensorPrecision
+from qfx.graph.safeio import out_path
 from qfx.graph.trace import QGraph
 from qfx.passes.export.ir import ExportError, Layer, OpTable, build_ir
+from qfx.passes.export.tools import Progress, run_tool
 from qfx.passes.transforms.quantize.formats import code_range
 from qfx.passes.transforms.quantize.quantizers import make_quantizer
 
@@ -439,11 +442,20 @@ class RTLSimulator:
     Built here (not with da4ml's makefile) so that it works with the Verilator of the Debian/Ubuntu
     package as well: ``verilator --cc --build`` then g++ links da4ml's binder with Verilator's runtime."""
 
-    def __init__(self, project: Path, traced: Traced, jobs: int = 2) -> None:
+    def __init__(self, project: Path, traced: Traced, jobs: int = 2, progress: Progress | None = None) -> None:
         self.traced = traced
+        self._progress = progress
+        # Built in a private temporary copy: GNU make (which Verilator drives) cannot build in a directory
+        # whose path holds a space, and the export directory keeps only what it ships. Every path is absolute.
+        with tempfile.TemporaryDirectory(prefix="qfx-rtl-") as tmp:
+            build = Path(tmp)
+            shutil.copytree(Path(project) / "src", build / "src")
+            shutil.copytree(Path(project) / "sim", build / "sim", ignore=shutil.ignore_patterns("obj_dir", "*.so"))
+            self._lib = self._build(build, jobs)  # loaded: the file may go with the directory
+
+    def _build(self, project: Path, jobs: int) -> ctypes.CDLL:
         sim = project / "sim"
         obj = sim / "obj_dir"
-        shutil.rmtree(obj, ignore_errors=True)
         wrapper = f"{TOP}_wrapper"
         inc = _verilator_include()
         compat = sim / "static_compat"  # lint pragmas older Verilators (Debian's 5.006) reject: same logic
@@ -477,14 +489,10 @@ class RTLSimulator:
             ["g++", "-std=c++17", "-fPIC", "-O", "-shared", "-pthread", f"-I{obj}", f"-I{inc}", f"-I{inc / 'vltstd'}",
              "-I../src", "-o", str(lib), f"{wrapper}_binder.cc", str(obj / f"V{wrapper}__ALL.a"),
              str(inc / "verilated.cpp"), str(inc / "verilated_threads.cpp"), "-Wl,--no-undefined"], sim)  # fmt: skip
-        self._lib = ctypes.CDLL(str(lib))
+        return ctypes.CDLL(str(lib))
 
-    @staticmethod
-    def _run(cmd: list[str], cwd: Path) -> None:
-        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-        if r.returncode != 0:
-            tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-            raise RuntimeError(f"{cmd[0]} failed in {cwd}: {' / '.join(tail)}")
+    def _run(self, cmd: list[str], cwd: Path) -> None:
+        run_tool(cmd, cwd, f"{cmd[0]} build of the RTL simulator", self._progress)
 
     def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """The RTL's outputs for float inputs ``x`` (quantized to the input precision first)."""
@@ -509,16 +517,21 @@ class RTLSimulator:
         return ((out.reshape(len(data), n_out).astype(np.float64) + off) % span - off) * 2.0**-f
 
 
-def synth(project: Path, timeout: float = 1800) -> dict[str, int]:
+def synth(project: Path, timeout: float = 1800, progress: Progress | None = None) -> dict[str, int]:
     """Yosys ``synth_xilinx`` of the project's Verilog: cell counts ``LUT`` (all LUT1-6), ``FF``, ``CARRY``
-    (CARRY4/8), ``DSP`` (DSP48*), ``MUXF`` and each raw cell type. Raises RuntimeError when yosys fails."""
-    src = project / "src"
-    files = [str(src / "static" / s) for s in STATIC_SOURCES] + [str(src / f"{TOP}.v")]
-    stat = project / "yosys_stat.txt"
-    script = f"read_verilog -sv {' '.join(files)}; synth_xilinx -top {TOP} -flatten; tee -q -o {stat} stat"
-    r = subprocess.run(["yosys", "-q", "-p", script], capture_output=True, text=True, timeout=timeout)
-    if r.returncode != 0:
-        raise RuntimeError(f"yosys failed: {' / '.join((r.stderr or r.stdout).strip().splitlines()[-3:])}")
+    (CARRY4/8), ``DSP`` (DSP48*), ``MUXF`` and each raw cell type. Raises RuntimeError when yosys fails.
+
+    Yosys reads a script file ``synth.ys`` that we write, naming only our own relative file names; the
+    project directory reaches it as its working directory, so no path text is ever parsed by Yosys."""
+    project = Path(project).resolve()
+    files = [f"src/static/{s}" for s in STATIC_SOURCES] + [f"src/{TOP}.v"]
+    script = out_path(project, "synth.ys")
+    script.write_text(
+        f"read_verilog -sv {' '.join(files)}\nsynth_xilinx -top {TOP} -flatten\ntee -q -o yosys_stat.txt stat\n"
+    )
+    stat = out_path(project, "yosys_stat.txt")
+    stat.unlink(missing_ok=True)
+    run_tool(["yosys", "-q", "-s", "synth.ys"], project, "yosys synth_xilinx", progress, timeout)
     cells: dict[str, int] = {}
     for line in stat.read_text().splitlines():
         m = re.match(r"^\s+(\w+)\s+(\d+)$", line)
