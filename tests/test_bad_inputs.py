@@ -347,7 +347,7 @@ def test_memory_error_and_all_trials_failing(env, capsys, monkeypatch):
     rc, err = _run(
         ["search", "--config", str(p), "--checkpoint", str(ck), "--out", str(tmp / "f"), "--no-progress"], capsys
     )
-    assert rc != 0 and "all 3 trial(s) failed; first error: RuntimeError: simulated evaluation failure" in err, err
+    assert rc != 0 and "all 3 trial(s) failed; first error (trial 0): RuntimeError: simulated evaluation failure" in err
     assert "Traceback" not in err
     assert err.count("failed with parameters") == 3 and err.count("simulated evaluation failure") == 4, err
     assert "failed with value None" not in err  # one line per failing trial, plus the summary
