@@ -118,6 +118,16 @@ def _seed(v: str) -> int:
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 
 
+def _pick_arg(v: str) -> str:
+    from qfx.search.pick import PickError, parse_pick
+
+    try:
+        parse_pick(v)
+    except PickError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return v
+
+
 def _study_name(v: str) -> str:
     """A study name is a name, never a path: letters, digits, ``_ . + -``, no ``..`` (it names a directory)."""
     if not STUDY_NAME.fullmatch(v) or ".." in v:
@@ -312,6 +322,9 @@ def _search_config(args: argparse.Namespace) -> Any:
     from qfx.search.session import with_overrides
 
     cfg = load_config(args.config, require_search=True)
+    if getattr(args, "pick", None):
+        st = cfg.search.strategy.model_copy(update={"pick": args.pick})
+        cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"strategy": st})})
     upd = {k: getattr(args, k) for k in ("n_trials", "sampler", "seed", "n_jobs", "timeout")}
     try:
         return with_overrides(cfg, **upd)
@@ -420,7 +433,8 @@ def _report_search(run: Any, cfg: Any, out: Path, started: float) -> None:
     done = [t for t in study.get_trials(False) if t.state.name == "COMPLETE" and t.number not in run.objective.skipped]
     refused = sum("refused" in t.user_attrs for t in study.get_trials(False) if t.state.name == "PRUNED")
     none = "(no feasible trial: every trial broke a budget)" if done or refused else "(no trial completed)"
-    print(best_table(best, list(st.metrics), draws(study)) if best else none)
+    sp, skip = run.objective.space, run.objective.skipped
+    print(best_table(best, list(st.metrics), draws(study, skip), sp, list(st.constraints)) if best else none)
     if st.constraints:
         infeasible = sum(not t.user_attrs.get("feasible", True) for t in done)
         _note(
@@ -428,6 +442,9 @@ def _report_search(run: Any, cfg: Any, out: Path, started: float) -> None:
             f"{refused} sampled point(s) broke a hardware budget and were refused before evaluation"
         )
     _selection_note(run, st)
+    p = run.selection.get("pick")
+    if p:
+        _note(f"best_model/ is trial {p['trial']} (pick {p['rule']!r}): {p['why']}; the other front points: pareto/")
     for b in run.best_json.values():
         if b["weakest_nodes"]:
             desc = ", ".join(f"{w['node']} ({w['sqnr_db']} dB)" for w in b["weakest_nodes"])
@@ -612,12 +629,11 @@ def _fail_on_difference(done: list[Any]) -> None:
 
 def _export_best(args: argparse.Namespace, best: list[Any], prep: Any, out: Path, ev: Any) -> None:
     from qfx.passes.export.api import export_all, parse_formats, verification_inputs
-    from qfx.passes.transforms.quantize import QuantizePass
 
     fmts = parse_formats(args.export)
     x = verification_inputs(prep.dataset.test.x, 1000)
     for i, t in enumerate(best):
-        q = QuantizePass(t.user_attrs["sampled_config"])(ev.pristine).graph
+        q = ev.scored_graph(t.user_attrs["sampled_config"])  # what the trial scored (fine-tuned with QAT)
         where = out / "export" if len(best) == 1 else out / "export" / f"trial_{t.number}"
         pareto = f" (Pareto {i + 1}/{len(best)})" if len(best) > 1 else ""
         print(f"\nexport of trial {t.number}{pareto}:")
@@ -891,6 +907,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"1,000 rows (the test split, then saturating noise; a difference exits 2): comma-separated "
         f"{', '.join(_tables()['formats'])}",
     )
+    p.add_argument(
+        "--pick",
+        type=_pick_arg,
+        help="which Pareto point becomes best_model/ (multi-objective): knee (default: nearest the ideal point), "
+        "max:METRIC, min:METRIC or trial:N, plus bounds such as ,accuracy>=0.93 (overrides [search.strategy] pick)",
+    )
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser(
@@ -1012,6 +1034,8 @@ def main(argv: list[str] | None = None) -> int:
 def _hint(e: Exception) -> str:
     from qfx.search.config import ConfigError
 
+    if isinstance(e, ConfigError) and "no such config file" in str(e):
+        return "pass a TOML path or the name of a shipped config (qfx search --help lists them)"
     if isinstance(e, ConfigError):
         return "fix the key named above; the schema is in README.md ('Config schema'); rerun with --debug for details"
     if isinstance(e, FileNotFoundError):

@@ -231,12 +231,16 @@ def _plot(curves: dict[str, list[list[float]]], optimum: float | None, kind: str
 
     fig = Figure(figsize=(7, 5))
     ax = fig.add_subplot()
-    styles = ["-", "--", ":", "-."]  # lines that coincide stay visible
+    styles = ["-", "--", ":", "-."]  # lines that coincide (TPE's random start-up) stay visible:
+    marks = "os^Dv<>"  # each its own marker, at staggered trials, so a line under another still shows
+    k = len(curves)
     for i, (s, cs) in enumerate(curves.items()):
         n = min(len(c) for c in cs)
         a = np.array([c[:n] for c in cs])
         x = np.arange(1, n + 1)
-        ax.plot(x, a.mean(0), color=f"C{i}", ls=styles[i % 4], lw=2 - 0.3 * (i % 3), label=f"{s} (mean of {len(cs)})")
+        every = (i % max(1, min(k, n)), max(k, n // 12 or 1))
+        ax.plot(x, a.mean(0), color=f"C{i}", ls=styles[i % 4], lw=2 - 0.3 * (i % 3), marker=marks[i % len(marks)],
+                ms=5, markevery=every, label=f"{s} (mean of {len(cs)})")
         ax.fill_between(x, a.min(0), a.max(0), color=f"C{i}", alpha=0.12)
     if optimum is not None:
         ax.axhline(optimum, ls="--", c="k", lw=1, label=textwrap.shorten(f"reference: {kind}", 60))

@@ -134,6 +134,16 @@ class Strategy(_M):
     metrics: dict[str, MetricSpec] = Field(min_length=1)
     constraints: dict[str, Bound] = {}  # budgets: trials outside them are infeasible (Optuna constraints_func)
     selection: Selection = Selection()
+    # which front point becomes best_model/ (multi-objective): knee | max:M | min:M | trial:N [, M>=X ...]
+    pick: str = "knee"
+
+    @field_validator("pick")
+    @classmethod
+    def _pick(cls, v: str) -> str:
+        from qfx.search.pick import parse_pick
+
+        parse_pick(v)  # the rule's grammar and metric names decide
+        return v
 
     @field_validator("metrics", "constraints")
     @classmethod
@@ -255,8 +265,12 @@ class RunConfig(_M):
         return "cpu"
 
 
+_INTERNAL = ("by_type", "by_name", "by_regex")  # where a MASE-form [passes.quantize] puts its keys: never typed
+
+
 def _loc(err: dict[str, Any]) -> str:
     parts = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+    parts = [p for i, p in enumerate(parts) if not (p in _INTERNAL and i and parts[i - 1] in ("quantize", "config"))]
     return ".".join(parts) or "<top level>"
 
 
@@ -279,7 +293,11 @@ def config_path(spec: str | Path) -> Path:
     name = p.stem if p.suffix == ".toml" else p.name
     if p.parent == Path(".") and name in shipped:
         return shipped[name]
-    raise ConfigError(f"{p}: no such config file (shipped configs by name: {', '.join(shipped)})")
+    import difflib
+
+    near = difflib.get_close_matches(name, list(shipped), n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    raise ConfigError(f"{p}: no such config file ({hint}shipped configs by name: {', '.join(shipped)})")
 
 
 def load_config(path: str | Path, require_search: bool = False) -> RunConfig:

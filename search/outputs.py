@@ -20,7 +20,6 @@ from tabulate import tabulate
 from qfx.graph.fork import beside
 from qfx.passes.debug import NumericsPass
 from qfx.passes.debug.views import plot_sqnr
-from qfx.passes.transforms.quantize import QuantizePass
 from qfx.search.objective import Objective, trial_record
 from qfx.search.plots import StudyData, pareto_mask, plot_study
 from qfx.search.runner import Evaluator
@@ -65,39 +64,71 @@ def best_trials(
     return [t for t in front if not (config_key(t) in seen or seen.add(config_key(t)))]  # type: ignore[func-returns-value]
 
 
-def _r(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+TABLE_COLS = 120  # the Best table fits a terminal this wide; the full record of every trial is in best.json
+
+_ROLE = {"data_in": "in", "weight": "w", "bias": "b"}
+
+
+def _short(dim: str) -> str:
+    """A free dimension's column label: ``seq_blocks_0/data_in_width`` -> ``seq_blocks_0 in``."""
+    unit, _, field = dim.rpartition("/")
+    for role, s in _ROLE.items():
+        field = field.replace(role, s)
+    field = field.replace("_frac_width", ".f").replace("_width", "").replace("_exponent", ".e")
+    return f"{unit} {field}"
+
+
+def _choice(v: Any) -> str:
+    """A chosen value as table text: a width as is, a unit's whole configuration compactly."""
+    if isinstance(v, dict):
+        if v.get("name") in (None, "NA"):
+            return "float"
+        return ("" if v["name"] == "integer" else f"{v['name']}:") + " ".join(
+            f"{_short('/' + k).strip()}{x}" for k, x in v.items() if k != "name" and x != "NA"
+        )
+    return "float" if v == "NA" else str(v)
+
+
+def _num(v: Any) -> str:
+    if not isinstance(v, (int, float)):
+        return "-"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
 
 
 def best_table(
-    trials: list[optuna.trial.FrozenTrial], metric_names: list[str], drawn: Counter[str] | None = None
+    trials: list[optuna.trial.FrozenTrial],
+    metric_names: list[str],
+    drawn: Counter[str] | None = None,
+    space: Any = None,
+    budgets: Collection[str] = (),
 ) -> str:
-    """MASE's "Best trial(s)" table: number, software/hardware/scaled metrics, config; with ``drawn``
-    (:func:`draws`) a column saying how many trials drew each configuration."""
+    """MASE's "Best trial(s)" table, made to fit :data:`TABLE_COLS` columns: trial, how many trials drew the
+    configuration (with ``drawn``), every objective and budget metric as a number, and the chosen value of
+    every free dimension of ``space``: one column per dimension when that fits, else a second table with one
+    row per dimension and one column per trial (in as many blocks as the width needs)."""
+    shown = list(dict.fromkeys(["accuracy", *metric_names, *budgets]))
+    heads = ["trial", *(["drawn"] if drawn is not None else []), *shown]
     rows = []
     for t in trials:
-        sw = {
-            k: v for k, v in t.user_attrs["software_metrics"].items() if k in metric_names or k in ("loss", "accuracy")
-        }
-        hw = {
-            k: v
-            for k, v in t.user_attrs["hardware_metrics"].items()
-            if k in metric_names or k in ("average_bitwidth", "memory_density")
-        }
-        cfg = {k: v["config"] for k, v in t.user_attrs["sampled_config"].items() if isinstance(v, dict)}
-        cfg = {
-            k: ("" if c["name"] == "integer" else f"{c['name']}:")
-            + ",".join(f"{f.removesuffix('_width')}={x}" for f, x in c.items() if f != "name" and x != "NA")
-            for k, c in cfg.items()
-            if k != "default" and c.get("name") not in (None, "NA")
-        }
-        rows.append([t.number, _r(sw), _r(hw), _r(t.user_attrs["scaled_metrics"]), cfg])
-        if drawn is not None:
-            rows[-1].insert(1, drawn[config_key(t)])
-    headers = ["number", "software_metrics", "hardware_metrics", "scaled_metrics", "config"]
-    if drawn is not None:
-        headers.insert(1, "trials")
-    return tabulate(rows, headers=headers, tablefmt="orgtbl", showindex=True)
+        m = {**t.user_attrs.get("software_metrics", {}), **t.user_attrs.get("hardware_metrics", {})}
+        n = [drawn[config_key(t)]] if drawn is not None else []
+        rows.append([t.number, *n, *(_num(m.get(k)) for k in shown)])
+    if space is None or not space.free_dims:
+        return tabulate(rows, headers=heads, tablefmt="github")
+    free = list(space.free_dims)
+    chosen = [space.values(space.point_of(t.params)) for t in trials]
+    wide = tabulate([r + [_choice(c[d]) for d in free] for r, c in zip(rows, chosen, strict=True)],
+                    headers=heads + [_short(d) for d in free], tablefmt="github")  # fmt: skip
+    if max(map(len, wide.splitlines())) <= TABLE_COLS:
+        return wide
+    parts = [tabulate(rows, headers=heads, tablefmt="github"), "", "chosen values (a column per trial):"]
+    label = max(len(_short(d)) for d in free) + 4
+    per = max(1, (TABLE_COLS - label) // (max(len(_choice(c[d])) for c in chosen for d in free) + 5))
+    for i in range(0, len(trials), per):
+        block = list(range(i, min(i + per, len(trials))))
+        body = [[_short(d), *(_choice(chosen[j][d]) for j in block)] for d in free]
+        parts.append(tabulate(body, headers=["dimension", *(f"t{trials[j].number}" for j in block)], tablefmt="github"))
+    return "\n".join(parts)
 
 
 def study_data(study: optuna.Study, objective: Objective) -> StudyData:
@@ -154,7 +185,7 @@ def _write_best_graphs(
     xb = ev.x[: ev.SQNR_BATCH]
     drawn = {}
     for i, t in enumerate(best):
-        q = QuantizePass(t.user_attrs["sampled_config"], copy_weights=False)(ev.pristine).graph  # saved: read only
+        q = ev.scored_graph(t.user_attrs["sampled_config"], copy_weights=False)  # fine-tuned as scored (QAT)
         q.save(out / ("best_model" if i == 0 else f"pareto/trial_{t.number}"))
         weakest[t.number] = ev.weakest_nodes(q) if hasattr(ev, "weakest_nodes") else []
         if i < MAX_SQNR_PLOTS:
@@ -186,6 +217,7 @@ def write_outputs(
     trials (default :func:`best_trials`); ``selection``: split sizes and each candidate's selection/test
     figures (:mod:`qfx.search.selection`), written beside the search figures."""
     out.mkdir(parents=True, exist_ok=True)
+    _clear_previous(out)
     data = None
     try:
         data = study_data(study, objective)
@@ -204,9 +236,39 @@ def write_outputs(
             str(i): {**{k: trial_record(t)[k] for k in BEST_KEYS}, "weakest_nodes": weakest.get(t.number, []),
                      "trials": drawn[config_key(t)], "trial_numbers": numbers.get(config_key(t), [t.number]),
                      **({"split_sizes": selection["splits"], **figs[t.number]} if t.number in figs else {}),
-                     **({"anchor": selection["anchor"]} if i == 0 and "anchor" in (selection or {}) else {})}
+                     **({"anchor": selection["anchor"]} if i == 0 and "anchor" in (selection or {}) else {}),
+                     **({"pick": selection["pick"]} if i == 0 and "pick" in (selection or {}) else {})}
             for i, t in enumerate(best)
         }  # fmt: skip
         (out / "best.json").write_text(json.dumps(best_json, indent=1, default=str))
         _plots(data, out, ("history.png",))
+    owned = [n for n in OWNED if (out / n.rstrip("/")).exists()]
+    (out / MANIFEST).write_text(json.dumps({"written_by": "qfx search", "files": owned}, indent=1))
     return best_json
+
+
+MANIFEST = "outputs.json"  # what the last write_outputs wrote into OUT: the next run removes exactly these first
+OWNED = ("best.json", "trials.json", "trials.csv", "best_model/", "pareto/", "sqnr.png", "history.png", "pareto.png",
+         "metric_vs_config.png", "export/")  # fmt: skip
+
+
+def _clear_previous(out: Path) -> None:
+    """Remove what an earlier run wrote into ``out`` (its manifest's names, each one of :data:`OWNED`; a
+    stale ``pareto/`` of a run before manifests too), so every output is this run's. Never follows a link:
+    a link is removed, not its target; the baseline checkpoint and the trial journal are kept."""
+    import shutil
+
+    m = out / MANIFEST
+    names = {"pareto/", "export/"}  # ours by name (runs before manifests; exports written after them)
+    if m.is_file() and not m.is_symlink():
+        try:
+            listed = json.loads(m.read_text()).get("files", [])
+        except (ValueError, AttributeError):
+            listed = []
+        names |= {n for n in listed if isinstance(n, str) and n in OWNED}  # only names qfx itself writes
+    for n in sorted(names):
+        p = out / n.rstrip("/")
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        elif p.is_dir():
+            shutil.rmtree(p)

@@ -84,6 +84,8 @@ def plot_pareto(data: StudyData, path: Path) -> Path:
     """The first two objectives in their units, or accuracy vs average bitwidth (bits) for a single objective."""
     if len(data.objectives) >= 2 and not data.single:
         (xl, xm), (yl, ym) = list(data.objectives.items())[:2]
+        if xm and not ym:  # the cost (minimised) across, the quality (maximised) up: as the single-objective plot
+            (xl, xm), (yl, ym) = (yl, ym), (xl, xm)
     else:
         (xl, xm), (yl, ym) = ("average_bitwidth", False), ("accuracy", True)
     xy = np.array([[t[xl], t[yl]] for t in data.metrics], float)

@@ -107,6 +107,16 @@ class Evaluator:
             return q
         return self._rebuilder(config)
 
+    def scored_graph(self, config: Any, copy_weights: bool = True) -> QGraph:
+        """A new graph that is exactly what a trial of ``config`` scored: quantized and, with QAT, fine-tuned
+        the same way (same seed, steps and batches), in eval mode. What the outputs save and export.
+        ``copy_weights=False`` (PTQ only) shares the pristine float weights, read-only."""
+        q = QuantizePass(config, copy_weights=copy_weights or bool(self.qat.steps))(self.pristine).graph
+        if self.qat.steps:
+            self._finetune(q)
+        q.gm.eval()
+        return q
+
     SQNR_BATCH = 32
 
     def weakest_nodes(self, q: QGraph, k: int = 3) -> list[dict[str, Any]]:

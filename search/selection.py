@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import optuna
 
-from qfx.passes.transforms.quantize import QuantizePass
 from qfx.search.config import ConfigError
 from qfx.search.metrics import scalarize
 from qfx.search.outputs import best_trials, completed
@@ -105,7 +104,7 @@ def rescore(
 def correct(ev: Any, config: Any) -> np.ndarray:
     """Per row of ``ev``'s split: does ``config``'s quantized graph classify it correctly?"""
 
-    q = QuantizePass(config)(ev.pristine).graph
+    q = ev.scored_graph(config)
     return (predict(q.gm, ev.x).cpu().argmax(1) == ev.y).numpy()
 
 

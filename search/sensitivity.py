@@ -74,7 +74,9 @@ class Sensitivity:
         ax.set_yticks(range(len(nodes)), [f"{n} ({self.op_types[n]})" for n in nodes])
         for i, row in enumerate(data):
             for j, v in enumerate(row):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7)
+                r, g, b, _ = im.cmap(im.norm(v))  # white on dark cells, black on light ones (luminance)
+                ink = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color=ink)
         fig.colorbar(im, ax=ax, label="accuracy drop (points) when only this node is quantized")
         ax.set_title("Per-node sensitivity")
         fig.tight_layout()

@@ -197,6 +197,14 @@ def _select(
     return best, figures
 
 
+def _picked(front: list[Any], rule: str, objective: Objective) -> tuple[list[Any], dict[str, Any]]:
+    """The front with the point ``rule`` chooses first (it becomes best_model/), and the record of the pick."""
+    from qfx.search.pick import parse_pick, pick
+
+    t, why = pick(front, parse_pick(rule), objective.metrics)
+    return [t, *(u for u in front if u is not t)], {"rule": rule, "trial": t.number, "why": why}
+
+
 @dataclass
 class SearchRun:
     """What :func:`run_search` returns: the study, its best trials (one per distinct configuration; the Pareto
@@ -251,5 +259,7 @@ def run_search(
         best, figures = best_trials(study, skip=objective.skipped), {}
         if held is not None or anchor:
             best, figures = _select(study, objective, ev, held, prep, st, best, len(split))
+        if not objective.single and best:
+            best, figures["pick"] = _picked(best, st.pick, objective)
         best_json = write_outputs(study, work, objective, best, figures) if out is not None else {}
     return SearchRun(study, best, objective, Path(out) if out is not None else None, best_json, prep, figures)

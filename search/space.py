@@ -168,6 +168,9 @@ class SearchSpace:
         for u, fields in units.items():
             roles = type_roles[unit_type(u)]
             keep = {f: _dedupe(ch) for f, ch in fields.items() if _role(f) in (None, *roles)}
+            if u not in seeds:  # a `default` seed applies to every op: fields an op lacks go without a note
+                self.units[u] = keep
+                continue
             for f in set(fields) - set(keep):
                 dropped.setdefault(f, set()).add(unit_type(u))
             self.units[u] = keep

@@ -203,7 +203,8 @@ def test_cli_export_verilog_relative_out_with_spaces(tmp_path, capsys, monkeypat
                    "--verify-rows", "400"])  # fmt: skip
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert "da4ml interpreter + Verilator" in out and (tmp_path / "rtl out" / "verilog" / "src" / "qfx_model.v").is_file()
+    assert "da4ml interpreter + Verilator" in out
+    assert (tmp_path / "rtl out" / "verilog" / "src" / "qfx_model.v").is_file()
 
 
 def test_fpga_metrics_cached_and_ebops_counts_used_bits():

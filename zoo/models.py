@@ -123,5 +123,5 @@ MODELS: dict[str, Builder] = {
 def build_model(name: str, in_features: int, num_classes: int, **kwargs: Any) -> nn.Module:
     """Instantiate zoo model ``name`` for a dataset's feature and class counts."""
     if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
     return MODELS[name](in_features, num_classes, **kwargs)

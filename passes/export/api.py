@@ -122,6 +122,36 @@ def _target_outputs(e: Exported, x: np.ndarray) -> np.ndarray:
     return run_portable(e.path, torch.from_numpy(x)).numpy().reshape(len(x), -1)
 
 
+QONNX_ROWWISE = 32  # rows the shipped batch-1 qonnx file runs one by one; the rest run batched in a twin
+
+
+def _qonnx_outputs(e: Exported, graph: QGraph, x: np.ndarray) -> np.ndarray:
+    """qonnx's ``execute_onnx`` on every row in one call, on a twin of the export written with the rows' batch
+    (the same writer and cleanup; only the batch dimension differs), plus the shipped batch-1
+    ``model_clean.onnx`` run row by row on the first :data:`QONNX_ROWWISE` rows, which must agree with the twin
+    exactly (else the twin's outputs are not what ships, and verification fails there)."""
+    import tempfile
+
+    import onnx
+
+    from qfx.passes.export.onnx_export import export_onnx, run_qonnx
+
+    m = onnx.load(str(e.path))
+    if (m.graph.input[0].type.tensor_type.shape.dim[0].dim_value or len(x)) == len(x) or len(x) <= QONNX_ROWWISE:
+        return _target_outputs(e, x)
+    with tempfile.TemporaryDirectory(prefix="qfx-qonnx-") as d:
+        export_onnx(graph, d, "qonnx", len(x))
+        got = run_qonnx(onnx.load(str(Path(d) / "model_clean.onnx")), x).reshape(len(x), -1)
+    k = QONNX_ROWWISE
+    shipped = np.concatenate([run_qonnx(m, x[i : i + 1]) for i in range(k)]).reshape(k, -1)
+    if not np.array_equal(shipped, got[:k], equal_nan=True):
+        e.notes.append("the batch-1 model_clean.onnx differs from its batched twin: its own rows are reported")
+        got = got.copy()
+        got[:k] = shipped
+    e.agreement["checked_by"] = f"qonnx execute_onnx (batched twin; model_clean.onnx on {k} rows)"
+    return got
+
+
 def _da4ml_outputs(e: Exported, x: np.ndarray) -> np.ndarray:
     """da4ml's interpreter; for Verilog also the RTL compiled by Verilator where it is on PATH (the
     outputs returned are the RTL's then, and the interpreter's must equal them)."""
@@ -181,7 +211,8 @@ def verify(e: Exported, graph: QGraph, x: torch.Tensor) -> dict[str, Any]:
     (see :mod:`qfx.passes.export.verify`)."""
 
     ref = _reference(e, graph, x)
-    got = _target_outputs(e, x.numpy().astype(np.float32))
+    xs = x.numpy().astype(np.float32)
+    got = _qonnx_outputs(e, graph, xs) if e.fmt == "qonnx" else _target_outputs(e, xs)
     same = (got == ref).all(1) if ref.size else np.ones(len(x), bool)
     floats = float_nodes(graph)
     diff = float(np.nan_to_num(np.abs(got - ref), nan=np.inf).max()) if ref.size else 0.0
@@ -229,11 +260,43 @@ def export_all(
             if fmt == "qonnx" and len(graph.nodes) > 2000 and x is not None:
                 slow = f" ({len(graph.nodes):,} nodes: qonnx's execute_onnx runs node by node, minutes here)"
             progress(f"exporting {fmt}{slow}" + (f", then verifying on {len(x)} rows" if x is not None else ""))
-        e = export(graph, fmt, Path(out) / fmt)
-        if x is not None:
-            verify(e, graph, x)
+        d = Path(out) / fmt
+        _clear_owned(d)
+        try:
+            e = export(graph, fmt, d)
+            if x is not None:
+                verify(e, graph, x)
+        except Exception as err:
+            _status(d, fmt, "FAILED", f"{type(err).__name__}: {str(err)[:500]}")
+            raise
+        a = e.agreement
+        state = "written, not verified" if x is None else "verified" if a.get("ok") else "FAILED"
+        _status(d, fmt, state, a.get("first_difference", ""), a)
         done.append(e)
     return done
+
+
+STATUS = "status.json"  # in each OUT/<format>/: what qfx wrote there and whether it was verified
+
+
+def _status(d: Path, fmt: str, state: str, why: str, agreement: dict[str, Any] | None = None) -> None:
+    """``OUT/<format>/status.json``: ``verified``, ``written, not verified`` or ``FAILED`` (with why): a failed
+    export's files stay for debugging, marked, so they never look like a deliverable."""
+    import json
+
+    from qfx.graph.safeio import out_path
+
+    d.mkdir(parents=True, exist_ok=True)
+    rec = {"format": fmt, "state": state, "why": why, "agreement": agreement or {}}
+    out_path(d, STATUS).write_text(json.dumps(rec, indent=1, default=str))
+
+
+def _clear_owned(d: Path) -> None:
+    """A previous export in ``d`` (it holds qfx's status.json) is removed first: the files there are this run's."""
+    import shutil
+
+    if d.is_dir() and not d.is_symlink() and (d / STATUS).is_file():
+        shutil.rmtree(d)
 
 
 def parse_formats(text: str) -> list[str]:
