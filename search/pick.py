@@ -8,6 +8,8 @@ Rules (text form, validated):
 - ``max:METRIC`` / ``min:METRIC``: the front point with the highest / lowest METRIC.
 - ``trial:N``: trial N (it must be on the front).
 
+When no front point is within the bounds, the knee of the whole front is taken and the reason says so.
+
 Any rule but ``trial:N`` may add bounds after a comma, each ``METRIC>=X`` or ``METRIC<=X``: only front points
 within them are candidates (``min:fpga_luts,accuracy>=0.93``: the smallest design above an accuracy floor).
 """
@@ -106,8 +108,9 @@ def pick(front: list[Any], rule: Pick, objectives: dict[str, Any]) -> tuple[Any,
         return t, f"trial {rule.trial}, as asked"
     cands = [t for t in front if _within(t, rule.bounds)]
     within = f" among the {len(cands)} of {len(front)} front points within {', '.join(_bound_text(rule))}"
-    if not cands:
-        raise PickError(f"pick {rule.text!r}: no front point is within {', '.join(_bound_text(rule))}")
+    if not cands:  # a search too short (or a floor too high) must not lose its result: say so, take the knee
+        t = knee(front, objectives)
+        return t, f"no front point is within {', '.join(_bound_text(rule))}: the knee of the whole front instead"
     if rule.kind == "knee":
         t = knee(cands, objectives)
         return t, "the knee: nearest the ideal point, objectives scaled over the front" + (

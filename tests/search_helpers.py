@@ -15,15 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
+SHELL = "(?:sh|bash|shell|console)"  # every fence language a reader would paste into a shell
+
+
 def blocks(lang: str) -> list[str]:
-    """The README's fenced code blocks of one language."""
+    """The README's fenced code blocks of one language (a regex: :data:`SHELL` for every shell block)."""
     return re.findall(rf"```{lang}\n(.*?)```", README, re.S)
 
 
 def commands() -> list[str]:
     """Every shell command of the README, in order (the first two: set-up + main job, and the tests)."""
     out = []
-    for b in blocks("sh"):
+    for b in blocks(SHELL):
         for cmd in b.replace("\\\n", " ").splitlines():
             if cmd.strip() and not cmd.startswith("#"):
                 out.append(cmd.split("  #")[0].strip())
