@@ -226,12 +226,17 @@ def test_cli_synth_counts_cells(tmp_path, capsys):
     need("yosys")
     from qfx import cli
 
-    _quantized("jsc-tiny", 1).save(tmp_path / "g")
+    g = _float_graph("jsc-tiny")  # 3-bit everywhere: a small netlist (the README's FPGA flow synthesizes jsc-s)
+    c = {"name": "integer", **{f"{r}_width": 3 for r in ("data_in", "weight", "bias")},
+         **{f"{r}_frac_width": 1 for r in ("data_in", "weight", "bias")}}  # fmt: skip
+    QuantizePass({"by": "type", **{t: c for t in set(quantizable_nodes(g).values())}})(g).graph.save(tmp_path / "g")
     assert cli.main(["synth", "--graph", str(tmp_path / "g"), "--out", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     assert "yosys synth_xilinx" in out and "da4ml estimate" in out
-    cells = synth(tmp_path / "s")
+    cells = synth(tmp_path / "s")  # the same netlist again: the CLI printed these counts
     assert cells["LUT"] > 0 and cells["DSP"] == 0
+    row = next(line for line in out.splitlines() if line.startswith("| yosys synth_xilinx"))
+    assert [int(v) for v in row.split("|")[2:4]] == [cells["LUT"], cells["FF"]]
 
 
 def test_cli_synth_without_yosys_names_it(tmp_path, capsys, monkeypatch):

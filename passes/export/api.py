@@ -13,6 +13,7 @@ import torch
 from qfx.graph.safeio import check_out_dir
 from qfx.graph.trace import QGraph
 from qfx.passes.export.portable import export_portable, run_portable
+from qfx.passes.export.tools import Ticker
 from qfx.passes.export.verify import FLOAT_ROWS, FLOAT_TOLERANCE, float_nodes, locate
 
 
@@ -263,9 +264,10 @@ def export_all(
         d = Path(out) / fmt
         _clear_owned(d)
         try:
-            e = export(graph, fmt, d)
-            if x is not None:
-                verify(e, graph, x)
+            with Ticker(f"{fmt}: exporting and verifying", progress):  # a live elapsed line for the compiles
+                e = export(graph, fmt, d)
+                if x is not None:
+                    verify(e, graph, x)
         except Exception as err:
             _status(d, fmt, "FAILED", f"{type(err).__name__}: {str(err)[:500]}")
             raise
