@@ -123,7 +123,7 @@ def _target_outputs(e: Exported, x: np.ndarray) -> np.ndarray:
     return run_portable(e.path, torch.from_numpy(x)).numpy().reshape(len(x), -1)
 
 
-QONNX_ROWWISE = 32  # rows the shipped batch-1 qonnx file runs one by one; the rest run batched in a twin
+QONNX_ROWWISE = 8  # rows the shipped batch-1 qonnx file runs one by one; the rest run batched in a twin
 
 
 def _qonnx_outputs(e: Exported, graph: QGraph, x: np.ndarray) -> np.ndarray:
