@@ -31,6 +31,7 @@ import torch.nn as nn
 from qfx.graph.errors import SerializationError
 
 MAX_HEADER = 100 * 2**20  # bytes of a safetensors header (safetensors' own limit)
+READ_AT_ONCE = 64 * 2**20  # a checked file up to this size is read in one call; larger ones are memory-mapped
 MAX_NUMEL = 2**34  # elements a recorded shape may declare (64 GiB of float32): beyond, a file is not a model
 
 DTYPES = {
@@ -113,8 +114,15 @@ class LazyTensors(Mapping[str, torch.Tensor]):
 
         self.path = path
         self.header = read_header(path)
+        self._all: dict[str, torch.Tensor] | None = None
         try:
-            self._file = safe_open(str(path), framework="pt")
+            if path.stat().st_size <= READ_AT_ONCE:  # small files: one read beats one call per tensor
+                from safetensors.torch import load
+
+                self._all = load(path.read_bytes())
+                _all_finite(path, self._all)  # one pass over every floating tensor
+            else:
+                self._file = safe_open(str(path), framework="pt")
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for bad files
             raise LoadCheckError(f"{path}: not a readable safetensors file ({str(e)[:200]})") from e
         self._read: dict[str, torch.Tensor] = {}
@@ -123,8 +131,8 @@ class LazyTensors(Mapping[str, torch.Tensor]):
         if key not in self._read:
             if key not in self.header:
                 raise KeyError(key)
-            t = self._file.get_tensor(key)
-            if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            t = self._all[key] if self._all is not None else self._file.get_tensor(key)
+            if self._all is None and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
                 bad = "NaN" if bool(torch.isnan(t).any()) else "infinite"
                 raise LoadCheckError(f"{self.path}: tensor {key[:80]!r} holds {bad} values; weights must be finite")
             self._read[key] = t
@@ -146,6 +154,17 @@ class LazyTensors(Mapping[str, torch.Tensor]):
                 f"{self.path}: {len(unused)} tensor(s) no module or attribute uses ({', '.join(map(repr, unused[:3]))}"
                 f"{' ...' if len(unused) > 3 else ''}); a saved graph holds exactly its own tensors"
             )
+
+
+def _all_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse NaN/inf in any floating tensor of the table (checked together per dtype, named on failure)."""
+    by: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors.values():
+        if t.is_floating_point() and t.numel():
+            by.setdefault(t.dtype, []).append(t.reshape(-1))
+    if all(bool(torch.isfinite(torch.cat(ts)).all()) for ts in by.values()):
+        return
+    finite_table(path, tensors)  # names the first bad tensor
 
 
 def finite_table(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -209,10 +228,10 @@ def check_records(gm: fx.GraphModule, metas: dict[str, Any], where: str) -> None
                 raise LoadCheckError(f"{where}: node {n.name!r}: precision {rec} differs from its module's {run}")
 
 
-def _dtype_problem(mod: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> str | None:
+def _dtype_problem(params: set[str], state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> str | None:
     """A parameter that is not floating, or a floating tensor of another dtype than the node computes in."""
     for k, t in state.items():
-        if k in dict(mod.named_parameters()) and not t.is_floating_point():
+        if k in params and not t.is_floating_point():
             return f"parameter {k!r} is {str(t.dtype).removeprefix('torch.')}, not a floating type"
         if dtype is not None and dtype.is_floating_point and t.is_floating_point() and t.dtype != dtype:
             return f"{k!r} is {str(t.dtype).removeprefix('torch.')} but the node computes in {dtype}"
@@ -228,22 +247,34 @@ def check_shapes(gm: fx.GraphModule, metas: dict[str, Any], where: str) -> None:
         if n.op != "call_module":
             continue
         mod = gm.get_submodule(n.target)
-        state = {**dict(mod.named_parameters()), **dict(mod.named_buffers())}
+        params = dict(mod.named_parameters())
+        state = {**params, **dict(mod.named_buffers())}
         m = metas[n.name]
         if not state:
             continue
-        bad = _dtype_problem(mod, state, _dtype(m.out_dtype))
+        bad = _dtype_problem(set(params), state, _dtype(m.out_dtype))
         if bad:
             raise LoadCheckError(f"{where}: node {n.name!r} ({type(mod).__name__}): {bad}")
         fake = _fake_args(n, metas, where)
         if fake is None or m.out_shape is None:
             continue
         args, kwargs = fake
-        sig = (type(mod), tuple((k, t.dtype, tuple(t.shape)) for k, t in state.items()), str((args, kwargs)))
+        sig = (type(mod), tuple((k, t.dtype, t.shape) for k, t in state.items()), _signature((args, kwargs)))
         if sig in seen:
             continue
         _run_on_meta(mod, state, args, kwargs, n.name, m, where)
         seen.add(sig)
+
+
+def _signature(v: Any) -> Any:
+    """A hashable summary of arguments: tensors by shape and dtype, containers by their items."""
+    if isinstance(v, torch.Tensor):
+        return ("T", v.shape, v.dtype)
+    if isinstance(v, (list, tuple)):
+        return tuple(_signature(x) for x in v)
+    if isinstance(v, dict):
+        return tuple((k, _signature(x)) for k, x in v.items())
+    return repr(v)
 
 
 def _fake_args(n: fx.Node, metas: dict[str, Any], where: str) -> tuple[Any, Any] | None:
