@@ -219,7 +219,6 @@ def test_yosys_never_parses_a_path(saved: Path, tmp_path: Path, monkeypatch: Any
         (Path(cwd) / "yosys_stat.txt").write_text("   LUT6  7\n   FDRE  2\n")
         return subprocess.CompletedProcess(argv, 0, "", "")
 
-    monkeypatch.setattr(B.subprocess if hasattr(B, "subprocess") else subprocess, "run", fake_run)
     monkeypatch.setattr("qfx.passes.export.tools.subprocess.run", fake_run)
     project = tmp_path / "g; exec -- touch marker; #" / "with space"
     (project / "src" / "static").mkdir(parents=True)

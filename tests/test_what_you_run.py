@@ -191,3 +191,19 @@ bias_frac_width = ["NA"]
     assert "{" not in table and "'" not in table  # numbers and widths, no Python reprs
     for d in run.objective.space.free_dims:  # every free dimension's chosen value is shown
         assert d.split("/")[0] in table
+
+
+def test_a_crafted_manifest_removes_nothing_outside_what_qfx_writes(tmp_path: Path, ckpt: Path) -> None:
+    """outputs.json is read back: names outside the fixed list (paths, parents) are ignored, and a listed name
+    that is a symlink is unlinked, never followed."""
+    out, victim, target = tmp_path / "o", tmp_path / "victim.txt", tmp_path / "target.png"
+    out.mkdir()
+    victim.write_text("keep")
+    target.write_text("keep too")
+    (out / "history.png").symlink_to(target)
+    (out / "outputs.json").write_text(json.dumps({"files": ["../victim.txt", str(victim), "history.png", 3, None]}))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(search_toml("random", 2, num_samples=64))
+    run_search(cfg, str(ckpt), out)
+    assert victim.read_text() == "keep" and target.read_text() == "keep too"
+    assert (out / "history.png").is_file() and not (out / "history.png").is_symlink()  # this run's own plot
