@@ -257,7 +257,7 @@ def export_all(
     done = []
     for fmt in formats:
         if progress is not None:
-            slow = " (hls4ml conversion, then g++ compiles its C simulation: ~30 s)" if fmt == "hls4ml" else ""
+            slow = " (hls4ml conversion, then g++ compiles its C simulation: 10-30 s here)" if fmt == "hls4ml" else ""
             if fmt == "qonnx" and len(graph.nodes) > 2000 and x is not None:
                 slow = f" ({len(graph.nodes):,} nodes: qonnx's execute_onnx runs node by node, minutes here)"
             progress(f"exporting {fmt}{slow}" + (f", then verifying on {len(x)} rows" if x is not None else ""))
