@@ -25,7 +25,7 @@ from qfx.search.space import SearchSpace
 class _Attrs(BaseModel):
     """The user attrs of a COMPLETE trial (extra keys: the flat dashboard columns and timings)."""
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)  # no bool or "1.0" as a number
     software_metrics: dict[str, float]
     hardware_metrics: dict[str, float]
     scaled_metrics: dict[str, float]

@@ -129,7 +129,7 @@ def space(first_run: tuple[Path, Path], ckpt: Path, tmp_path_factory: Any) -> An
     return build_search(cfg, prep)[0], cfg.search.strategy.metrics
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_records_are_valid_or_skipped_in_one_line(first_run: tuple[Path, Path], space: Any,
                                                          data: Any) -> None:  # fmt: skip
