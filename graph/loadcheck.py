@@ -5,8 +5,8 @@ other, before the graph is handed out:
 
 - ``weights.safetensors``: the header is parsed here (bounded length, no duplicate names, dtypes from a
   fixed set, every tensor's byte range inside the file and of the size its shape and dtype declare), then
-  tensors are read one at a time from a memory map as the modules ask for them; a tensor no module uses
-  is refused, as is a NaN or infinite value in a floating tensor (named).
+  a file up to 64 MiB is read in one call, a larger one tensor by tensor from a memory map as the modules
+  ask; a tensor no module uses is refused, as is a NaN or infinite value in a floating tensor (named).
 - shapes: every module that owns tensors is run on meta-device tensors of the recorded input shapes
   (no memory, no arithmetic), so a 3x3 weight in a Linear(64, 10), a float16 weight beside float32
   inputs, or a meta.json input shape the weights cannot read fails naming the node; its output shape
@@ -120,11 +120,12 @@ class LazyTensors(Mapping[str, torch.Tensor]):
                 from safetensors.torch import load
 
                 self._all = load(path.read_bytes())
-                _all_finite(path, self._all)  # one pass over every floating tensor
             else:
                 self._file = safe_open(str(path), framework="pt")
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for bad files
             raise LoadCheckError(f"{path}: not a readable safetensors file ({str(e)[:200]})") from e
+        if self._all is not None:
+            _all_finite(path, self._all)  # one pass over every floating tensor
         self._read: dict[str, torch.Tensor] = {}
 
     def __getitem__(self, key: str) -> torch.Tensor:
@@ -132,9 +133,8 @@ class LazyTensors(Mapping[str, torch.Tensor]):
             if key not in self.header:
                 raise KeyError(key)
             t = self._all[key] if self._all is not None else self._file.get_tensor(key)
-            if self._all is None and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
-                bad = "NaN" if bool(torch.isnan(t).any()) else "infinite"
-                raise LoadCheckError(f"{self.path}: tensor {key[:80]!r} holds {bad} values; weights must be finite")
+            if self._all is None:
+                _finite(self.path, key, t)
             self._read[key] = t
         return self._read[key]
 
@@ -167,11 +167,16 @@ def _all_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     finite_table(path, tensors)  # names the first bad tensor
 
 
+def _finite(path: Path, key: str, t: torch.Tensor) -> None:
+    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+        bad = "NaN" if bool(torch.isnan(t).any()) else "infinite"
+        raise LoadCheckError(f"{path}: tensor {key[:80]!r} holds {bad} values; weights must be finite")
+
+
 def finite_table(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A fully read table (legacy ``weights.pt``) with the same finiteness check."""
+    """A fully read table (legacy ``weights.pt``) with the same finiteness check, naming the first bad tensor."""
     for k, t in tensors.items():
-        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
-            raise LoadCheckError(f"{path}: tensor {k[:80]!r} holds NaN or infinite values; weights must be finite")
+        _finite(path, k, t)
     return tensors
 
 
