@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 from collections import Counter
 from collections.abc import Collection
 from pathlib import Path
@@ -256,8 +257,6 @@ def _clear_previous(out: Path) -> None:
     """Remove what an earlier run wrote into ``out`` (its manifest's names, each one of :data:`OWNED`; a
     stale ``pareto/`` of a run before manifests too), so every output is this run's. Never follows a link:
     a link is removed, not its target; the baseline checkpoint and the trial journal are kept."""
-    import shutil
-
     m = out / MANIFEST
     names = {"pareto/", "export/"}  # ours by name (runs before manifests; exports written after them)
     if m.is_file() and not m.is_symlink():

@@ -84,12 +84,12 @@ def _within(t: Any, bounds: list[Bound]) -> bool:
 def knee(front: list[Any], objectives: dict[str, Any]) -> Any:
     """The point nearest the ideal point, objectives scaled to [0, 1] over ``front`` (1 = worst)."""
 
+    span = {k: (min(v), max(v)) for k in objectives if (v := [_metrics(u)[k] for u in front])}
+
     def badness(t: Any) -> float:
-        m = _metrics(t)
-        total = 0.0
+        m, total = _metrics(t), 0.0
         for k, spec in objectives.items():
-            vals = [_metrics(u)[k] for u in front]
-            lo, hi = min(vals), max(vals)
+            lo, hi = span[k]
             x = 0.0 if hi == lo else (m[k] - lo) / (hi - lo)
             total += (1 - x if spec.direction == "maximize" else x) ** 2
         return total

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,8 +134,6 @@ def _qonnx_outputs(e: Exported, graph: QGraph, x: np.ndarray) -> np.ndarray:
     (the same writer and cleanup; only the batch dimension differs), plus the shipped batch-1
     ``model_clean.onnx`` run row by row on the first :data:`QONNX_ROWWISE` rows, which must agree with the twin
     exactly (else the twin's outputs are not what ships, and verification fails there)."""
-    import tempfile
-
     import onnx
 
     from qfx.passes.export.onnx_export import export_onnx, run_qonnx
@@ -284,7 +285,6 @@ STATUS = "status.json"  # in each OUT/<format>/: what qfx wrote there and whethe
 def _status(d: Path, fmt: str, state: str, why: str, agreement: dict[str, Any] | None = None) -> None:
     """``OUT/<format>/status.json``: ``verified``, ``written, not verified`` or ``FAILED`` (with why): a failed
     export's files stay for debugging, marked, so they never look like a deliverable."""
-    import json
 
     from qfx.graph.safeio import out_path
 
@@ -295,8 +295,6 @@ def _status(d: Path, fmt: str, state: str, why: str, agreement: dict[str, Any] |
 
 def _clear_owned(d: Path) -> None:
     """A previous export in ``d`` (it holds qfx's status.json) is removed first: the files there are this run's."""
-    import shutil
-
     if d.is_dir() and not d.is_symlink() and (d / STATUS).is_file():
         shutil.rmtree(d)
 
