@@ -227,8 +227,8 @@ def check_records(gm: fx.GraphModule, metas: dict[str, Any], where: str) -> None
             continue
         prec = module_precisions(modules[n.target])
         if prec is not None:
-            rec = {r: (p.fmt, p.width, p.frac) for r, p in m.precision.items()}
-            run = {r: (p.fmt, p.width, p.frac) for r, p in prec.items()}
+            rec = {r: p.key() for r, p in m.precision.items()}
+            run = {r: p.key() for r, p in prec.items()}
             if rec != run:
                 raise LoadCheckError(f"{where}: node {n.name!r}: precision {rec} differs from its module's {run}")
 

@@ -21,24 +21,61 @@ SHAPES, FLOPS, PARAMS, NUMERICS, CALIBRATION = "shapes", "flops", "params", "num
 Shape = tuple[int, ...]
 
 
+ROUND_MODES = ("half_even", "half_up", "trunc")  # ap_fixed AP_RND_CONV / AP_RND / AP_TRN; da4ml RND is half_up
+OVERFLOW_MODES = ("saturate", "wrap")  # ap_fixed AP_SAT / AP_WRAP
+GRANULARITIES = ("tensor", "channel", "element")
+_SUFFIX = {"half_up": "rnd", "trunc": "trn", "wrap": "wrap"}
+
+
 @dataclass(frozen=True)
 class TensorPrecision:
     """Number format of one tensor role (data_in, weight, bias, data_out).
 
     ``fmt`` is ``"float32"`` for unquantized tensors, else the quantizer name
     (``"integer"``, ``"uinteger"``, ``"minifloat"`` ...). ``width`` is the storage width in bits;
-    ``frac`` the fractional bits (integer) or exponent bits (minifloat).
+    ``frac`` the fractional bits (integer) or exponent bits (minifloat). ``round`` / ``overflow``: how
+    fixed-point values are rounded (half to even, half up, truncated) and kept in range (saturated or
+    wrapped). ``granularity``: ``"tensor"`` (one width/frac), or ``"channel"`` / ``"element"``: the
+    quantizer holds integer maps of widths and fracs (:class:`~qfx.passes.transforms.quantize.quantizers.
+    MapQuantizer`), ``width``/``frac`` are then the enclosing format (the largest integer bits plus the
+    largest frac: every value is exact in it) and ``maps`` a digest of the maps, so that two precisions are
+    equal only when their maps are.
     """
 
     fmt: str = "float32"
     width: int = 32
     frac: int | None = None
+    round: str = "half_even"
+    overflow: str = "saturate"
+    granularity: str = "tensor"
+    maps: str | None = None
 
     def __str__(self) -> str:
         if self.fmt == "float32":
             return "fp32"
         label = PRECISION_LABELS.get(self.fmt)
-        return label(self) if label else f"{self.fmt}{self.width}.{self.frac}"
+        s = label(self) if label else f"{self.fmt}{self.width}.{self.frac}"
+        s += "".join(f":{_SUFFIX[m]}" for m in (self.round, self.overflow) if m in _SUFFIX)
+        if self.granularity != "tensor":
+            s = f"{s}/{self.granularity}" + (f"#{self.maps[:8]}" if self.maps else "")
+        return s
+
+    def key(self) -> tuple[Any, ...]:
+        """All fields, in order (a hashable identity for memo keys and records)."""
+        return (self.fmt, self.width, self.frac, self.round, self.overflow, self.granularity, self.maps)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as saved (defaults of the newer fields left out, so older files read the same)."""
+        d: dict[str, Any] = {"fmt": self.fmt, "width": self.width, "frac": self.frac}
+        for k, default in (("round", "half_even"), ("overflow", "saturate"), ("granularity", "tensor"), ("maps", None)):
+            if getattr(self, k) != default:
+                d[k] = getattr(self, k)
+        return d
+
+    @property
+    def plain(self) -> bool:
+        """Per tensor, half to even, saturating: what every exporter expresses."""
+        return self.round == "half_even" and self.overflow == "saturate" and self.granularity == "tensor"
 
 
 # printed form per number format, filled by the format registry (passes.transforms.quantize.formats)
@@ -60,6 +97,13 @@ def check_precision(p: TensorPrecision) -> TensorPrecision:
         raise ValueError(f"{p.fmt} width {p.width!r} is not an integer in 1..32")
     if p.frac is not None and type(p.frac) is not int:
         raise ValueError(f"{p.fmt} frac {p.frac!r} is not an integer")
+    if p.round not in ROUND_MODES or p.overflow not in OVERFLOW_MODES or p.granularity not in GRANULARITIES:
+        raise ValueError(
+            f"{p.fmt}: round {p.round!r} / overflow {p.overflow!r} / granularity {p.granularity!r}; allowed: "
+            f"{', '.join(ROUND_MODES)} / {', '.join(OVERFLOW_MODES)} / {', '.join(GRANULARITIES)}"
+        )
+    if (p.granularity == "tensor") != (p.maps is None):
+        raise ValueError(f"{p.fmt}: a per-{p.granularity} precision {'needs' if p.maps is None else 'has no'} maps")
     PRECISION_CHECKS[p.fmt](p)
     return p
 
@@ -142,7 +186,7 @@ class NodeMeta:
         d["in_shapes"] = [plain(s) for s in self.in_shapes]
         d["in_dtypes"] = list(self.in_dtypes)
         d["out_shape"] = plain(self.out_shape)
-        d["precision"] = {k: {"fmt": v.fmt, "width": v.width, "frac": v.frac} for k, v in self.precision.items()}
+        d["precision"] = {k: v.as_dict() for k, v in self.precision.items()}
         d["analyses"] = sorted(self.analyses)
         return d
 

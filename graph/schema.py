@@ -263,6 +263,10 @@ class PrecisionSpec(Strict):
     fmt: Annotated[str, Field(pattern=rf"^{_ID}$", max_length=64)]
     width: Annotated[int, Field(ge=1, le=32)]
     frac: Annotated[int, Field(ge=-1, le=64)] | None
+    round: Literal["half_even", "half_up", "trunc"] = "half_even"
+    overflow: Literal["saturate", "wrap"] = "saturate"
+    granularity: Literal["tensor", "channel", "element"] = "tensor"
+    maps: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
 
 
 class NodeMetaSpec(Strict):

@@ -732,12 +732,12 @@ def load_graph_dir(d: Path, trust: bool = False) -> tuple[fx.GraphModule, dict[s
             f"{len(meta.nodes) - len(by_name)} duplicate(s))"
         )
     metas = {}
-    checked: dict[tuple[str, int, int | None], TensorPrecision] = {}  # one check per distinct precision
+    checked: dict[tuple[Any, ...], TensorPrecision] = {}  # one check per distinct precision
     for m in meta.nodes:
         fields = {k: getattr(m, k) for k in _META_FIELDS}  # validated plain values; NodeMeta freezes them
         precision = {}
         for r, p in m.precision.items():
-            key = (p.fmt, p.width, p.frac)
+            key = (p.fmt, p.width, p.frac, p.round, p.overflow, p.granularity, p.maps)
             if key not in checked:
                 try:
                     checked[key] = check_precision(TensorPrecision(*key))

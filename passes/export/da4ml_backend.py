@@ -45,7 +45,7 @@ from qfx.graph.trace import QGraph
 from qfx.passes.export.ir import ExportError, Layer, OpTable, build_ir
 from qfx.passes.export.tools import Progress, run_tool
 from qfx.passes.transforms.quantize.formats import code_range
-from qfx.passes.transforms.quantize.quantizers import make_quantizer
+from qfx.passes.transforms.quantize.quantizers import integer_quantize, make_quantizer
 
 FMT = "da4ml"
 CACHE_SIZE = 4096
@@ -67,39 +67,73 @@ def kif(p: TensorPrecision) -> tuple[int, int, int]:
     return k, p.width - k - f, f
 
 
-def _sat_trn(v: Any, k: int, i: int, f: int) -> Any:
-    """``v`` truncated to ``f`` fraction bits and saturated to (k, i, f).
+def _fit_trn(v: Any, k: int, i: int, f: int, overflow: str = "SAT") -> Any:
+    """``v`` truncated to ``f`` fraction bits and saturated (``"SAT"``) or wrapped (``"WRAP"``) to (k, i, f).
 
     da4ml carries constant shifts as a power-of-two ``_factor`` on a variable; a saturation multiplexer on a
     value whose factor is far from 1 gets operands at shifts its interpreter and Verilog generator reject (or
-    order its constant wrongly). The value is therefore saturated in units of its factor (``v * 2**e`` is the
+    order its constant wrongly). The value is therefore fitted in units of its factor (``v * 2**e`` is the
     same wires, a relabelling) and scaled back afterwards."""
     e = -round(math.log2(abs(float(v._factor)))) if v.low != v.high else 0
     if e:
-        return (v * 2.0**e).quantize(k, i + e, f - e, "SAT", "TRN") * 2.0**-e
-    return v.quantize(k, i, f, "SAT", "TRN")
+        return (v * 2.0**e).quantize(k, i + e, f - e, overflow, "TRN") * 2.0**-e
+    return v.quantize(k, i, f, overflow, "TRN")
 
 
-def _fixed_var(v: Any, k: int, i: int, f: int) -> Any:
-    """Round half to even to ``f`` fraction bits, then saturate to (k, i, f): exact, built from TRN ops."""
-    e = -round(math.log2(abs(float(v._factor)))) if v.low != v.high else 0
+def _const(v: Any, value: float) -> Any:
+    from da4ml.trace import FixedVariable
+
+    return FixedVariable.from_const(value, hwconf=v.hwconf)
+
+
+def _fixed_var(v: Any, k: int, i: int, f: int, rnd: str = "half_even", overflow: str = "saturate") -> Any:
+    """``v`` rounded to ``f`` fraction bits (half to even, half up or truncated) and saturated or wrapped to
+    (k, i, f), exactly as QuantizePass computes it. A constant is computed here (da4ml does not wrap constants,
+    which the half-to-even construction below relies on) and a zero-width format is the constant 0."""
+    if k + i + f <= 0:
+        return _const(v, 0.0)
+    if v.low == v.high:
+        t = torch.tensor([float(v.low)], dtype=torch.float64)
+        return _const(v, float(integer_quantize(t, k + i + f, f, bool(k), rnd, overflow)[0]))
+    ovf = "SAT" if overflow == "saturate" else "WRAP"
+    e = -round(math.log2(abs(float(v._factor))))
     if e:
-        return _fixed_var(v * 2.0**e, k, i + e, f - e) * 2.0**-e
-    _f = v.kif[2]
-    if _f <= f or v.low == v.high and float(v.low) * 2.0**f == math.floor(float(v.low) * 2.0**f):
-        return _sat_trn(v, k, i, f)
-    step, eps = 2.0**-f, 2.0**-_f
+        return _fixed_var(v * 2.0**e, k, i + e, f - e, rnd, overflow) * 2.0**-e
+    if v.kif[2] <= f or rnd == "trunc":
+        return _fit_trn(v, k, i, f, ovf)
+    step, eps = 2.0**-f, 2.0 ** -v.kif[2]
+    if rnd == "half_up":
+        return _fit_trn(v + step / 2, k, i, f, ovf)
     lsb = v.quantize(0, 1 - f, f, "WRAP", "TRN")  # the kept LSB: 0 or 2**-f
-    return _sat_trn(v + (step / 2 - eps) + lsb * (eps / step), k, i, f)
+    return _fit_trn(v + (step / 2 - eps) + lsb * (eps / step), k, i, f, ovf)
 
 
-def fixed(x: Any, p: TensorPrecision | None) -> Any:
-    """``x`` (a FixedVariableArray) quantized as QuantizePass does for precision ``p`` (None: unchanged)."""
+def _kif_maps(p: TensorPrecision, q: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-element (k, i, f) arrays of ``shape``: from a map quantizer's maps, else the precision's one format."""
+    if q is None or getattr(q, "widths", None) is None:
+        k, i, f = kif(p)
+        return tuple(np.full(shape, v, dtype=np.int64) for v in (k, i, f))  # type: ignore[return-value]
+    w, f = (t.numpy().astype(np.int64) for t in (q.widths, q.fracs))
+    if w.size == math.prod(shape) and w.shape != shape:  # maps of a reader behind a reshape (flatten)
+        w, f = w.reshape(shape), f.reshape(shape)
+    w, f = np.broadcast_to(w, shape), np.broadcast_to(f, shape)
+    k = np.full(shape, int(q.signed), dtype=np.int64)
+    live = w > 0
+    return np.where(live, k, 0), np.where(live, w - k - f, 0), np.where(live, f, 0)
+
+
+def fixed(x: Any, p: TensorPrecision | None, q: Any = None) -> Any:
+    """``x`` (a FixedVariableArray) quantized as QuantizePass does for precision ``p`` (None: unchanged); ``q``:
+    the quantizer when it holds per-element maps."""
     if p is None:
         return x
     trace = _da4ml()
-    k, i, f = kif(p)
-    out = np.array([_fixed_var(v, k, i, f) for v in x._vars.ravel()], dtype=object).reshape(x._vars.shape)
+    ks, is_, fs = _kif_maps(p, q, x._vars.shape)
+    out = np.array(
+        [_fixed_var(v, int(k), int(i), int(f), p.round, p.overflow)
+         for v, k, i, f in zip(x._vars.ravel(), ks.ravel(), is_.ravel(), fs.ravel(), strict=True)],
+        dtype=object,
+    ).reshape(x._vars.shape)  # fmt: skip
     return trace.FixedVariableArray(out, x.solver_options, hwconf=x.hwconf)
 
 
@@ -168,7 +202,7 @@ def _affine_out(lay: Layer, acc: Any, channels_first: bool) -> Any:
 @register_da4ml("linear")
 def _linear(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
     _needs(lay, "data_in", "weight", *(("bias",) if "bias" in lay.params else ()))
-    x = fixed(ins[0], lay.precision["data_in"])
+    x = fixed(ins[0], lay.precision["data_in"], lay.quantizers.get("data_in"))
     w = _exact(lay.params["weight"], lay, "weight").T  # (in, out)
     flat = x.reshape((-1, x.shape[-1]))
     rows = [cmvm(flat[r], w) for r in range(flat.shape[0])]
@@ -193,7 +227,7 @@ def _conv(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
     """Conv1d/2d unrolled over output positions: one CMVM per (position, group), solutions shared."""
     _needs(lay, "data_in", "weight", *(("bias",) if "bias" in lay.params else ()))
     trace = _da4ml()
-    x = fixed(ins[0], lay.precision["data_in"])
+    x = fixed(ins[0], lay.precision["data_in"], lay.quantizers.get("data_in"))
     a = lay.attrs
     nd = len(a["kernel"])
     xv = x._vars.reshape((x.shape[0],) + x.shape[1:] + (1,) * (2 - nd))  # (C, H, W) with W=1 for 1-d
@@ -230,7 +264,7 @@ def _conv(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
 @register_da4ml("affine")
 def _affine(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
     _needs(lay, "data_in", "weight", "bias")
-    x = fixed(ins[0], lay.precision["data_in"])
+    x = fixed(ins[0], lay.precision["data_in"], lay.quantizers.get("data_in"))
     w = _exact(lay.params["weight"], lay, "weight")
     w = w.reshape((-1,) + (1,) * (x.ndim - 1))
     return _affine_out(lay, x * w, channels_first=True)
@@ -238,7 +272,7 @@ def _affine(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
 
 @register_da4ml("relu")
 def _relu(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
-    return fixed(ins[0].relu(), lay.precision.get("data_out"))
+    return fixed(ins[0].relu(), lay.precision.get("data_out"), lay.quantizers.get("data_out"))
 
 
 def _dyadic(v: float, lay: Layer) -> float:
@@ -250,7 +284,7 @@ def _dyadic(v: float, lay: Layer) -> float:
 @register_da4ml("add", "sub", "mul")
 def _arith(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
     p = lay.precision.get("data_in")
-    u, v = (fixed(i, p) if not isinstance(i, float) else _dyadic(i, lay) for i in ins)
+    u, v = (fixed(i, p, lay.quantizers.get("data_in")) if not isinstance(i, float) else _dyadic(i, lay) for i in ins)
     if lay.op == "mul" and not (isinstance(u, float) or isinstance(v, float)):
         _needs(lay, "data_in")
     return u + v if lay.op == "add" else u - v if lay.op == "sub" else u * v
@@ -316,6 +350,7 @@ class Traced:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     interpreter: str = "da4ml interpreter"  # which executor :meth:`predict` last used
+    input_quantizer: Any = None  # the input's reader's quantizer when it holds per-element maps
 
     @property
     def luts(self) -> float:
@@ -329,7 +364,8 @@ class Traced:
         """The float64 fixed-point values the host feeds for float inputs ``x`` (QuantizePass semantics)."""
 
         t = torch.as_tensor(np.asarray(x), dtype=torch.float64)
-        return make_quantizer(self.input_precision)(t).numpy().reshape(len(t), -1)
+        q = self.input_quantizer or make_quantizer(self.input_precision)
+        return q(t).numpy().reshape(len(t), -1)
 
     def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """da4ml's bit-exact interpreter on float inputs (quantized to the input precision first): its C++ one, or
@@ -347,7 +383,7 @@ class Traced:
         return np.asarray(out).reshape(len(x), -1)
 
 
-def _input_precision(layers: list[Layer]) -> TensorPrecision:
+def _input_precision(layers: list[Layer]) -> tuple[TensorPrecision, Any]:
     """The precision every reader of the input quantizes it to (through reshapes): the port's format."""
     front = [next(lay.name for lay in layers if lay.op == "input")]
     readers: list[Layer] = []
@@ -357,13 +393,14 @@ def _input_precision(layers: list[Layer]) -> TensorPrecision:
             if name in lay.inputs:
                 (front.append(lay.name) if lay.op in ("reshape", "identity") else readers.append(lay))
     precs = {str(lay.precision.get("data_in")): lay.precision.get("data_in") for lay in readers}
+    maps = next((lay.quantizers["data_in"] for lay in readers if "data_in" in lay.quantizers), None)
     if len(precs) != 1 or None in precs.values():
         who = ", ".join(f"{lay.name} ({lay.precision.get('data_in') or 'float'})" for lay in readers)
         raise ExportError(
             f"{FMT}: the input must be read at one fixed-point precision (the RTL's input port); "
             f"its readers read it as: {who}"
         )
-    return next(iter(precs.values()))  # type: ignore[return-value]
+    return next(iter(precs.values())), maps  # type: ignore[return-value]
 
 
 def trace_graph(graph: QGraph) -> Traced:
@@ -373,14 +410,15 @@ def trace_graph(graph: QGraph) -> Traced:
     layers = build_ir(graph, FMT)
     if sum(lay.op == "input" for lay in layers) != 1:
         raise ExportError(f"{FMT}: the RTL back end takes graphs with exactly one input")
-    p_in = _input_precision(layers)
+    p_in, q_in = _input_precision(layers)
     env: dict[str, Any] = {}
     inp = None
     out_name = None
     for lay in layers:
         if lay.op == "input":
             inp = trace.FixedVariableArrayInput(tuple(lay.out_shape[1:]))  # type: ignore[index]
-            env[lay.name] = inp.quantize(*kif(p_in), "WRAP", "TRN")  # the port carries the codes
+            shape = tuple(lay.out_shape[1:])  # type: ignore[index]
+            env[lay.name] = inp.quantize(*_kif_maps(p_in, q_in, shape), "WRAP", "TRN")  # the port carries the codes
             continue
         if lay.op == "output":
             if len(lay.inputs) != 1:
@@ -397,7 +435,7 @@ def trace_graph(graph: QGraph) -> Traced:
     if not hasattr(out, "_vars"):
         raise ExportError(f"{FMT}: the output {out_name!r} is not a tensor computed from the input")
     comb = trace.comb_trace(inp, out)
-    return Traced(comb, p_in, tuple(inp.shape), tuple(out.shape))  # type: ignore[union-attr]
+    return Traced(comb, p_in, tuple(inp.shape), tuple(out.shape), input_quantizer=q_in)  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------- projects, simulation, synthesis

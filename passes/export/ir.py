@@ -64,6 +64,21 @@ class Layer:
     params: dict[str, torch.Tensor] = field(default_factory=dict)  # role -> exact values used
     precision: dict[str, TensorPrecision] = field(default_factory=dict)  # data_in/weight/bias/data_out
     out_shape: tuple[int, ...] | None = None
+    quantizers: dict[str, Any] = field(default_factory=dict)  # role -> its map quantizer (per-element precision)
+
+
+def map_quantizers(m: nn.Module | None) -> dict[str, Any]:
+    """``{role: quantizer}`` of a quantized module's quantizers that hold per-channel/element maps."""
+    if m is None:
+        return {}
+    from qfx.graph.loadcheck import module_precisions
+
+    if module_precisions(m) is None:
+        return {}
+    d = m.__dict__
+    qs = d["quantizers"] if isinstance(d.get("quantizers"), dict) else {
+        r: d.get(k) for k, r in (("qx", "data_in"), ("qw", "weight"), ("qb", "bias"))}  # fmt: skip
+    return {r: q for r, q in qs.items() if q is not None and getattr(q, "widths", None) is not None}
 
 
 def _unsupported(n: fx.Node, what: str, fmt: str) -> ExportError:
@@ -205,6 +220,30 @@ def build_ir(graph: QGraph, fmt: str) -> list[Layer]:
     return layers
 
 
+# back ends (the ``fmt`` they build the IR for) that express rounding/overflow modes and per-channel/element maps
+# on activations; the others get weights and biases in their enclosing per-tensor format (the same values) and
+# refuse such activations naming the node
+FULL_PRECISION = frozenset({"da4ml", "ebops"})
+_CONSTANT_ROLES = ("weight", "bias")
+
+
+def _plain_precision(n: fx.Node, prec: dict[str, TensorPrecision], fmt: str) -> dict[str, TensorPrecision]:
+    """``prec`` as a back end outside :data:`FULL_PRECISION` can express it (see there)."""
+    out = dict(prec)
+    for r, p in prec.items():
+        if p.plain:
+            continue
+        if r in _CONSTANT_ROLES:  # quantized constants are exact in the enclosing format under any mode
+            out[r] = TensorPrecision(p.fmt, p.width, p.frac)
+        else:
+            raise ExportError(
+                f"{fmt}: node {n.name!r} quantizes {r} as {p} (rounding {p.round}, overflow {p.overflow}, per "
+                f"{p.granularity}); {fmt} expresses only per-tensor half-to-even saturating activations: export "
+                f"to {', '.join(sorted(FULL_PRECISION - {'ebops'}))} (verilog, vhdl, hls)"
+            )
+    return out
+
+
 def _layer_of(n: fx.Node, modules: dict[str, nn.Module], fmt: str) -> Layer:
     """The IR layer of node ``n`` (its rule from :data:`IR_RULES`)."""
     meta = get_meta(n)
@@ -230,6 +269,13 @@ def _layer_of(n: fx.Node, modules: dict[str, nn.Module], fmt: str) -> Layer:
         raise _unsupported(n, what or f"op type {meta.op_type!r} ({meta.target})", fmt)
     lay = rule(n, m, fmt)
     lay.out_shape = meta.out_shape
+    if fmt not in FULL_PRECISION:
+        lay.precision = _plain_precision(n, lay.precision, fmt)
+        return lay
+    maps = map_quantizers(m)
+    if lay.op == "relu" and "data_in" in maps:  # a ReLU's quantizer is its output's
+        maps = {"data_out": maps["data_in"]}
+    lay.quantizers = maps
     return lay
 
 
