@@ -10,6 +10,8 @@ Definitions (per sample, element-weighted):
 - memory density = compare_to / average bitwidth (compare_to defaults to 32 = FP32).
 - memory bytes = sum(numel * bits) / 8 (bit-packed); model size = the same over parameters only.
 - BOPs = sum over MAC ops of MACs(per sample) * weight-or-second-operand bits * data_in bits.
+A tensor quantized with per-channel/element maps counts each element at its own width (a pruned element at
+0 bits); BOPs read the mean widths of the maps.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 
@@ -25,6 +28,7 @@ from qfx.graph.meta import get_meta, is_tensor_shape
 from qfx.graph.registry import OP_TRAITS
 from qfx.graph.trace import QGraph, node_parameters
 from qfx.passes.analysis.flops import FLOP_RULES
+from qfx.passes.export.ir import map_quantizers
 from qfx.passes.transforms.quantize.quantize_pass import QUANT_RULES, quantizable_nodes
 
 FLOAT_BITS = 32
@@ -35,7 +39,7 @@ class TensorBits:
     node: str
     role: str  # weight / bias / param / data_in
     numel: int
-    bits: int
+    bits: float  # the width, or the mean width of a per-channel/element map
 
 
 def average_bitwidth(tensors: Iterable[TensorBits]) -> float:
@@ -65,6 +69,19 @@ def _batch(g: QGraph) -> int:
 
 
 _VIEW_TYPES = OP_TRAITS["view"]
+
+
+def _map_bits(modules: dict[str, nn.Module], n: fx.Node, role: str, shape: tuple[int, ...]) -> float | None:
+    """Mean width of the map quantizer ``n``'s module applies to ``role`` over a tensor of ``shape``."""
+    if n.op != "call_module":
+        return None
+    q = map_quantizers(modules[n.target]).get(role)  # type: ignore[index]
+    if q is None:
+        return None
+    w = q.widths.to(torch.float64)
+    if w.numel() == math.prod(shape):
+        return float(w.mean())
+    return float(w.expand(shape).mean())
 
 
 def _use_bits(g: QGraph, consumer: fx.Node, value: fx.Node, modules: dict[str, nn.Module]) -> int:
@@ -103,6 +120,8 @@ def tensor_bits(g: QGraph, activations: bool = False) -> list[TensorBits]:
                 role = pname if pname in ("weight", "bias") else "param"
                 prec = m.precision.get(role)
                 b = prec.width if prec else FLOAT_BITS
+                if prec is not None and prec.granularity != "tensor":
+                    b = _map_bits(modules, n, role, tuple(p.shape)) or b
             first.setdefault(id(p), (n.name, role, p.numel()))
             bits[id(p)] = max(bits.get(id(p), 0), b)
     out = [TensorBits(node, role, numel, bits[i]) for i, (node, role, numel) in first.items()]
@@ -113,9 +132,13 @@ def tensor_bits(g: QGraph, activations: bool = False) -> list[TensorBits]:
         for name in quantizable_nodes(g):
             m = g.meta(name)
             prec = m.precision.get("data_in")
+            node = g.node(name)
             for s in m.in_shapes:
                 if is_tensor_shape(s):
-                    out.append(TensorBits(name, "data_in", math.prod(s) // b, prec.width if prec else FLOAT_BITS))
+                    w: float = prec.width if prec else FLOAT_BITS
+                    if prec is not None and prec.granularity != "tensor":
+                        w = _map_bits(modules, node, "data_in", tuple(s[1:])) or w
+                    out.append(TensorBits(name, "data_in", math.prod(s) // b, w))
     return out
 
 
@@ -132,9 +155,13 @@ def bops(g: QGraph) -> int:
         m = get_meta(n)
         rule = FLOP_RULES.lookup(n, modules)
         if rule is not None and rule.mac and m.macs:
-            a = m.precision.get("data_in")
-            w = m.precision.get("weight", a)
-            total += (m.macs // b) * (a.width if a else FLOAT_BITS) * (w.width if w else FLOAT_BITS)
+            a, w = m.precision.get("data_in"), m.precision.get("weight", m.precision.get("data_in"))
+            ba = (_map_bits(modules, n, "data_in", tuple(m.in_shapes[0][1:])) if a and a.maps else None) or (
+                a.width if a else FLOAT_BITS)  # fmt: skip
+            wt = getattr(modules.get(n.target), "weight", None) if n.op == "call_module" else None  # type: ignore[arg-type]
+            bw = (_map_bits(modules, n, "weight", tuple(wt.shape)) if w and w.maps and wt is not None else None) or (
+                w.width if w else FLOAT_BITS)  # fmt: skip
+            total += round((m.macs // b) * ba * bw)
     return total
 
 

@@ -66,7 +66,16 @@ def ebops(graph: QGraph) -> float:
         w = lay.params["weight"].detach().double().numpy()
         pw, pin = lay.precision.get("weight"), lay.precision.get("data_in")
         bits = effective_bits(np.round(w * 2.0 ** (pw.frac or 0))) if pw else np.full(w.shape, FLOAT_BITS)
-        b_in = pin.width if pin else FLOAT_BITS
+        b_in: Any = pin.width if pin else FLOAT_BITS
+        qin = lay.quantizers.get("data_in")
+        if qin is not None:  # per-element input widths: each weight times the width of the input it multiplies
+            win = qin.widths.double().numpy()
+            if lay.op == "linear" and win.size == w.shape[1]:
+                bits, b_in = bits * win.reshape(1, -1), 1
+            elif lay.op == "affine" and win.size == w.size:
+                bits, b_in = bits * win.reshape(w.shape), 1
+            else:
+                b_in = float(win.mean())
         out = lay.out_shape or ()
         if lay.op == "linear":
             reuse = int(np.prod(out[1:-1])) if len(out) > 2 else 1
@@ -91,7 +100,7 @@ def _config_key(graph: QGraph) -> tuple[Any, ...]:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     nodes = tuple(
-        (n.name, str(n.target), tuple(sorted((r, str(p)) for r, p in graph.meta(n.name).precision.items())))
+        (n.name, str(n.target), tuple(sorted((r, p.key()) for r, p in graph.meta(n.name).precision.items())))
         for n in graph.gm.graph.nodes
     )
     return nodes, h.hexdigest()
@@ -123,19 +132,20 @@ def _layer_key(lay: Any, in_shape: Any) -> tuple[Any, ...]:
     for role in sorted(lay.params):
         h.update(role.encode())
         h.update(lay.params[role].detach().double().numpy().tobytes())
-    prec = tuple(sorted((r, str(p)) for r, p in lay.precision.items()))
+    prec = tuple(sorted((r, p.key()) for r, p in lay.precision.items()))
     return lay.op, json.dumps(lay.attrs, sort_keys=True, default=str), prec, tuple(in_shape), h.hexdigest()
 
 
-def _trace_layer(lay: Any, in_shape: tuple[int, ...], src: Any) -> tuple[float, float]:
+def _trace_layer(lay: Any, in_shape: tuple[int, ...], src: Any, src_q: Any = None) -> tuple[float, float]:
     from da4ml.trace import FixedVariableArrayInput, comb_trace
 
-    from qfx.passes.export.da4ml_backend import DA4ML_OPS, QUICK, kif
+    from qfx.passes.export.da4ml_backend import DA4ML_OPS, QUICK, _kif_maps
 
     inp = FixedVariableArrayInput(in_shape)
     # the value arrives in its producer's format when a ReLU quantized it (the layer's data_in quantization of
     # it is then part of the layer's logic), else in the layer's own data_in format
-    x = inp.quantize(*kif(src if src is not None else lay.precision["data_in"]), "WRAP", "TRN")
+    p, q = (src, src_q) if src is not None else (lay.precision["data_in"], lay.quantizers.get("data_in"))
+    x = inp.quantize(*_kif_maps(p, q, in_shape), "WRAP", "TRN")
     token = QUICK.set(True)  # an estimate: one CMVM decomposition, not all
     try:
         comb = comb_trace(inp, DA4ML_OPS[lay.op](lay, [x], {}))
@@ -183,8 +193,8 @@ def _graph_key(graph: QGraph) -> tuple[Any, ...]:
         tensors = [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
         meta = graph.meta(n.name)
         out.append((n.name, type(m).__name__, m.extra_repr(), tuple((k, _token(v)) for k, v in tensors),
-                    tuple(sorted((r, str(p)) for r, p in meta.precision.items())), str(meta.in_shapes[:1]),
-                    tuple(sorted((r, str(p)) for r, p in relu.items()))))  # fmt: skip
+                    tuple(sorted((r, p.key()) for r, p in meta.precision.items())), str(meta.in_shapes[:1]),
+                    tuple(sorted((r, p.key()) for r, p in relu.items()))))  # fmt: skip
     return tuple(out)
 
 
@@ -216,10 +226,11 @@ def _layer_costs(graph: QGraph) -> dict[str, tuple[float, float]]:
         while src is not None and src.op in ("reshape", "identity", "maxpool"):  # value-preserving: look through
             src = by_name.get(src.inputs[0]) if isinstance(src.inputs[0], str) else None
         relu = src.precision.get("data_out") if src is not None and src.op == "relu" else None
-        key = (*_layer_key(lay, in_shape), str(relu))
+        relu_q = src.quantizers.get("data_out") if relu is not None else None
+        key = (*_layer_key(lay, in_shape), relu.key() if relu is not None else None)
         hit = _LAYERS.get(key)
         if hit is None:
-            hit = _LAYERS[key] = _trace_layer(lay, in_shape, relu)
+            hit = _LAYERS[key] = _trace_layer(lay, in_shape, relu, relu_q)
             if len(_LAYERS) > MEMO_SIZE:
                 _LAYERS.popitem(last=False)
         out[lay.name] = hit
