@@ -223,7 +223,7 @@ def build_ir(graph: QGraph, fmt: str) -> list[Layer]:
 # back ends (the ``fmt`` they build the IR for) that express rounding/overflow modes and per-channel/element maps
 # on activations; the others get weights and biases in their enclosing per-tensor format (the same values) and
 # refuse such activations naming the node
-FULL_PRECISION = frozenset({"da4ml", "ebops"})
+FULL_PRECISION = frozenset({"da4ml", "ebops", "verify"})
 _CONSTANT_ROLES = ("weight", "bias")
 
 
@@ -239,7 +239,7 @@ def _plain_precision(n: fx.Node, prec: dict[str, TensorPrecision], fmt: str) -> 
             raise ExportError(
                 f"{fmt}: node {n.name!r} quantizes {r} as {p} (rounding {p.round}, overflow {p.overflow}, per "
                 f"{p.granularity}); {fmt} expresses only per-tensor half-to-even saturating activations: export "
-                f"to {', '.join(sorted(FULL_PRECISION - {'ebops'}))} (verilog, vhdl, hls)"
+                "to verilog, vhdl or da4ml-hls"
             )
     return out
 

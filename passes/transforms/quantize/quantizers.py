@@ -72,13 +72,13 @@ def map_quantize(
 ) -> torch.Tensor:
     """Fixed-point values of ``x`` with a width and frac per element (``widths``/``fracs`` broadcast against the
     trailing dimensions of ``x``); width 0 is the value 0 (a pruned element)."""
-    w = widths.to(x.dtype)
-    scale = torch.exp2(fracs.to(x.dtype))
+    w = widths.to(x.device, x.dtype)
+    scale = torch.exp2(fracs.to(x.device, x.dtype))
     lo = -torch.exp2(w - 1) if signed else torch.zeros_like(w)
     hi = (torch.exp2(w - 1) if signed else torch.exp2(w)) - 1
     t = round_codes(x * scale, rnd)
     t = torch.minimum(torch.maximum(t, lo), hi) if overflow == "saturate" else (t - lo).remainder(hi - lo + 1) + lo
-    return torch.where(w > 0, t / scale, torch.zeros((), dtype=x.dtype))
+    return torch.where(w > 0, t / scale, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def minifloat_quantize(
