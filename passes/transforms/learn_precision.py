@@ -110,21 +110,36 @@ class _WeightQ(nn.Module):
 
 
 class _ActQ(nn.Module):
-    """Trainable frac per input element (or per tensor); integer bits and sign from the range seen in training."""
+    """Trainable frac per input element (or per tensor); integer bits and sign from the range the data reaches:
+    the range of the last epoch (so integer bits shrink when the values do, as HGQ's decaying integer bits),
+    widened by each training batch."""
 
     def __init__(self, shape: tuple[int, ...], per_element: bool, init: int, rnd: str, overflow: str) -> None:
         super().__init__()
         self.shape = shape if per_element else ()
         self.f = nn.Parameter(torch.full(self.shape, float(init)))
-        self.register_buffer("lo", torch.zeros(self.shape))
-        self.register_buffer("hi", torch.zeros(self.shape))
+        for b in ("lo", "hi", "seen_lo", "seen_hi"):
+            self.register_buffer(b, torch.zeros(self.shape))
         self.rnd, self.overflow = rnd, overflow
 
     def observe(self, x: torch.Tensor) -> None:
         with torch.no_grad():
             dims = tuple(range(x.dim() - len(self.shape)))  # the batch (and all dims when per tensor)
-            self.lo.copy_(torch.minimum(self.lo, x.amin(dim=dims)))
-            self.hi.copy_(torch.maximum(self.hi, x.amax(dim=dims)))
+            lo, hi = x.amin(dim=dims), x.amax(dim=dims)
+            for cur, seen, new, fn in (
+                (self.lo, self.seen_lo, lo, torch.minimum),
+                (self.hi, self.seen_hi, hi, torch.maximum),
+            ):
+                seen.copy_(fn(seen, new))
+                cur.copy_(fn(cur, new))
+
+    def new_epoch(self) -> None:
+        """The range becomes what the last epoch saw; a new epoch starts observing."""
+        with torch.no_grad():
+            self.lo.copy_(self.seen_lo)
+            self.hi.copy_(self.seen_hi)
+            self.seen_lo.zero_()
+            self.seen_hi.zero_()
 
     def kif(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sign bit (one for the whole tensor), integer bits per element, rounded fracs (with STE)."""
@@ -273,6 +288,12 @@ def _trainable(base: QGraph, cfg: LearnConfig) -> fx.GraphModule:
     return gm
 
 
+def _new_epoch(gm: fx.GraphModule) -> None:
+    for m in gm.modules():
+        if isinstance(m, _ActQ):
+            m.new_epoch()
+
+
 def _penalty(gm: fx.GraphModule) -> torch.Tensor:
     return sum((m.ebops for m in gm.modules() if isinstance(m, _Learned)), torch.zeros(()))
 
@@ -290,6 +311,7 @@ def learn_precision(
     model.train()
     with torch.no_grad():  # the ranges start from the whole training split
         model(train.x)
+    _new_epoch(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: list[EpochRecord] = []
     states: dict[int, dict[str, torch.Tensor]] = {}
@@ -308,6 +330,7 @@ def learn_precision(
             total.backward()
             opt.step()
             tot += float(loss.detach()) * len(idx)
+        _new_epoch(model)
         rec = _measure(model, val, ep, beta, tot / n)
         history.append(rec)
         if _on_front(rec, history):

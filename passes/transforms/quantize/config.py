@@ -48,12 +48,16 @@ class NoQuant(_Strict):
 
 class IntegerQ(_Strict):
     """Integer fixed point; frac widths default to width // 2 ("NA"); "auto" takes them from calibration
-    (CalibrationPass) for each node and width."""
+    (CalibrationPass) for each node and width. ``data_in_round`` / ``data_in_overflow``: how the node's input
+    (a ReLU's: its output) is rounded (half_even, half_up = ap_fixed AP_RND, trunc = AP_TRN) and kept in range
+    (saturate, wrap); weights and biases are constants, always rounded half to even and saturated."""
 
     name: Literal["integer"]
     bypass: bool = False
     data_in_width: Width = 8
     data_in_frac_width: Frac = None
+    data_in_round: Literal["half_even", "half_up", "trunc"] = "half_even"
+    data_in_overflow: Literal["saturate", "wrap"] = "saturate"
     weight_width: Width = 8
     weight_frac_width: Frac = None
     bias_width: Width = 8
@@ -72,6 +76,8 @@ class IntegerQ(_Strict):
         for role in ("data_in", "weight", "bias"):
             w, f = getattr(self, f"{role}_width"), getattr(self, f"{role}_frac_width")
             out[role] = TensorPrecision("integer", w, w // 2 if f is None else AUTO_FRAC if f == "auto" else f)
+        p = out["data_in"]
+        out["data_in"] = TensorPrecision(p.fmt, p.width, p.frac, self.data_in_round, self.data_in_overflow)
         return out
 
 

@@ -12,7 +12,7 @@ values are fixed-point codes (what exports and saturation counts accept). ``Quan
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -93,7 +93,7 @@ def code_range(p: TensorPrecision) -> tuple[int, int] | None:
 def unsigned_variant(p: TensorPrecision) -> TensorPrecision:
     """``p`` in its format's unsigned variant (ReLU outputs), or ``p`` when the format has none."""
     f = FORMATS.get(p.fmt)
-    return TensorPrecision(f.unsigned, p.width, p.frac) if f is not None and f.unsigned else p
+    return replace(p, fmt=f.unsigned) if f is not None and f.unsigned else p
 
 
 def unregister_format(name: str) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch.fx as fx
@@ -203,7 +203,7 @@ def _resolve_auto(node: fx.Node, roles: dict[str, TensorPrecision]) -> dict[str,
                     f"node {node.name!r}: {r}_frac_width = 'auto' needs calibration; run CalibrationPass(inputs) "
                     "on the graph first (the search and transform commands do), or give a number"
                 )
-            p = TensorPrecision(p.fmt, p.width, calib[r][p.width])
+            p = replace(p, frac=calib[r][p.width])
         out[r] = p
     return out
 
