@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -136,6 +137,15 @@ def _study_name(v: str) -> str:
             "digit, no '..' or path separators"
         )
     return v
+
+
+def _learn_pick(v: str) -> str:
+    from qfx.search.learn import check_pick
+
+    try:
+        return check_pick(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive_float(v: str) -> float:
@@ -514,6 +524,38 @@ def _debugged(args: argparse.Namespace) -> Any:
     ref = QuantizePass({"by": "type"})(g).graph  # every node restored to its float op
     NumericsPass(ref, x)(g)
     return g
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from qfx.passes.transforms.learn_precision import LearnConfig
+    from qfx.search.config import load_config
+    from qfx.search.learn import run_learn
+
+    cfg = load_config(args.config)
+    upd = {k: getattr(args, k) for k in ("epochs", "beta", "beta_start", "seed") if getattr(args, k) is not None}
+    try:
+        lc = LearnConfig.model_validate({**(cfg.learn or LearnConfig()).model_dump(), **upd})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UsageError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}", "see qfx learn --help") from None
+    cfg = cfg.model_copy(update={"learn": lc})
+    out = _out_dir(args, args.config, "learn")
+    run = run_learn(cfg, args.checkpoint, out, args.pick, progress=not args.no_progress, trust=args.trust_checkpoint)
+    from tabulate import tabulate
+
+    rows = [(p.epoch, f"{p.beta:.2g}", f"{p.val_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{p.ebops:,.0f}",
+             f"{p.fpga_luts:,.0f}", f"{p.fpga_latency:g}", "*" * (p is run.best)) for p in run.points]  # fmt: skip
+    print(tabulate(rows, ["epoch", "beta", "val acc", "test acc", "EBOPs", "da4ml LUTs", "adder depth", "best"]))
+    s = run.seconds
+    print(
+        f"\nlearned in {s['learn']:.0f} s (float model {s['prepare']:.0f} s, hardware measures {s['measure']:.0f} s); "
+        f"best ({args.pick}, chosen on validation): epoch {run.best.epoch}, {run.best.fpga_luts:,.0f} LUTs\n"
+        f"wrote {out}/front.json, front.csv, front.png, graphs/ and best/ "
+        f"(qfx export --graph {shlex.quote(str(out / 'best'))} --format verilog --out {shlex.quote(str(out / 'rtl'))})"
+    )
+    return 0
 
 
 def cmd_debug(args: argparse.Namespace) -> int:
@@ -914,6 +956,26 @@ def build_parser() -> argparse.ArgumentParser:
         "max:METRIC, min:METRIC or trial:N, plus bounds such as ,accuracy>=0.93 (overrides [search.strategy] pick)",
     )
     p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser(
+        "learn",
+        help="learn per-weight and per-input bit widths by gradient (HGQ's method) and measure the front",
+        description="Train the config's model with learned precisions (fractional bits per weight and per "
+        "input element, EBOPs penalty ramped over the epochs, [learn] section); every Pareto epoch (chosen on "
+        "validation) is measured by da4ml (LUTs, adder depth) and saved as a quantized graph.",
+    )
+    _trust_arg(p)
+    p.add_argument("--config", required=True, help="TOML with a [learn] section (e.g. jsc_s_learned)")
+    p.add_argument("--checkpoint", help="trained float checkpoint; default: train a baseline into OUT/baseline")
+    p.add_argument("--out", help="output directory (default: outputs/<config name>)")
+    p.add_argument("--epochs", type=_positive, help="override learn.epochs")
+    p.add_argument("--beta", type=_positive_float, help="override learn.beta (the final penalty strength)")
+    p.add_argument("--beta-start", type=_positive_float, help="override learn.beta_start (the ramp's start)")
+    p.add_argument("--seed", type=_seed, help="override learn.seed")
+    p.add_argument("--pick", default="max:accuracy", type=_learn_pick,
+                   help="the front point copied to OUT/best: max:accuracy or min:fpga_luts[,accuracy>=X]")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_learn)
 
     p = sub.add_parser(
         "sensitivity",

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from qfx.passes.transforms.learn_precision import LearnConfig
 from qfx.passes.transforms.quantize.config import QuantizeConfig
 from qfx.search.metrics import check_metrics
 from qfx.search.samplers import sampler_spec
@@ -211,6 +212,7 @@ class RunConfig(_M):
     passes: PassesSection = PassesSection()
     search: SearchSection | None = None
     calibration: CalibrationConfig = CalibrationConfig()
+    learn: LearnConfig | None = None  # ``qfx learn``: learned precision (passes.transforms.learn_precision)
 
     def uses_auto(self) -> bool:
         """Whether any frac width of the quantize config or the search space says "auto"."""

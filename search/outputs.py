@@ -9,7 +9,7 @@ import json
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -254,17 +254,23 @@ OWNED = ("best.json", "trials.json", "trials.csv", "best_model/", "pareto/", "sq
 
 
 def _clear_previous(out: Path) -> None:
-    """Remove what an earlier run wrote into ``out`` (its manifest's names, each one of :data:`OWNED`; a
-    stale ``pareto/`` of a run before manifests too), so every output is this run's. Never follows a link:
-    a link is removed, not its target; the baseline checkpoint and the trial journal are kept."""
-    m = out / MANIFEST
-    names = {"pareto/", "export/"}  # ours by name (runs before manifests; exports written after them)
+    """Remove what an earlier search wrote into ``out`` (see :func:`clear_owned`); a stale ``pareto/`` or
+    ``export/`` of a run before manifests too. The baseline checkpoint and the trial journal are kept."""
+    clear_owned(out, MANIFEST, OWNED, ("pareto/", "export/"))
+
+
+def clear_owned(out: Path, manifest: str, owned: Iterable[str], always: Iterable[str] = ()) -> None:
+    """Remove the names an earlier run listed in ``out/manifest`` that are among ``owned`` (plus ``always``),
+    so every output is this run's. Never follows a link: a link is removed, not its target."""
+    m = out / manifest
+    owned = set(owned)
+    names = set(always)
     if m.is_file() and not m.is_symlink():
         try:
             listed = json.loads(m.read_text()).get("files", [])
         except (ValueError, AttributeError):
             listed = []
-        names |= {n for n in listed if isinstance(n, str) and n in OWNED}  # only names qfx itself writes
+        names |= {n for n in listed if isinstance(n, str) and n in owned}  # only names qfx itself writes
     for n in sorted(names):
         p = out / n.rstrip("/")
         if p.is_symlink() or p.is_file():
