@@ -15,6 +15,7 @@ from search_helpers import ROOT, blocks, commands
 
 from qfx import cli
 from qfx.search.config import load_config
+from qfx.search.learn import run_learn
 from qfx.search.session import build_search, prepare
 from qfx.search.study import run_study
 
@@ -32,7 +33,8 @@ def small(cmd: str) -> str:
         cmd += " --n-trials 6"
     # the README's FPGA block says so: 3 trials and the smallest of them (synthesis time grows with the LUTs)
     cmd = re.sub(r'--pick "[^"]*"', '--pick "min:fpga_luts"', cmd)
-    return cmd + " --no-progress" if any(k in cmd for k in (" search ", "compare-samplers", " train ")) else cmd
+    long_running = (" search ", "compare-samplers", " train ", " learn ")
+    return cmd + " --no-progress" if any(k in cmd for k in long_running) else cmd
 
 
 def test_readme_has_two_commands_and_ci_runs_the_test_command():
@@ -65,12 +67,14 @@ def test_readme_cli_commands_run(tmp_path):
         "runs/toy-deploy/torch/quantized.pt", "runs/toy-debug/numerics.json", "runs/toy-debug/sqnr.png",
         "runs/toy-sens/sensitivity.png", "outputs/jsc_s_fpga/best.json", "outputs/jsc_s_fpga/best_model/graph.json",
         "outputs/jsc_s_fpga/outputs.json", "rtl/verilog/src/qfx_model.v", "rtl/verilog/status.json",
-        "outputs/jsc_s_fpga/best_model/synth/yosys_stat.txt",
+        "outputs/jsc_s_fpga/best_model/synth/yosys_stat.txt", "outputs/jsc_s_learned/front.json",
+        "outputs/jsc_s_learned/front.png", "outputs/jsc_s_learned/best/graph.json", "rtl-learned/verilog/status.json",
     ]  # fmt: skip
     missing = [f for f in written if not (tmp_path / f).is_file()]
     assert not missing, missing
     assert json.loads((tmp_path / "rtl/verilog/status.json").read_text())["state"] == "verified"
     assert "pick" in json.loads((tmp_path / "outputs/jsc_s_fpga/best.json").read_text())["0"]
+    assert json.loads((tmp_path / "rtl-learned/verilog/status.json").read_text())["state"] == "verified"
 
 
 def test_every_readme_fence_is_run_or_code():
@@ -96,6 +100,12 @@ def test_required_configs_exist():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_validates_and_dry_runs(tmp_path, path):
+    if "[learn]" in path.read_text():
+        cfg = load_config(path)
+        cfg = cfg.model_copy(update={"max_epochs": 1, "learn": cfg.learn.model_copy(update={"epochs": 2})})
+        run = run_learn(cfg, None, tmp_path, progress=False, say=lambda _: None)
+        assert run.points and (tmp_path / "best" / "graph.json").is_file()
+        return
     cfg = load_config(path, require_search=True)
     cfg = cfg.model_copy(update={"max_epochs": 1, "load_name": None})
     prep = prepare(cfg, None, tmp_path, progress=False)
