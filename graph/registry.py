@@ -96,7 +96,9 @@ OP_TYPES: dict[str, tuple[OpKey, ...]] = {
 
 # what op types are, said once: "view" (no arithmetic: the same values seen through another shape, order or
 # dtype; hardware metrics follow parameters through them), "reshape" (the views that keep element order,
-# which every export can express as a batch-first reshape)
+# which every export can express as a batch-first reshape), "mac" (multiply-accumulates: hardware cost
+# metrics must have a cost rule for the IR op they lower to, else they raise naming the node), "elementwise"
+# (arithmetic per element), "activation" (a nonlinearity per element)
 OP_TRAITS: dict[str, frozenset[str]] = {
     "view": frozenset(
         {
@@ -113,7 +115,19 @@ OP_TRAITS: dict[str, frozenset[str]] = {
         }
     ),  # fmt: skip
     "reshape": frozenset({"view", "reshape", "flatten", "unflatten", "contiguous"}),
+    "mac": frozenset({"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "batch_norm1d",
+                      "batch_norm2d", "batch_norm", "matmul", "bmm", "baddbmm", "einsum",
+                      "scaled_dot_product_attention", "multihead_attention", "lstm", "gru"}),  # fmt: skip
+    "elementwise": frozenset({"add", "sub", "mul", "div", "neg", "floordiv", "sqrt"}),
+    "activation": frozenset({"relu", "relu6", "hardtanh", "gelu", "silu", "sigmoid", "tanh", "softmax"}),
 }
+
+
+def has_trait(op_type: str, trait: str) -> bool:
+    """Whether ``op_type`` was declared with ``trait`` (see :data:`OP_TRAITS`; read at call time, so op types
+    registered later count)."""
+    return op_type in OP_TRAITS[trait]
+
 
 # in-place target -> its out-of-place twin (quantized ops compute out of place, then write back)
 INPLACE_TWIN: dict[OpKey, OpKey] = {
@@ -149,17 +163,25 @@ def registered_ops() -> tuple[OpKey, ...]:
 ON_OP_TYPES_CHANGE: list[Callable[[], None]] = []
 
 
-def register_op_type(name: str, *keys: OpKey) -> None:
-    """A new op type with every target that performs it (module class, functions, method names): the one
-    registration the other tables (``register_op(name)`` of FLOPs, quantization, the IR) are keyed by."""
+def register_op_type(name: str, *keys: OpKey, traits: Iterable[str] = ()) -> None:
+    """A new op type with every target that performs it (module class, functions, method names) and its traits
+    (``"mac"``, ``"elementwise"``, ``"activation"``, ``"view"``; see :data:`OP_TRAITS`): the one registration
+    the other tables (``register_op(name)`` of FLOPs, quantization, the IR) are keyed by."""
     if not name.isidentifier() or name in OP_TYPES:
         raise ValueError(f"op type {name!r} is {'already registered' if name in OP_TYPES else 'not an identifier'}")
+    traits = tuple(traits)
+    unknown = [t for t in traits if t not in OP_TRAITS or t == "reshape"]
+    if unknown:
+        allowed = ", ".join(t for t in OP_TRAITS if t != "reshape")
+        raise ValueError(f"op type {name!r}: unknown trait(s) {unknown}; allowed: {allowed}")
     for k in keys:
         if not isinstance(k, (type, str)) and not callable(k):
             raise TypeError(f"op type {name!r}: key {k!r} is not a module class, function or method name")
         if k in _TYPE_OF:
             raise ValueError(f"op target {k!r} is already listed under op type {_TYPE_OF[k]!r}")
     OP_TYPES[name] = tuple(keys)
+    for t in traits:
+        OP_TRAITS[t] = OP_TRAITS[t] | {name}
     _TYPE_OF.update(dict.fromkeys(keys, name))
     _REGISTERED.extend(keys)
     for fn in ON_OP_TYPES_CHANGE:

@@ -31,14 +31,45 @@ from typing import Any
 import numpy as np
 import torch
 import torch.fx as fx
-import torch.nn as nn
 
-from qfx.graph.registry import OP_TRAITS
-from qfx.graph.trace import QGraph
-from qfx.passes.export.ir import build_ir
+from qfx.graph.registry import OP_TRAITS, has_trait
+from qfx.graph.trace import QGraph, target_value
+from qfx.passes.export.ir import ExportError, Layer, OpTable, build_ir
 
 FLOAT_BITS = 32
-_MAC_OPS = ("linear", "conv", "affine")
+
+# IR op -> the number of times each weight is used per sample (its reuse), for the MAC IR ops the cost metrics
+# count; a node whose op type has the "mac" trait must lower to one of these (else the metrics raise naming it)
+MAC_COSTS = OpTable("fpga cost")
+
+
+@MAC_COSTS.register("linear")
+def _linear_reuse(lay: Layer) -> int:
+    out = lay.out_shape or ()
+    return int(np.prod(out[1:-1])) if len(out) > 2 else 1
+
+
+@MAC_COSTS.register("conv", "affine")
+def _channel_reuse(lay: Layer) -> int:
+    """A conv weight is used once per output position; an affine (batch norm) scale once per element."""
+    out = lay.out_shape or ()
+    return int(np.prod(out[2:])) if len(out) > 2 else 1
+
+
+def mac_layers(graph: QGraph, layers: list[Layer]) -> list[Layer]:
+    """The IR layers the cost metrics count: each node whose op type has the "mac" trait, which must lower to an
+    IR op of :data:`MAC_COSTS` (a MAC op without a cost rule raises naming it: it never costs 0)."""
+    out = []
+    for lay in layers:
+        if lay.op in MAC_COSTS:
+            out.append(lay)
+        elif lay.op not in ("input", "output") and has_trait(graph.meta(lay.name).op_type, "mac"):
+            raise ExportError(
+                f"node {lay.name!r} ({graph.meta(lay.name).op_type}) is a MAC, but its IR op {lay.op!r} has no FPGA "
+                f"cost rule; lower it to one of {', '.join(MAC_COSTS)} in its IR rule, or register one with "
+                "qfx.hw.fpga.MAC_COSTS.register"
+            )
+    return out
 
 
 def effective_bits(codes: np.ndarray) -> np.ndarray:
@@ -60,9 +91,7 @@ def ebops(graph: QGraph) -> float:
     """Effective bit operations per sample (see the module docstring)."""
 
     total = 0.0
-    for lay in build_ir(graph, "ebops"):
-        if lay.op not in _MAC_OPS:
-            continue
+    for lay in mac_layers(graph, build_ir(graph, "ebops")):
         w = lay.params["weight"].detach().double().numpy()
         pw, pin = lay.precision.get("weight"), lay.precision.get("data_in")
         bits = effective_bits(np.round(w * 2.0 ** (pw.frac or 0))) if pw else np.full(w.shape, FLOAT_BITS)
@@ -76,13 +105,7 @@ def ebops(graph: QGraph) -> float:
                 bits, b_in = bits * win.reshape(w.shape), 1
             else:
                 b_in = float(win.mean())
-        out = lay.out_shape or ()
-        if lay.op == "linear":
-            reuse = int(np.prod(out[1:-1])) if len(out) > 2 else 1
-        elif lay.op == "conv":
-            reuse = int(np.prod(out[2:])) if len(out) > 2 else 1
-        else:  # affine: one multiply per element of the channel
-            reuse = int(np.prod(out[2:])) if len(out) > 2 else 1
+        reuse = MAC_COSTS[lay.op](lay)
         total += float(bits.sum()) * b_in * reuse
     return total
 
@@ -156,7 +179,6 @@ def _trace_layer(lay: Any, in_shape: tuple[int, ...], src: Any, src_q: Any = Non
 
 _TOKENS: dict[int, tuple[weakref.ref[torch.Tensor], int, str]] = {}  # id -> (tensor, version, digest)
 _BY_KEY: OrderedDict[tuple[Any, ...], dict[str, tuple[float, float]]] = OrderedDict()
-_MAC_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
 _LOOK_THROUGH = OP_TRAITS["reshape"] | {"dropout", "identity", "max_pool1d", "max_pool2d"}
 
 
@@ -174,14 +196,16 @@ def _token(t: torch.Tensor) -> str:
 
 
 def _graph_key(graph: QGraph) -> tuple[Any, ...]:
-    """Everything the per-layer costs depend on, without building the IR: per MAC module its class and
-    attributes, its tensors' digests, its precisions, its input shape and its ReLU producer's precision."""
+    """Everything the per-layer costs depend on, without building the IR: per MAC node (op type with the "mac"
+    trait) its target, module class and attributes, its tensors' digests (own and ``get_attr`` inputs), its
+    precisions, its input shape and its ReLU producer's precision."""
     out = []
     mods = graph.modules
     for n in graph.gm.graph.nodes:
-        m = mods.get(n.target) if n.op == "call_module" else None  # type: ignore[arg-type]
-        if not isinstance(m, _MAC_MODULES):
+        meta = graph.meta(n.name)
+        if n.op not in ("call_module", "call_function", "call_method") or not has_trait(meta.op_type, "mac"):
             continue
+        m = mods[n.target] if n.op == "call_module" else None  # type: ignore[index]
         src = n.args[0] if n.args else None
         while isinstance(src, fx.Node) and graph.meta(src.name).op_type in _LOOK_THROUGH and src.args:
             src = src.args[0]
@@ -190,11 +214,21 @@ def _graph_key(graph: QGraph) -> tuple[Any, ...]:
             if isinstance(src, fx.Node) and graph.meta(src.name).op_type == "relu"
             else {}
         )
-        tensors = [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
-        meta = graph.meta(n.name)
-        out.append((n.name, type(m).__name__, m.extra_repr(), tuple((k, _token(v)) for k, v in tensors),
-                    tuple(sorted((r, p.key()) for r, p in meta.precision.items())), str(meta.in_shapes[:1]),
-                    tuple(sorted((r, p.key()) for r, p in relu.items()))))  # fmt: skip
+        own = [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)] if m is not None else []
+        attrs = [(a.name, target_value(graph.gm, a)) for a in n.all_input_nodes if a.op == "get_attr"]
+        what = (type(m).__name__, m.extra_repr()) if m is not None else (str(n.target), "")
+        tensors = tuple((k, _token(v)) for k, v in own + attrs if isinstance(v, torch.Tensor))
+        precs = tuple(sorted((r, p.key()) for r, p in meta.precision.items()))
+        out.append(
+            (
+                n.name,
+                *what,
+                tensors,
+                precs,
+                str(meta.in_shapes[:1]),
+                tuple(sorted((r, p.key()) for r, p in relu.items())),
+            )
+        )
     return tuple(out)
 
 
@@ -217,9 +251,7 @@ def _layer_costs(graph: QGraph) -> dict[str, tuple[float, float]]:
     out = {}
     layers = build_ir(graph, FMT)
     by_name = {lay.name: lay for lay in layers}
-    for lay in layers:
-        if lay.op not in _MAC_OPS:
-            continue
+    for lay in mac_layers(graph, layers):
         _needs(lay, "data_in", "weight", *(("bias",) if "bias" in lay.params else ()))
         in_shape = tuple(graph.meta(lay.name).in_shapes[0][1:])
         src = by_name.get(lay.inputs[0]) if isinstance(lay.inputs[0], str) else None

@@ -58,7 +58,7 @@ class LearnConfig(BaseModel):
     epochs: int = Field(200, ge=1, le=100_000)
     batch_size: int = Field(64, ge=2, le=1 << 20)
     lr: float = Field(3e-3, gt=0, le=1, allow_inf_nan=False)
-    bits_lr: float | None = Field(None, gt=0, le=10, allow_inf_nan=False)  # the fracs' step size (None: lr)
+    bits_lr: float = Field(0.03, gt=0, le=10, allow_inf_nan=False)  # the fracs' step size (Adam)
     weight_granularity: Literal["element", "channel"] = "element"
     act_granularity: Literal["element", "tensor"] = "element"
     init_weight_frac: int = Field(6, ge=-8, le=16)
@@ -315,7 +315,7 @@ def learn_precision(
     _new_epoch(model)
     bits = [p for n, p in model.named_parameters() if n.endswith(".f")]
     rest = [p for n, p in model.named_parameters() if not n.endswith(".f")]
-    opt = torch.optim.Adam([{"params": rest}, {"params": bits, "lr": cfg.bits_lr or cfg.lr}], lr=cfg.lr)
+    opt = torch.optim.Adam([{"params": rest}, {"params": bits, "lr": cfg.bits_lr}], lr=cfg.lr)
     history: list[EpochRecord] = []
     states: dict[int, dict[str, torch.Tensor]] = {}
     n = len(train)
