@@ -11,6 +11,7 @@ registered and used by a search.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 import optuna
@@ -24,18 +25,18 @@ from qfx.graph import trace
 from qfx.graph.meta import TensorPrecision, get_meta
 from qfx.graph.registry import OP_TYPES, register_op_type
 from qfx.passes.analysis import analyze
-from qfx.passes.analysis.flops import flop_rule
+from qfx.passes.analysis.flops import flop_rule, mac_rule
 from qfx.passes.export.api import FORMATS, export, verification_inputs, verify
 from qfx.passes.export.da4ml_backend import fixed, register_da4ml
 from qfx.passes.export.hls4ml_export import Fx, HlsStep, register_hls
-from qfx.passes.export.ir import Layer, register_ir_op
+from qfx.passes.export.ir import Layer, register_ir, register_ir_op
 from qfx.passes.export.onnx_export import register_onnx
 from qfx.passes.export.portable import _q, register_portable
 from qfx.passes.transforms.quantize import NumberFormat, QuantizePass, register_format
 from qfx.passes.transforms.quantize.config import IntegerQ
 from qfx.passes.transforms.quantize.formats import FORMATS as NUMBER_FORMATS
 from qfx.passes.transforms.quantize.formats import unregister_format
-from qfx.passes.transforms.quantize.modules import clone_as
+from qfx.passes.transforms.quantize.modules import QLinear, clone_as
 from qfx.passes.transforms.quantize.quantize_pass import register_function_rule, register_module_rule
 from qfx.passes.transforms.quantize.quantizers import make_quantizer
 from qfx.search.metrics import Metric, register_metric, unregister_metric
@@ -256,3 +257,106 @@ def test_registering_a_target_twice_or_a_module_class_as_a_function_is_refused()
         register_function_rule("toy_leaky", "QToyLeaky", ("data_in",), keys=(ToyLeaky,))
     assert OP_TYPES["toy_leaky"] == (ToyLeaky, toy_leaky)
     assert isinstance(NumberFormat, type)
+
+
+# ---------------------------------------------------------------- a toy MAC op: a linear with a fixed mask
+
+
+class MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask (a pruned layer as a new op)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__(n_in, n_out)
+        self.register_buffer("mask", (torch.arange(n_in * n_out).reshape(n_out, n_in) % 3 != 0).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class QMaskedLinear(QLinear, MaskedLinear):
+    float_cls = MaskedLinear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.qw(self.weight * self.mask) if self.qw else self.weight * self.mask
+        b = self.qb(self.bias) if self.qb and self.bias is not None else self.bias
+        return F.linear(self._qx(x), w, b)
+
+
+register_op_type("masked_linear", MaskedLinear, traits=("mac",))
+
+
+@mac_rule("masked_linear")
+def _masked_macs(c):
+    return int(c.module.mask.sum()) * math.prod(c.in_shape(0)[:-1])  # the multiplies the mask keeps
+
+
+register_module_rule("masked_linear", QMaskedLinear)
+
+
+@register_ir(MaskedLinear)
+def _masked_ir(n, m, fmt):
+    """Lowered to the IR's linear with the masked weight: every cost rule and back end of linear applies."""
+    with torch.no_grad():
+        w = m.qw(m.weight * m.mask) if getattr(m, "qw", None) else m.weight * m.mask
+        b = m.qb(m.bias) if getattr(m, "qb", None) else m.bias
+    return Layer(n.name, "linear", [n.args[0].name], {}, {"weight": w.detach().clone(), "bias": b.detach().clone()},
+                 dict(get_meta(n).precision))  # fmt: skip
+
+
+class MaskedNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = MaskedLinear(64, 16), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_a_toy_mac_op_is_costed_like_the_linear_it_lowers_to():
+    """EBOPs of the masked layer = a hand count over its kept weights; its LUTs = da4ml's of a plain linear
+    holding the masked weight (an independent route to the same logic); never 0."""
+    from qfx.hw.fpga import ebops, effective_bits, fpga_cost, fpga_luts, layer_costs
+
+    torch.manual_seed(0)
+    cfg = {"name": "integer", "data_in_width": 6, "data_in_frac_width": 3, "weight_width": 5, "weight_frac_width": 4,
+           "bias_width": 8, "bias_frac_width": 4}  # fmt: skip
+    net = MaskedNet().eval()
+    g = analyze(trace(net, DS.test.x[:8]))
+    assert get_meta(next(n for n in g.gm.graph.nodes if n.name == "fc1")).macs == 8 * int(net.fc1.mask.sum())
+    q = QuantizePass({"default": cfg})(g).graph
+    used = [  # the quantized constants each MAC multiplies by: fc1's masked weight, fc2's weight
+        q.gm.fc1.qw(q.gm.fc1.weight * q.gm.fc1.mask).detach(),
+        q.gm.fc2.qw(q.gm.fc2.weight).detach(),
+    ]
+    hand = sum(float(effective_bits(torch.round(w * 16).long().numpy()).sum()) * 6 for w in used)  # x input width
+    assert ebops(q) == hand > 0
+    plain = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    with torch.no_grad():
+        plain[0].weight.copy_(net.fc1.weight * net.fc1.mask)
+        plain[0].bias.copy_(net.fc1.bias)
+        plain[2].load_state_dict(net.fc2.state_dict())
+    pq = QuantizePass({"default": cfg})(analyze(trace(plain, DS.test.x[:8]))).graph
+    assert layer_costs(q)["fc1"] == layer_costs(pq)["_0"] and layer_costs(q)["fc1"][0] > 0
+    assert fpga_luts(q) == fpga_luts(pq) and fpga_cost(q) == fpga_cost(pq)
+
+
+def test_a_mac_op_without_a_cost_rule_raises_naming_it():
+    from qfx.hw.fpga import ebops, fpga_luts
+    from qfx.passes.export.ir import ExportError
+
+    class Scaled(nn.Linear):
+        pass
+
+    register_op_type("scaled_linear_uncosted", Scaled, traits=("mac",))
+
+    @register_ir(Scaled)
+    def _ir(n, m, fmt):
+        return Layer(n.name, "scaled_linear_ir", [n.args[0].name], {}, {"weight": m.weight.detach()}, {})
+
+    g = analyze(trace(nn.Sequential(Scaled(64, 4)).eval(), DS.test.x[:8]))
+    for metric in (ebops, fpga_luts):
+        with pytest.raises(ExportError, match=r"node '_0' \(scaled_linear_uncosted\) is a MAC, but its IR op "
+                                              r"'scaled_linear_ir' has no FPGA cost rule"):  # fmt: skip
+            metric(g)
+    with pytest.raises(ValueError, match="unknown trait"):
+        register_op_type("toy_bad_trait", traits=("fast",))
