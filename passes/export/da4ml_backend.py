@@ -465,7 +465,7 @@ def write_project(traced: Traced, out: str | Path, flavor: str) -> Path:
 
 def tools() -> dict[str, str | None]:
     """The external tools the RTL checks use, with their paths (None: not on PATH)."""
-    return {t: shutil.which(t) for t in ("verilator", "yosys", "g++")}
+    return {t: shutil.which(t) for t in ("verilator", "yosys", "g++", "iverilog", "vvp")}
 
 
 def _verilator_include() -> Path:
