@@ -115,9 +115,27 @@ OP_TRAITS: dict[str, frozenset[str]] = {
         }
     ),  # fmt: skip
     "reshape": frozenset({"view", "reshape", "flatten", "unflatten", "contiguous"}),
-    "mac": frozenset({"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "batch_norm1d",
-                      "batch_norm2d", "batch_norm", "matmul", "bmm", "baddbmm", "einsum",
-                      "scaled_dot_product_attention", "multihead_attention", "lstm", "gru"}),  # fmt: skip
+    "mac": frozenset(
+        {
+            "linear",
+            "conv1d",
+            "conv2d",
+            "conv3d",
+            "conv_transpose1d",
+            "conv_transpose2d",
+            "batch_norm1d",
+            "batch_norm2d",
+            "batch_norm",
+            "matmul",
+            "bmm",
+            "baddbmm",
+            "einsum",
+            "scaled_dot_product_attention",
+            "multihead_attention",
+            "lstm",
+            "gru",
+        }
+    ),  # fmt: skip
     "elementwise": frozenset({"add", "sub", "mul", "div", "neg", "floordiv", "sqrt"}),
     "activation": frozenset({"relu", "relu6", "hardtanh", "gelu", "silu", "sigmoid", "tanh", "softmax"}),
 }

@@ -16,9 +16,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from qfx.graph.background import Beside, beside
 from qfx.graph.copying import copy_value
 from qfx.graph.dump import to_dict, to_networkx, to_table
-from qfx.graph.fork import Beside, beside
 from qfx.graph.loadcheck import check_inputs
 from qfx.graph.meta import NodeMeta, get_meta, set_meta
 from qfx.graph.registry import op_type, registered_ops, target_name
@@ -70,8 +70,8 @@ def _user_frame(exc: BaseException) -> str:
 SAVE_HOOKS: list[Callable[[QGraph, Path], None]] = []
 """Extra writers run by :meth:`QGraph.save` (the export package adds the portable checkpoint)."""
 FORK_NODES = 2000
-"""Graphs of at least this many nodes run :data:`SAVE_HOOKS` in a forked child while the rest is written
-(:func:`qfx.graph.fork.beside`); smaller ones run them in turn, where a fork would cost more than it saves."""
+"""Graphs of at least this many nodes run :data:`SAVE_HOOKS` in a worker thread while the rest is written
+(:func:`qfx.graph.background.beside`); smaller ones run them in turn, where a thread would cost more than it saves."""
 
 
 class QGraph:
@@ -144,7 +144,7 @@ class QGraph:
                 hook(self, d)
 
         big = SAVE_HOOKS and len(self.gm.graph.nodes) >= FORK_NODES
-        with beside(hooks) if big else Beside(hooks, None):  # on another core meanwhile; rerun here if it fails
+        with beside(hooks) if big else Beside(hooks, thread=False):  # in a worker thread meanwhile
             spec, tensors = dump(self.gm)
             (d / "graph.json").write_bytes(compact_json(spec))
             save_tensors(tensors, d / "weights.safetensors")

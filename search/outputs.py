@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import TrialState
 from tabulate import tabulate
 
-from qfx.graph.fork import beside
+from qfx.graph.background import beside
 from qfx.passes.debug import NumericsPass
 from qfx.passes.debug.views import plot_sqnr
 from qfx.search.objective import Objective, trial_record
@@ -224,7 +224,7 @@ def write_outputs(
         data = study_data(study, objective)
     except Exception as e:  # noqa: BLE001 - plots must not lose the results
         log.warning("plots failed: %s", e)
-    with beside(lambda: _plots(data, out, ("metric_vs_config.png", "pareto.png"))):  # on another core meanwhile
+    with beside(lambda: _plots(data, out, ("metric_vs_config.png", "pareto.png"))):  # in a worker thread meanwhile
         _write_trials(study.get_trials(False), out, objective)
         best = best_trials(study, skip=objective.skipped) if best is None else best
         figs = (selection or {}).get("trials", {})

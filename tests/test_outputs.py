@@ -61,72 +61,36 @@ def test_repeated_configurations_are_reported_once(ck, tmp_path, capsys, monkeyp
         assert name in last, last  # the final line lists every file written
 
 
-def test_beside_runs_the_job_on_another_process_and_reruns_it_here_when_that_fails(tmp_path, monkeypatch):
-    import os
+def test_beside_runs_the_job_in_a_thread_and_raises_its_error_where_waited(tmp_path):
+    import threading
 
-    from qfx.graph.fork import beside
-
-    here = os.getpid()
+    from qfx.graph.background import Beside, beside
 
     def job(path):
         def run():
-            path.write_text(str(os.getpid()))
+            path.write_text(threading.current_thread().name)
 
         return run
 
     beside(job(tmp_path / "a")).wait()
-    assert int((tmp_path / "a").read_text()) != here  # run in the forked child
+    assert (tmp_path / "a").read_text() == "qfx-beside"  # a worker thread of this process, never a child
 
-    def fails_away():
-        if os.getpid() != here:
-            raise RuntimeError("child")
-        (tmp_path / "b").write_text(str(os.getpid()))
+    def fails():
+        raise RuntimeError("job failed")
 
-    with beside(fails_away):
+    with pytest.raises(RuntimeError, match="job failed"), beside(fails):
         pass
-    assert int((tmp_path / "b").read_text()) == here  # the child failed: run again here, nothing lost
-
-    def slow():
-        import time
-
-        time.sleep(30)
-        (tmp_path / "d").write_text("late")
-
-    b = beside(slow)
-    pid = b.pid
-    with pytest.raises(KeyError), b:  # the caller failed: the child is stopped and reaped, the job not rerun
+    with pytest.raises(KeyError), beside(fails):  # the caller's own error wins over the job's
         raise KeyError("caller")
-    with pytest.raises(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    assert not (tmp_path / "d").exists()
-
-    import qfx.graph.fork as F
-
-    def stuck_away():
-        if os.getpid() != here:
-            import time
-
-            time.sleep(60)  # as if blocked on a lock another thread held at fork time
-        (tmp_path / "e").write_text(str(os.getpid()))
-
-    monkeypatch.setattr(F, "PATIENCE", (0.3, 0.0))
-    b = beside(stuck_away)
-    pid = b.pid
-    b.wait()  # stopped after 0.3 s, written here
-    assert int((tmp_path / "e").read_text()) == here
-    with pytest.raises(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-    monkeypatch.delattr(os, "fork")
-    b = beside(job(tmp_path / "c"))
-    assert not (tmp_path / "c").exists()  # without fork the job runs when waited for
+    b = Beside(job(tmp_path / "c"), thread=False)
+    assert not (tmp_path / "c").exists()  # not threaded: the job runs when waited for
     b.wait()
-    assert int((tmp_path / "c").read_text()) == here
+    assert (tmp_path / "c").read_text() == threading.current_thread().name
 
 
-def test_big_graph_save_writes_its_hooks_files_from_a_child_exactly_as_in_turn(tmp_path, monkeypatch):
+def test_big_graph_save_writes_its_hooks_files_from_a_thread_exactly_as_in_turn(tmp_path, monkeypatch):
     import importlib
-    import os
+    import threading
 
     import torch
 
@@ -139,24 +103,76 @@ def test_big_graph_save_writes_its_hooks_files_from_a_child_exactly_as_in_turn(t
         analyze(T.trace(m, torch.randn(2, 8)))
     ).graph
     q.save(tmp_path / "inline")
-    here, wrote = os.getpid(), []
     monkeypatch.setattr(T, "FORK_NODES", 0)
-    monkeypatch.setattr(T, "SAVE_HOOKS", [*T.SAVE_HOOKS, lambda g, d: (d / "pid").write_text(str(os.getpid()))])
-    q.save(tmp_path / "forked")
-    assert int((tmp_path / "forked" / "pid").read_text()) != here  # the hooks ran in the child
+    hook = lambda g, d: (d / "thread").write_text(threading.current_thread().name)  # noqa: E731
+    monkeypatch.setattr(T, "SAVE_HOOKS", [*T.SAVE_HOOKS, hook])
+    q.save(tmp_path / "threaded")
+    assert (tmp_path / "threaded" / "thread").read_text() == "qfx-beside"
     a = torch.load(tmp_path / "inline" / "quantized.pt", weights_only=True)
-    b = torch.load(tmp_path / "forked" / "quantized.pt", weights_only=True)
+    b = torch.load(tmp_path / "threaded" / "quantized.pt", weights_only=True)
     assert a["manifest"] == b["manifest"] and a["tensors"].keys() == b["tensors"].keys()
     assert all(torch.equal(a["tensors"][k], b["tensors"][k]) for k in a["tensors"])
 
-    def child_fails(g, d):
-        if os.getpid() != here:
-            raise RuntimeError("child")
-        wrote.append(d)
 
-    monkeypatch.setattr(T, "SAVE_HOOKS", [child_fails])
-    q.save(tmp_path / "again")
-    assert wrote == [tmp_path / "again"]  # rerun here: nothing lost
+def test_no_fork_in_the_package():
+    """The package never forks (a library lives in other people's threaded processes)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    hits = []
+    for f in root.rglob("*.py"):
+        if any(p in f.parts for p in (".venv", "tests", "bench")):
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("fork", "forkpty")
+                and getattr(node.value, "id", "") == "os"
+            ):
+                hits.append(f"{f}:{node.lineno}")
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and "multiprocessing" in ast.dump(node):
+                hits.append(f"{f}:{node.lineno}")
+    assert not hits, hits
+
+
+def test_search_and_save_complete_beside_a_thread_holding_a_lock(tmp_path):
+    """Run from a worker thread while another live thread holds a lock (what deadlocked forked children)."""
+    import importlib
+    import threading
+
+    from qfx.search.config import load_config
+    from qfx.search.session import run_search
+
+    T = importlib.import_module("qfx.graph.trace")
+    held, release = threading.Lock(), threading.Event()
+
+    def holder():
+        with held:
+            release.wait(120)
+
+    h = threading.Thread(target=holder, daemon=True)
+    h.start()
+    results = {}
+
+    def work():
+        cfg = load_config("jsc_tiny_by_type", require_search=True)
+        cfg = cfg.model_copy(update={"max_epochs": 1})
+        run = run_search(cfg, None, tmp_path / "s", n_trials=3, progress=False)
+        g = run.prep.graph
+        old = T.FORK_NODES
+        T.FORK_NODES = 0  # the threaded save path, whatever the size
+        try:
+            g.save(tmp_path / "g")
+        finally:
+            T.FORK_NODES = old
+        results["ok"] = (tmp_path / "s" / "best.json").is_file() and (tmp_path / "g" / "graph.json").is_file()
+
+    w = threading.Thread(target=work)
+    w.start()
+    w.join(300)
+    release.set()
+    assert not w.is_alive() and results.get("ok"), results
 
 
 def test_compact_json_writes_what_json_dumps_writes():
