@@ -779,11 +779,11 @@ def _graph_batch_args(p: argparse.ArgumentParser) -> None:
 
 def _tables() -> dict[str, list[str]]:
     """The names help texts list, read from their tables (zoo models, bundled datasets, export formats)."""
-    from qfx.passes.export.api import FORMATS
+    from qfx.passes.export.api import EXPORT_FORMATS
     from qfx.zoo.data import BUNDLED
     from qfx.zoo.models import MODELS
 
-    return {"models": list(MODELS), "datasets": list(BUNDLED), "formats": list(FORMATS)}
+    return {"models": list(MODELS), "datasets": list(BUNDLED), "formats": list(EXPORT_FORMATS)}
 
 
 def _tables_help() -> str:
@@ -1019,7 +1019,10 @@ def build_parser() -> argparse.ArgumentParser:
         "onnxruntime, hls4ml C simulation, plain torch) on the graph's example inputs.",
     )
     p.add_argument("--graph", required=True, help="directory written by QGraph.save")
-    p.add_argument("--format", required=True, help=f"comma-separated: {', '.join(_tables()['formats'])}")
+    from qfx.passes.export.api import EXPORT_FORMATS
+
+    p.add_argument("--format", required=True, help="comma-separated: " + "; ".join(
+        f"{f.name} ({f.description}; checked by {f.checked_by})" for f in EXPORT_FORMATS.values()))  # fmt: skip
     p.add_argument("--out", required=True, help="output directory (one sub-directory per format)")
     p.add_argument("--no-verify", action="store_true", help="write only; do not run the target executors")
     p.add_argument("--data", help="verify on this dataset's split (digits, iris, jsc:PATH ...); default: example rows")

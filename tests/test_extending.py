@@ -26,7 +26,7 @@ from qfx.graph.meta import TensorPrecision, get_meta
 from qfx.graph.registry import OP_TYPES, register_op_type
 from qfx.passes.analysis import analyze
 from qfx.passes.analysis.flops import flop_rule, mac_rule
-from qfx.passes.export.api import FORMATS, export, verification_inputs, verify
+from qfx.passes.export.api import EXPORT_FORMATS, export, verification_inputs, verify
 from qfx.passes.export.da4ml_backend import fixed, register_da4ml
 from qfx.passes.export.hls4ml_export import Fx, HlsStep, register_hls
 from qfx.passes.export.ir import Layer, register_ir, register_ir_op
@@ -196,7 +196,7 @@ def test_toy_op_and_toy_format_export_bit_identically_everywhere(myint, tmp_path
     used = {get_meta(n).precision["data_in"].fmt for n in qg.gm.graph.nodes if get_meta(n).precision}
     assert used == {fmt, "u" + fmt}  # the ReLU's output takes the format's unsigned variant
     x = verification_inputs(DS.test.x, rows=1000)
-    for f in FORMATS:
+    for f in EXPORT_FORMATS:
         e = export(qg, f, tmp_path / f)
         a = verify(e, qg, x)
         assert a["bit_identical"] and a["ok"] and a["samples"] == 1000, (f, a)

@@ -73,56 +73,37 @@ def _da4ml(flavor: str) -> Callable[[QGraph, Path, int | None], Exported]:
     return write
 
 
-# format -> (writer, what it guarantees)
-FORMATS: dict[str, tuple[Callable[[QGraph, Path, int | None], Exported], str]] = {
-    "qonnx": (_qonnx, "ONNX with QONNX Quant nodes; executed by qonnx's execute_onnx"),
-    "onnx-qdq": (_qdq, "standard QuantizeLinear/DequantizeLinear (opset 21, <= 16 bits); executed by onnxruntime"),
-    "hls4ml": (_hls, "hls4ml project with per-layer ap_fixed precisions; C simulation via compile()/predict()"),
-    "torch": (_torch, "portable checkpoint: integer codes + manifest, torch.load(weights_only=True)"),
-    "verilog": (_da4ml("verilog"), "combinational Verilog from da4ml (adder graphs); da4ml's interpreter + Verilator"),
-    "vhdl": (_da4ml("vhdl"), "the same logic as VHDL; checked by da4ml's interpreter"),
-    "da4ml-hls": (_da4ml("hls"), "the same logic as HLS C++ (Vitis/Vivado HLS); checked by da4ml's interpreter"),
-}
-DA4ML_FORMATS = ("verilog", "vhdl", "da4ml-hls")
-CHECKED_BY = {
-    "qonnx": "qonnx execute_onnx",
-    "onnx-qdq": "onnxruntime",
-    "hls4ml": "hls4ml C simulation",
-    "torch": "plain-torch reader",
-    "verilog": "da4ml interpreter + Verilator",
-    "vhdl": "da4ml interpreter",
-    "da4ml-hls": "da4ml interpreter",
-}
-
-
 def export(graph: QGraph, fmt: str, out: str | Path, batch: int | None = None) -> Exported:
     """Write ``graph`` in ``fmt`` under ``out``; raises ``ExportError`` naming an unsupported node."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
-    return FORMATS[fmt][0](graph, Path(out), batch)
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; formats: {', '.join(EXPORT_FORMATS)}")
+    return EXPORT_FORMATS[fmt].write(graph, Path(out), batch)
 
 
-def _target_outputs(e: Exported, x: np.ndarray) -> np.ndarray:
-    if e.fmt in DA4ML_FORMATS:
-        return _da4ml_outputs(e, x)
-    if e.fmt == "qonnx":
-        import onnx
+def _qonnx_rows(e: Exported, x: np.ndarray) -> np.ndarray:
+    import onnx
 
-        from qfx.passes.export.onnx_export import run_qonnx
+    from qfx.passes.export.onnx_export import run_qonnx
 
-        m = onnx.load(str(e.path))
-        dim = m.graph.input[0].type.tensor_type.shape.dim[0]
-        b = dim.dim_value or len(x)
-        return np.concatenate([run_qonnx(m, x[i : i + b]) for i in range(0, len(x), b)]).reshape(len(x), -1)
-    if e.fmt == "onnx-qdq":
-        from qfx.passes.export.onnx_export import run_onnxruntime
+    m = onnx.load(str(e.path))
+    dim = m.graph.input[0].type.tensor_type.shape.dim[0]
+    b = dim.dim_value or len(x)
+    return np.concatenate([run_qonnx(m, x[i : i + b]) for i in range(0, len(x), b)]).reshape(len(x), -1)
 
-        return run_onnxruntime(e.path, x).reshape(len(x), -1)
-    if e.fmt == "hls4ml":
-        from qfx.passes.export.hls4ml_export import predict
 
-        return predict(e.handle, x)
+def _qdq_rows(e: Exported, graph: QGraph, x: np.ndarray) -> np.ndarray:
+    from qfx.passes.export.onnx_export import run_onnxruntime
 
+    return run_onnxruntime(e.path, x).reshape(len(x), -1)
+
+
+def _hls_rows(e: Exported, graph: QGraph, x: np.ndarray) -> np.ndarray:
+    from qfx.passes.export.hls4ml_export import predict
+
+    return predict(e.handle, x)
+
+
+def _torch_rows(e: Exported, graph: QGraph, x: np.ndarray) -> np.ndarray:
     return run_portable(e.path, torch.from_numpy(x)).numpy().reshape(len(x), -1)
 
 
@@ -140,7 +121,7 @@ def _qonnx_outputs(e: Exported, graph: QGraph, x: np.ndarray) -> np.ndarray:
 
     m = onnx.load(str(e.path))
     if (m.graph.input[0].type.tensor_type.shape.dim[0].dim_value or len(x)) == len(x) or len(x) <= QONNX_ROWWISE:
-        return _target_outputs(e, x)
+        return _qonnx_rows(e, x)
     with tempfile.TemporaryDirectory(prefix="qfx-qonnx-") as d:
         export_onnx(graph, d, "qonnx", len(x))
         got = run_qonnx(onnx.load(str(Path(d) / "model_clean.onnx")), x).reshape(len(x), -1)
@@ -154,7 +135,7 @@ def _qonnx_outputs(e: Exported, graph: QGraph, x: np.ndarray) -> np.ndarray:
     return got
 
 
-def _da4ml_outputs(e: Exported, x: np.ndarray) -> np.ndarray:
+def _da4ml_outputs(e: Exported, graph: QGraph, x: np.ndarray) -> np.ndarray:
     """da4ml's interpreter; for Verilog also the RTL compiled by Verilator where it is on PATH (the
     outputs returned are the RTL's then, and the interpreter's must equal them)."""
     from qfx.passes.export.da4ml_backend import RTLSimulator, tools
@@ -176,13 +157,59 @@ def _da4ml_outputs(e: Exported, x: np.ndarray) -> np.ndarray:
     return rtl
 
 
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format, said once: its writer, its tool's executor (``run(exported, graph, rows)`` returns the
+    tool's outputs), what checks it (the "checked by" column), a description (``qfx export --help``), the
+    extras it needs, and whether its reference is the graph in float64 (fixed-point RTL: exact accumulators)."""
+
+    name: str
+    write: Callable[[QGraph, Path, int | None], Exported]
+    run: Callable[[Exported, QGraph, np.ndarray], np.ndarray]
+    checked_by: str
+    description: str
+    extras: tuple[str, ...] = ("deploy",)
+    exact_reference: bool = False
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {}
+
+
+def register_export_format(f: ExportFormat) -> ExportFormat:
+    """Add an export format (a second one under the same name raises)."""
+    if f.name in EXPORT_FORMATS:
+        raise ValueError(f"export format {f.name!r} is already registered")
+    EXPORT_FORMATS[f.name] = f
+    return f
+
+
+for _f in (
+    ExportFormat("qonnx", _qonnx, _qonnx_outputs, "qonnx execute_onnx",
+                 "ONNX with QONNX Quant nodes; executed by qonnx's execute_onnx"),
+    ExportFormat("onnx-qdq", _qdq, _qdq_rows, "onnxruntime",
+                 "standard QuantizeLinear/DequantizeLinear (opset 21, <= 16 bits); executed by onnxruntime"),
+    ExportFormat("hls4ml", _hls, _hls_rows, "hls4ml C simulation",
+                 "hls4ml project with per-layer ap_fixed precisions; C simulation via compile()/predict()"),
+    ExportFormat("torch", _torch, _torch_rows, "plain-torch reader",
+                 "portable checkpoint: integer codes + manifest, torch.load(weights_only=True)", extras=()),
+    ExportFormat("verilog", _da4ml("verilog"), _da4ml_outputs, "da4ml interpreter + Verilator",
+                 "combinational Verilog from da4ml (adder graphs), ports.json and a self-checking testbench; "
+                 "da4ml's interpreter + Verilator + iverilog", exact_reference=True),
+    ExportFormat("vhdl", _da4ml("vhdl"), _da4ml_outputs, "da4ml interpreter",
+                 "the same logic as VHDL; checked by da4ml's interpreter", exact_reference=True),
+    ExportFormat("da4ml-hls", _da4ml("hls"), _da4ml_outputs, "da4ml interpreter",
+                 "the same logic as HLS C++ (Vitis/Vivado HLS); checked by da4ml's interpreter", exact_reference=True),
+):  # fmt: skip
+    register_export_format(_f)
+
+
 def _reference(e: Exported, graph: QGraph, x: torch.Tensor) -> np.ndarray:
     """The graph's outputs; float64 for the fixed-point RTL formats, whose accumulators are exact (float32
     rounds sums wider than 24 bits, the RTL does not)."""
     import copy
 
     with torch.no_grad():
-        if e.fmt in DA4ML_FORMATS:
+        if EXPORT_FORMATS[e.fmt].exact_reference:
             return copy.deepcopy(graph.gm).double().eval()(x.double()).numpy().reshape(len(x), -1)
         return graph.gm.eval()(x).detach().float().numpy().reshape(len(x), -1)
 
@@ -214,14 +241,14 @@ def verify(e: Exported, graph: QGraph, x: torch.Tensor) -> dict[str, Any]:
 
     ref = _reference(e, graph, x)
     xs = x.numpy().astype(np.float32)
-    got = _qonnx_outputs(e, graph, xs) if e.fmt == "qonnx" else _target_outputs(e, xs)
+    got = EXPORT_FORMATS[e.fmt].run(e, graph, xs)
     same = (got == ref).all(1) if ref.size else np.ones(len(x), bool)
     floats = float_nodes(graph)
     diff = float(np.nan_to_num(np.abs(got - ref), nan=np.inf).max()) if ref.size else 0.0
     tol = FLOAT_TOLERANCE * max(1.0, float(np.abs(ref).max()) if ref.size else 0.0)
     within = (np.nan_to_num(np.abs(got - ref), nan=np.inf) <= tol).all(1) if ref.size else same
     e.agreement = {
-        "checked_by": e.agreement.get("checked_by", CHECKED_BY.get(e.fmt, e.fmt)),
+        "checked_by": e.agreement.get("checked_by", EXPORT_FORMATS[e.fmt].checked_by),
         **{k: v for k, v in e.agreement.items() if k == "interpreter_vs_rtl_identical"},
         "samples": len(x),
         "max_abs_diff": diff,
@@ -327,7 +354,7 @@ def _clear_owned(d: Path) -> None:
 def parse_formats(text: str) -> list[str]:
     """``"qonnx,hls4ml"`` -> validated list (error names the unknown format and the allowed ones)."""
     fmts = [f.strip() for f in text.split(",") if f.strip()]
-    bad = [f for f in fmts if f not in FORMATS]
+    bad = [f for f in fmts if f not in EXPORT_FORMATS]
     if bad or not fmts:
-        raise ValueError(f"unknown export format(s) {bad or [text]}; formats: {', '.join(FORMATS)}")
+        raise ValueError(f"unknown export format(s) {bad or [text]}; formats: {', '.join(EXPORT_FORMATS)}")
     return fmts
