@@ -270,7 +270,7 @@ def verify(e: Exported, graph: QGraph, x: torch.Tensor) -> dict[str, Any]:
     return e.agreement
 
 
-TESTBENCH_ROWS = 100  # rows the export runs through Icarus (~0.1-0.2 s a row for jsc-s); tb/ holds them all
+TESTBENCH_ROWS = 32  # rows the export runs through Icarus (~0.1-0.2 s a row for jsc-s); tb/ holds them all
 
 
 def _testbench(e: Exported, x: torch.Tensor, ref: np.ndarray) -> None:
