@@ -139,6 +139,18 @@ def _study_name(v: str) -> str:
     return v
 
 
+def _clock(v: str) -> float:
+    x = _positive_float(v)
+    if x > 1000:
+        raise argparse.ArgumentTypeError(f"a clock period in ns up to 1000, got {v}")
+    return x
+
+
+def _clock_arg(p: argparse.ArgumentParser) -> None:
+    h = "an II = 1 pipeline at this clock period in ns (verilog/vhdl; stages from a stated delay model: 0.6 ns per "
+    p.add_argument("--clock-ns", type=_clock, help=h + "adder level + 0.5 ns per stage); default: combinational")
+
+
 def _learn_pick(v: str) -> str:
     from qfx.search.learn import check_pick
 
@@ -593,7 +605,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     fmts = parse_formats(args.format)
     g = QGraph.load(args.graph, trust=args.trust_checkpoint)
     x = None if args.no_verify else _verification_batch(args, g)
-    done = export_all(g, fmts, Path(args.out), x, progress=_note)
+    if args.clock_ns is not None and not any(f in ("verilog", "vhdl") for f in fmts):
+        raise UsageError("--clock-ns: a clock target applies to verilog and vhdl", "add --format verilog")
+    done = export_all(g, fmts, Path(args.out), x, progress=_note, clock_ns=args.clock_ns)
     _print_exports(done)
     _fail_on_difference(done)
     return 0
@@ -617,14 +631,21 @@ def cmd_synth(args: argparse.Namespace) -> int:
     g = QGraph.load(args.graph, trust=args.trust_checkpoint)
     out = check_out_dir(Path(args.out)) if args.out else check_out_dir(Path(args.graph) / "synth", derived=True)
     tr = trace_graph(g)
-    write_project(tr, out, "verilog")
+    pipe = write_project(tr, out, "verilog", args.clock_ns)
     lo, hi = (SYNTH_S_PER_KLUT[0] * tr.luts / 1000, SYNTH_S_PER_KLUT[1] * tr.luts / 1000)
     _note(f"yosys synth_xilinx of {out / 'src'}: ~{tr.luts:,.0f} LUTs, expect {lo:.0f}-{hi:.0f} s (elapsed every 15 s)")
     cells = synth(out, progress=_note)
     rows = [["yosys synth_xilinx", cells["LUT"], cells["FF"], cells["CARRY"], cells["DSP"], cells["MUXF"]]]
     rows.append(["da4ml estimate", f"{tr.luts:.0f}", "-", "-", "-", "-"])
     print(tabulate(rows, headers=["", "LUT", "FF", "CARRY", "DSP", "MUXF7/8"], tablefmt="github"))
-    print(f"\ncombinational adder depth {tr.latency:g} (da4ml); cell counts in {out / 'yosys_stat.txt'}")
+    if pipe is None:
+        print(f"\ncombinational adder depth {tr.latency:g} (da4ml); cell counts in {out / 'yosys_stat.txt'}")
+    else:
+        print(
+            f"\nII = 1 pipeline at {pipe.clock_ns:g} ns: {pipe.stages} stages of <= {pipe.levels_per_stage} adder "
+            f"levels (a delay model, not a timing analysis), latency {pipe.latency_cycles} cycles = "
+            f"{pipe.latency_ns:g} ns; {cells['FF']} flip-flops (Yosys); cell counts in {out / 'yosys_stat.txt'}"
+        )
     return 0
 
 
@@ -1024,6 +1045,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, help="comma-separated: " + "; ".join(
         f"{f.name} ({f.description}; checked by {f.checked_by})" for f in EXPORT_FORMATS.values()))  # fmt: skip
     p.add_argument("--out", required=True, help="output directory (one sub-directory per format)")
+    _clock_arg(p)
     p.add_argument("--no-verify", action="store_true", help="write only; do not run the target executors")
     p.add_argument("--data", help="verify on this dataset's split (digits, iris, jsc:PATH ...); default: example rows")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -1044,6 +1066,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--graph", required=True, help="directory written by QGraph.save")
     p.add_argument("--out", help="project directory (default GRAPH/synth)")
+    _clock_arg(p)
     _trust_arg(p)
     p.set_defaults(fn=cmd_synth)
     return ap

@@ -57,27 +57,43 @@ def _torch(graph: QGraph, out: Path, batch: int | None) -> Exported:
     return Exported("torch", export_portable(graph, out))
 
 
-def _da4ml(flavor: str) -> Callable[[QGraph, Path, int | None], Exported]:
-    def write(graph: QGraph, out: Path, batch: int | None) -> Exported:
+def _da4ml(flavor: str) -> Callable[..., Exported]:
+    def write(graph: QGraph, out: Path, batch: int | None, clock_ns: float | None = None) -> Exported:
         from qfx.passes.export.da4ml_backend import trace_graph, write_project
 
         tr = trace_graph(graph)
-        write_project(tr, out, flavor)
+        tr.pipeline = write_project(tr, out, flavor, clock_ns)
         fmt = {"hls": "da4ml-hls"}.get(flavor, flavor)
+        p = tr.pipeline
+        timing = (
+            "combinational; no control logic or registers"
+            if p is None
+            else f"II = 1 pipeline at {p.clock_ns:g} ns: {p.stages} stages of <= {p.levels_per_stage} adder levels "
+            f"(delay model), latency {p.latency_cycles} cycles = {p.latency_ns:g} ns; flip-flops: qfx synth"
+        )
         note = (
-            f"da4ml estimate: {tr.luts:,.0f} LUTs, adder depth {tr.latency:g} (combinational; no control logic or "
-            f"registers); input port: {tr.input_precision} codes of {tr.in_shape}"
+            f"da4ml estimate: {tr.luts:,.0f} LUTs, adder depth {tr.latency:g} ({timing}); input port: "
+            f"{tr.input_precision} codes of {tr.in_shape} (per element: ports.json)"
         )
         return Exported(fmt, out, [note], tr)
 
     return write
 
 
-def export(graph: QGraph, fmt: str, out: str | Path, batch: int | None = None) -> Exported:
-    """Write ``graph`` in ``fmt`` under ``out``; raises ``ExportError`` naming an unsupported node."""
+def export(
+    graph: QGraph, fmt: str, out: str | Path, batch: int | None = None, clock_ns: float | None = None
+) -> Exported:
+    """Write ``graph`` in ``fmt`` under ``out``; raises ``ExportError`` naming an unsupported node. ``clock_ns``:
+    an II = 1 pipeline at that clock period (formats with ``clocked``: verilog, vhdl)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; formats: {', '.join(EXPORT_FORMATS)}")
-    return EXPORT_FORMATS[fmt].write(graph, Path(out), batch)
+    f = EXPORT_FORMATS[fmt]
+    if clock_ns is None:
+        return f.write(graph, Path(out), batch)
+    if not f.clocked:
+        clocked = ", ".join(n for n, x in EXPORT_FORMATS.items() if x.clocked)
+        raise ValueError(f"a clock target applies to {clocked}, not to {fmt}")
+    return f.write(graph, Path(out), batch, clock_ns=clock_ns)
 
 
 def _qonnx_rows(e: Exported, x: np.ndarray) -> np.ndarray:
@@ -164,12 +180,13 @@ class ExportFormat:
     extras it needs, and whether its reference is the graph in float64 (fixed-point RTL: exact accumulators)."""
 
     name: str
-    write: Callable[[QGraph, Path, int | None], Exported]
+    write: Callable[..., Exported]  # (graph, out, batch[, clock_ns= for clocked formats])
     run: Callable[[Exported, QGraph, np.ndarray], np.ndarray]
     checked_by: str
     description: str
     extras: tuple[str, ...] = ("deploy",)
     exact_reference: bool = False
+    clocked: bool = False  # takes a clock target (an II = 1 pipeline)
 
 
 EXPORT_FORMATS: dict[str, ExportFormat] = {}
@@ -194,9 +211,9 @@ for _f in (
                  "portable checkpoint: integer codes + manifest, torch.load(weights_only=True)", extras=()),
     ExportFormat("verilog", _da4ml("verilog"), _da4ml_outputs, "da4ml interpreter + Verilator",
                  "combinational Verilog from da4ml (adder graphs), ports.json and a self-checking testbench; "
-                 "da4ml's interpreter + Verilator + iverilog", exact_reference=True),
+                 "da4ml's interpreter + Verilator + iverilog", exact_reference=True, clocked=True),
     ExportFormat("vhdl", _da4ml("vhdl"), _da4ml_outputs, "da4ml interpreter",
-                 "the same logic as VHDL; checked by da4ml's interpreter", exact_reference=True),
+                 "the same logic as VHDL; checked by da4ml's interpreter", exact_reference=True, clocked=True),
     ExportFormat("da4ml-hls", _da4ml("hls"), _da4ml_outputs, "da4ml interpreter",
                  "the same logic as HLS C++ (Vitis/Vivado HLS); checked by da4ml's interpreter", exact_reference=True),
 ):  # fmt: skip
@@ -279,7 +296,7 @@ def _testbench(e: Exported, x: torch.Tensor, ref: np.ndarray) -> None:
     from qfx.passes.export.testbench import run_testbench, write_testbench
 
     tr = e.handle
-    write_testbench(e.path, tr.comb, tr.quantize_input(x.numpy()), ref)
+    write_testbench(e.path, tr.comb, tr.quantize_input(x.numpy()), ref, tr.pipeline)
     if shutil.which("iverilog") is None or shutil.which("vvp") is None:
         e.notes.append("iverilog not on PATH: the shipped testbench (tb/) was written, not run")
         return
@@ -299,6 +316,7 @@ def export_all(
     out: str | Path,
     x: torch.Tensor | None = None,
     progress: Callable[[str], None] | None = None,
+    clock_ns: float | None = None,
 ) -> list[Exported]:
     """Export into ``out/<format>/`` for each format; with ``x``, verify each by its own executor.
 
@@ -318,7 +336,7 @@ def export_all(
         _clear_owned(d)
         try:
             with Ticker(f"{fmt}: exporting and verifying", progress):  # a live elapsed line for the compiles
-                e = export(graph, fmt, d)
+                e = export(graph, fmt, d, clock_ns=clock_ns if EXPORT_FORMATS[fmt].clocked else None)
                 if x is not None:
                     verify(e, graph, x)
         except Exception as err:

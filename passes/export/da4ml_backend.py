@@ -351,6 +351,7 @@ class Traced:
     out_shape: tuple[int, ...]
     interpreter: str = "da4ml interpreter"  # which executor :meth:`predict` last used
     input_quantizer: Any = None  # the input's reader's quantizer when it holds per-element maps
+    pipeline: Any = None  # the Pipelined record of a clocked RTL export (None: combinational)
 
     @property
     def luts(self) -> float:
@@ -444,23 +445,71 @@ TOP = "qfx_model"
 STATIC_SOURCES = ("binop.v", "multiplier.v", "mux.v", "negative.v", "shift_adder.v")  # no lookup tables
 
 
-def write_project(traced: Traced, out: str | Path, flavor: str) -> Path:
+# The delay model that turns a clock period into a pipeline stage's adder depth. A MODEL, not a measurement:
+# one adder level of da4ml's logic (a LUT6 + carry-chain adder of ~8-16 bits with local routing) is taken as
+# 0.6 ns and a stage's fixed cost (clock-to-out, setup, clock skew and uncertainty) as 0.5 ns, figures of the
+# order AMD documents for UltraScale+ -2 parts (DS923 switching characteristics: LUT ~0.1 ns, CARRY8 ~0.1-0.3 ns,
+# FF clock-to-out + setup ~0.2 ns; routing dominates). Calibrate against your tool's timing report: qfx's own
+# timing truth is `qfx synth --clock-ns` (Yosys cell counts; no place and route here).
+ADDER_LEVEL_NS = 0.6
+STAGE_OVERHEAD_NS = 0.5
+
+
+def stage_levels(clock_ns: float) -> int:
+    """Adder levels one pipeline stage may hold at ``clock_ns`` under the delay model above (at least 1)."""
+    if not (math.isfinite(clock_ns) and 0 < clock_ns <= 1000):
+        raise ExportError(f"clock period {clock_ns!r} ns: give a number in (0, 1000]")
+    return max(1, int((clock_ns - STAGE_OVERHEAD_NS) // ADDER_LEVEL_NS))
+
+
+@dataclass
+class Pipelined:
+    """What a clocked export wrote: the period, levels per stage, stages and latency (II = 1)."""
+
+    clock_ns: float
+    levels_per_stage: int
+    stages: int
+
+    @property
+    def latency_cycles(self) -> int:
+        """Clock edges from the one that registers an input to the one that registers its output (a register at
+        each stage's input and one at the output: ``stages`` cycles apart, da4ml's binder's latency)."""
+        return self.stages
+
+    @property
+    def latency_ns(self) -> float:
+        return self.latency_cycles * self.clock_ns
+
+
+def write_project(traced: Traced, out: str | Path, flavor: str, clock_ns: float | None = None) -> Pipelined | None:
     """Write da4ml's project for ``traced`` into directory ``out``: ``verilog``/``vhdl`` (RTL with
-    Vivado/Quartus scripts, ``src/qfx_model.v``) or ``hls`` (da4ml's HLS C++). Returns ``out``."""
+    Vivado/Quartus scripts, ``src/qfx_model.v``) or ``hls`` (da4ml's HLS C++). With ``clock_ns`` (RTL only) the
+    logic is cut into an initiation-interval-1 pipeline of :func:`stage_levels` adder levels per stage
+    (da4ml's ``to_pipeline``; registers at each stage's input and at the output) and its timing constraint
+    files name the period; returns the :class:`Pipelined` record then, else None."""
     from da4ml.codegen import HLSModel, RTLModel
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if traced.comb.lookup_tables:
         raise ExportError(f"{FMT}: the traced logic uses lookup tables, which qfx does not emit")
+    if clock_ns is not None and flavor == "hls":
+        raise ExportError(f"{FMT}: a clock target applies to verilog and vhdl, not to HLS C++ (its tool schedules it)")
     try:
         if flavor == "hls":
             HLSModel(traced.comb, TOP, out).write()
-        else:
+            return None
+        if clock_ns is None:
             RTLModel(traced.comb, TOP, out, flavor=flavor).write()
+            return None
+        from da4ml.trace.pipeline import to_pipeline
+
+        levels = stage_levels(clock_ns)
+        pipe = to_pipeline(traced.comb, levels, verbose=False)
+        RTLModel(pipe, TOP, out, flavor=flavor, clock_period=clock_ns).write()
+        return Pipelined(clock_ns, levels, len(pipe.solutions))
     except AssertionError as e:  # da4ml's generators assert on logic they cannot express
         raise ExportError(f"{FMT}: da4ml cannot write this logic as {flavor} ({str(e)[:200]})") from e
-    return out
 
 
 def tools() -> dict[str, str | None]:
@@ -562,7 +611,8 @@ def synth(project: Path, timeout: float = 1800, progress: Progress | None = None
     Yosys reads a script file ``synth.ys`` that we write, naming only our own relative file names; the
     project directory reaches it as its working directory, so no path text is ever parsed by Yosys."""
     project = Path(project).resolve()
-    files = [f"src/static/{s}" for s in STATIC_SOURCES] + [f"src/{TOP}.v"]
+    stages = sorted(f"src/{p.name}" for p in (project / "src").glob(f"{TOP}_stage*.v"))  # a pipelined design's
+    files = [f"src/static/{s}" for s in STATIC_SOURCES] + stages + [f"src/{TOP}.v"]
     script = out_path(project, "synth.ys")
     script.write_text(
         f"read_verilog -sv {' '.join(files)}\nsynth_xilinx -top {TOP} -flatten\ntee -q -o yosys_stat.txt stat\n"

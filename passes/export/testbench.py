@@ -87,11 +87,18 @@ def _mask(elements: list[dict[str, Any]]) -> int:
     return m
 
 
-def write_testbench(project: str | Path, comb: Any, x_in: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
+def write_testbench(
+    project: str | Path, comb: Any, x_in: np.ndarray, expected: np.ndarray, pipeline: Any = None
+) -> dict[str, Any]:
     """Write ``ports.json`` and ``tb/`` into ``project`` for the host's input values ``x_in`` (already in the
-    port's precision) and the outputs ``expected`` (the graph's); returns the port map."""
+    port's precision) and the outputs ``expected`` (the graph's); returns the port map. For a ``pipeline``
+    (:class:`~qfx.passes.export.da4ml_backend.Pipelined`) the testbench streams one row per clock (II = 1) and
+    checks each output its latency later."""
     project = Path(project)
     pm = ports(comb)
+    if pipeline is not None:
+        pm["clock"] = {"port": "clk", "period_ns": pipeline.clock_ns, "stages": pipeline.stages,
+                       "latency_cycles": pipeline.latency_cycles, "initiation_interval": 1}  # fmt: skip
     out_path(project, "ports.json").write_text(json.dumps(pm, indent=1))
     tb = out_path(project, "tb")
     tb.mkdir(exist_ok=True)
@@ -102,40 +109,85 @@ def write_testbench(project: str | Path, comb: Any, x_in: np.ndarray, expected: 
     out_path(tb, "vectors_out.mem").write_text("".join(f"{v:0{hex_out}x}\n" for v in rows_out))
     mask = _mask(pm["outputs"])
     n = len(rows_in)
-    out_path(tb, f"{TB}.v").write_text(f"""`timescale 1ns/1ps
+    ports_line = (".model_inp(model_inp), " if pm["input_port"]["bits"] else "") + ".model_out(model_out)"
+    body = _COMB if pipeline is None else _CLOCKED
+    text = body.format(TB=TB, n=n, w_in=w_in, w_out=w_out, mask=f"{mask:x}", ports=ports_line,
+                       lat=pipeline.stages if pipeline is not None else 0,
+                       half=pipeline.clock_ns / 2 if pipeline is not None else 0)  # fmt: skip
+    out_path(tb, f"{TB}.v").write_text(text)
+    return pm
+
+
+_HEAD = """`timescale 1ns/1ps
 // Self-checking testbench written by qfx: {n} rows of inputs (vectors_in.mem) and the outputs the quantized
 // graph computes (vectors_out.mem), compared bit for bit on every driven output bit (ports.json).
 module {TB};
     localparam N = {n}, W_IN = {w_in}, W_OUT = {w_out};
-    localparam [W_OUT-1:0] CHECKED = {w_out}'h{mask:x};
+    localparam [W_OUT-1:0] CHECKED = {w_out}'h{mask};
     reg [W_IN-1:0] vin [0:N-1];
     reg [W_OUT-1:0] vout [0:N-1];
     reg [W_IN-1:0] model_inp;
     wire [W_OUT-1:0] model_out;
     integer i, n, errors;
-
-    qfx_model dut ({".model_inp(model_inp), " if pm["input_port"]["bits"] else ""}.model_out(model_out));
-
-    initial begin
-        $readmemh("vectors_in.mem", vin);
-        $readmemh("vectors_out.mem", vout);
-        errors = 0;
-        if (!$value$plusargs("rows=%d", n) || n > N) n = N;  // vvp sim.vvp +rows=100: the first 100 rows
-        for (i = 0; i < n; i = i + 1) begin
-            model_inp = vin[i];
-            #1;
-            if ((model_out & CHECKED) !== (vout[i] & CHECKED)) begin
-                errors = errors + 1;
-                if (errors <= 5) $display("FAIL row %0d: got %h, expected %h", i, model_out & CHECKED, vout[i]);
-            end
-        end
-        if (errors == 0) $display("PASS: %0d rows", n);
+"""
+_TAIL = """        if (errors == 0) $display("PASS: %0d rows", n);
         else $fatal(1, "FAIL: %0d of %0d rows differ", errors, n);
         $finish;
     end
 endmodule
-""")
-    return pm
+"""
+_START = """        $readmemh("vectors_in.mem", vin);
+        $readmemh("vectors_out.mem", vout);
+        errors = 0;
+        if (!$value$plusargs("rows=%d", n) || n > N) n = N;  // vvp sim.vvp +rows=100: the first 100 rows
+"""
+_CHECK = """            if ((model_out & CHECKED) !== (vout[{row}] & CHECKED)) begin
+                errors = errors + 1;
+                if (errors <= 5) $display("FAIL row %0d: got %h, expected %h", {row}, model_out & CHECKED, vout[{row}]);
+            end
+"""
+_COMB = (
+    _HEAD
+    + """
+    qfx_model dut ({ports});
+
+    initial begin
+"""
+    + _START
+    + """        for (i = 0; i < n; i = i + 1) begin
+            model_inp = vin[i];
+            #1;
+"""
+    + _CHECK.replace("{row}", "i")
+    + """        end
+"""
+    + _TAIL
+)
+_CLOCKED = (
+    _HEAD
+    + """    // II = 1 pipeline: a row enters at every rising edge; its output is checked {lat} edges on
+    localparam LAT = {lat};
+    reg clk = 0;
+    always #{half} clk = ~clk;
+
+    qfx_model dut (.clk(clk), {ports});
+
+    initial begin
+"""
+    + _START
+    + """        model_inp = vin[0];
+        for (i = 0; i < n + LAT; i = i + 1) begin
+            @(posedge clk);
+            #0.01;
+            if (i >= LAT) begin
+"""
+    + _CHECK.replace("{row}", "i - LAT").replace("            ", "                ")
+    + """            end
+            model_inp = (i + 1 < n) ? vin[i + 1] : {{W_IN{{1'b0}}}};
+        end
+"""
+    + _TAIL
+)
 
 
 def run_testbench(project: str | Path, progress: Progress | None = None, rows: int | None = None) -> str:
@@ -151,7 +203,8 @@ def run_testbench(project: str | Path, progress: Progress | None = None, rows: i
         shutil.copytree(project / "tb", work / "tb")
         from qfx.passes.export.da4ml_backend import STATIC_SOURCES
 
-        src = [*(f"src/static/{s}" for s in STATIC_SOURCES), "src/qfx_model.v", f"tb/{TB}.v"]
+        stages = sorted(str(p.relative_to(work)) for p in (work / "src").glob("qfx_model_stage*.v"))
+        src = [*(f"src/static/{s}" for s in STATIC_SOURCES), *stages, "src/qfx_model.v", f"tb/{TB}.v"]
         run_tool(["iverilog", "-g2012", "-o", "tb/sim.vvp", *src], work, "iverilog compile of the testbench", progress)
         argv = ["vvp", "-n", "sim.vvp", *([f"+rows={rows}"] if rows else [])]
         text = run_tool(argv, work / "tb", "vvp run of the testbench", progress).stdout
