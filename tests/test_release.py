@@ -69,12 +69,14 @@ def test_readme_cli_commands_run(tmp_path):
         "outputs/jsc_s_fpga/outputs.json", "rtl/verilog/src/qfx_model.v", "rtl/verilog/status.json",
         "outputs/jsc_s_fpga/best_model/synth/yosys_stat.txt", "outputs/jsc_s_learned/front.json",
         "outputs/jsc_s_learned/front.png", "outputs/jsc_s_learned/best/graph.json", "rtl-learned/verilog/status.json",
+        "rtl-200mhz/verilog/ports.json", "rtl-200mhz/verilog/tb/qfx_model_tb.v",
     ]  # fmt: skip
     missing = [f for f in written if not (tmp_path / f).is_file()]
     assert not missing, missing
     assert json.loads((tmp_path / "rtl/verilog/status.json").read_text())["state"] == "verified"
     assert "pick" in json.loads((tmp_path / "outputs/jsc_s_fpga/best.json").read_text())["0"]
     assert json.loads((tmp_path / "rtl-learned/verilog/status.json").read_text())["state"] == "verified"
+    assert json.loads((tmp_path / "rtl-200mhz/verilog/ports.json").read_text())["clock"]["period_ns"] == 5
 
 
 def test_every_readme_fence_is_run_or_code():
