@@ -124,7 +124,8 @@ def test_verilog_through_verilator_bit_identical(name, tmp_path):
     q = _quantized(name, 0)
     e = export(q, "verilog", tmp_path / "v")
     a = verify(e, q, verification_inputs(X, 1000))
-    assert a["checked_by"] == "da4ml interpreter + Verilator", a
+    assert a["checked_by"] == "da4ml interpreter + Verilator + iverilog testbench", a
+    assert a["testbench"] == "iverilog: PASS: 32 rows (of 1000 in tb/)", a
     assert a["ok"] and a["bit_identical"] and a["interpreter_vs_rtl_identical"], a
     assert (tmp_path / "v" / "src" / "qfx_model.v").is_file()
     rtl = RTLSimulator(tmp_path / "v", e.handle).predict(X)  # the RTL alone, against the graph
