@@ -843,6 +843,7 @@ EPILOG = """examples:
   qfx eval --checkpoint runs/jsc-s
   qfx transform --config jsc_toy_by_name --out runs/toy-q
   qfx search --config jsc_tiny_by_type
+  qfx learn --config jsc_s_learned --epochs 100
   qfx search --config jsc_toy_by_name --storage sqlite:///runs/s.db --study-name toy
   qfx compare-samplers --config jsc_tiny_by_type --samplers tpe,bruteforce --repeats 5
   qfx export --graph outputs/jsc_tiny_by_type/best_model --format qonnx,onnx-qdq,hls4ml --out deploy
