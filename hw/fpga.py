@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import weakref
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 import torch
 import torch.fx as fx
 
+from qfx.graph.cache import LockedLRU
 from qfx.graph.registry import OP_TRAITS, has_trait
 from qfx.graph.trace import QGraph, target_value
 from qfx.passes.export.ir import ExportError, Layer, OpTable, build_ir
@@ -110,9 +111,11 @@ def ebops(graph: QGraph) -> float:
     return total
 
 
-_MEMO: OrderedDict[tuple[Any, ...], tuple[float, float]] = OrderedDict()
-_BY_GRAPH: weakref.WeakKeyDictionary[QGraph, tuple[float, float]] = weakref.WeakKeyDictionary()
 MEMO_SIZE = 4096
+# process-wide memos shared by a search's worker threads: each read and write holds its lock (graph/cache.py)
+_MEMO: LockedLRU[tuple[float, float]] = LockedLRU(MEMO_SIZE)
+_BY_GRAPH: weakref.WeakKeyDictionary[QGraph, tuple[float, float]] = weakref.WeakKeyDictionary()
+_BY_GRAPH_LOCK = threading.Lock()
 
 
 def _config_key(graph: QGraph) -> tuple[Any, ...]:
@@ -131,23 +134,24 @@ def _config_key(graph: QGraph) -> tuple[Any, ...]:
 
 def fpga_cost(graph: QGraph) -> tuple[float, float]:
     """``(LUTs, latency)`` of the graph's RTL as da4ml estimates them (see the module docstring)."""
-    if graph in _BY_GRAPH:
-        return _BY_GRAPH[graph]
-    key = _config_key(graph)
-    hit = _MEMO.get(key)
-    if hit is None:
+    with _BY_GRAPH_LOCK:
+        hit = _BY_GRAPH.get(graph)
+    if hit is not None:
+        return hit
+
+    def trace() -> tuple[float, float]:
         from qfx.passes.export.da4ml_backend import trace_graph
 
         tr = trace_graph(graph)
-        hit = (tr.luts, tr.latency)
-        _MEMO[key] = hit
-        if len(_MEMO) > MEMO_SIZE:
-            _MEMO.popitem(last=False)
-    _BY_GRAPH[graph] = hit
+        return tr.luts, tr.latency
+
+    hit = _MEMO.get_or(_config_key(graph), trace)
+    with _BY_GRAPH_LOCK:
+        _BY_GRAPH[graph] = hit
     return hit
 
 
-_LAYERS: OrderedDict[tuple[Any, ...], tuple[float, float]] = OrderedDict()
+_LAYERS: LockedLRU[tuple[float, float]] = LockedLRU(MEMO_SIZE)
 
 
 def _layer_key(lay: Any, in_shape: Any) -> tuple[Any, ...]:
@@ -178,20 +182,24 @@ def _trace_layer(lay: Any, in_shape: tuple[int, ...], src: Any, src_q: Any = Non
 
 
 _TOKENS: dict[int, tuple[weakref.ref[torch.Tensor], int, str]] = {}  # id -> (tensor, version, digest)
-_BY_KEY: OrderedDict[tuple[Any, ...], dict[str, tuple[float, float]]] = OrderedDict()
+_TOKENS_LOCK = threading.Lock()
+_BY_KEY: LockedLRU[dict[str, tuple[float, float]]] = LockedLRU(MEMO_SIZE)
 _LOOK_THROUGH = OP_TRAITS["reshape"] | {"dropout", "identity", "max_pool1d", "max_pool2d"}
 
 
 def _token(t: torch.Tensor) -> str:
     """A digest of a tensor's values, computed once per tensor object and in-place version (a search rebuilds
     every trial around the pristine graph's own parameter tensors)."""
-    hit = _TOKENS.get(id(t))
+    with _TOKENS_LOCK:
+        hit = _TOKENS.get(id(t))
     if hit is None or hit[0]() is not t or hit[1] != t._version:
         raw = t.detach().cpu().contiguous().numpy().tobytes()
-        hit = _TOKENS[id(t)] = (weakref.ref(t), t._version, hashlib.blake2b(raw, digest_size=16).hexdigest())
-        if len(_TOKENS) > 4 * MEMO_SIZE:  # ids of dead tensors
-            for k in [k for k, v in _TOKENS.items() if v[0]() is None]:
-                del _TOKENS[k]
+        hit = (weakref.ref(t), t._version, hashlib.blake2b(raw, digest_size=16).hexdigest())
+        with _TOKENS_LOCK:
+            _TOKENS[id(t)] = hit
+            if len(_TOKENS) > 4 * MEMO_SIZE:  # ids of dead tensors
+                for k in [k for k, v in _TOKENS.items() if v[0]() is None]:
+                    del _TOKENS[k]
     return hit[2]
 
 
@@ -236,13 +244,7 @@ def layer_costs(graph: QGraph) -> dict[str, tuple[float, float]]:
     """``{MAC layer: (LUTs, adder depth)}`` of each layer traced alone (see the module docstring); raises
     ExportError naming a layer da4ml cannot express (a float operand, an unsupported op). A graph whose MAC
     layers were all seen before (same modules, tensors, precisions, inputs) is answered without the IR."""
-    key = _graph_key(graph)
-    hit = _BY_KEY.get(key)
-    if hit is None:
-        hit = _BY_KEY[key] = _layer_costs(graph)
-        if len(_BY_KEY) > MEMO_SIZE:
-            _BY_KEY.popitem(last=False)
-    return dict(hit)
+    return dict(_BY_KEY.get_or(_graph_key(graph), lambda: _layer_costs(graph)))
 
 
 def _layer_costs(graph: QGraph) -> dict[str, tuple[float, float]]:
@@ -260,12 +262,7 @@ def _layer_costs(graph: QGraph) -> dict[str, tuple[float, float]]:
         relu = src.precision.get("data_out") if src is not None and src.op == "relu" else None
         relu_q = src.quantizers.get("data_out") if relu is not None else None
         key = (*_layer_key(lay, in_shape), relu.key() if relu is not None else None)
-        hit = _LAYERS.get(key)
-        if hit is None:
-            hit = _LAYERS[key] = _trace_layer(lay, in_shape, relu, relu_q)
-            if len(_LAYERS) > MEMO_SIZE:
-                _LAYERS.popitem(last=False)
-        out[lay.name] = hit
+        out[lay.name] = _LAYERS.get_or(key, lambda: _trace_layer(lay, in_shape, relu, relu_q))  # noqa: B023
     return out
 
 

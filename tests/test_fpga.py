@@ -124,8 +124,14 @@ def test_verilog_through_verilator_bit_identical(name, tmp_path):
     q = _quantized(name, 0)
     e = export(q, "verilog", tmp_path / "v")
     a = verify(e, q, verification_inputs(X, 1000))
-    assert a["checked_by"] == "da4ml interpreter + Verilator + iverilog testbench", a
-    assert a["testbench"] == "iverilog: PASS: 32 rows (of 1000 in tb/)", a
+    from qfx.passes.export.api import TESTBENCH_MAX_LUTS
+
+    if e.handle.luts <= TESTBENCH_MAX_LUTS:
+        assert a["checked_by"] == "da4ml interpreter + Verilator + iverilog testbench", a
+        assert a["testbench"] == "iverilog: PASS: 32 rows (of 1000 in tb/)", a
+    else:  # Icarus would take minutes: the testbench ships, the export says it did not run it
+        assert a["checked_by"] == "da4ml interpreter + Verilator", a
+        assert any("tb/) was written, not run" in n for n in e.notes), e.notes
     assert a["ok"] and a["bit_identical"] and a["interpreter_vs_rtl_identical"], a
     assert (tmp_path / "v" / "src" / "qfx_model.v").is_file()
     rtl = RTLSimulator(tmp_path / "v", e.handle).predict(X)  # the RTL alone, against the graph
@@ -210,16 +216,16 @@ def test_cli_export_verilog_relative_out_with_spaces(tmp_path, capsys, monkeypat
 
 def test_fpga_metrics_cached_and_ebops_counts_used_bits():
     from qfx.hw.fpga import effective_bits, fpga_cost
-    from qfx.passes.export.da4ml_backend import CACHE_STATS
+    from qfx.passes.export.da4ml_backend import CMVM_CACHE
 
     assert effective_bits(np.array([0, 1, 2, 3, -4, 6, 12, 127, -128])).tolist() == [0, 1, 1, 2, 1, 2, 2, 7, 1]
     q = _quantized("jsc-s", 3)
     luts, lat = fpga_cost(q)
-    misses = CACHE_STATS["misses"]
+    misses = CMVM_CACHE.misses
     assert fpga_cost(_quantized("jsc-s", 3)) == (luts, lat)  # same configuration rebuilt: memo
-    assert CACHE_STATS["misses"] == misses
+    assert CMVM_CACHE.misses == misses
     tr = trace_graph(q)
-    assert (tr.luts, tr.latency) == (luts, lat) and CACHE_STATS["misses"] == misses  # CMVMs cached
+    assert (tr.luts, tr.latency) == (luts, lat) and CMVM_CACHE.misses == misses  # CMVMs cached
 
 
 @pytest.mark.slow  # yosys synthesis

@@ -134,8 +134,9 @@ def test_a_second_run_into_the_same_out_leaves_no_stale_results(tmp_path: Path, 
     cfg.write_text(search_toml("random", 10, single=False, metrics=MULTI, num_samples=128))
     run_search(cfg, str(ckpt), out)
     (out / "pareto" / "trial_999").mkdir(parents=True, exist_ok=True)  # what an older run (another front) left
-    cfg.write_text(search_toml("random", 2, single=False, metrics=MULTI, num_samples=128).replace("seed = 0",
-                                                                                                    "seed = 5"))
+    cfg.write_text(
+        search_toml("random", 2, single=False, metrics=MULTI, num_samples=128).replace("seed = 0", "seed = 5")
+    )
     run = run_search(cfg, str(ckpt), out)
     now = {p.name for p in (out / "pareto").iterdir()} if (out / "pareto").exists() else set()
     assert now == {f"trial_{t.number}" for t in run.best[1:]} and "trial_999" not in now

@@ -288,6 +288,7 @@ def verify(e: Exported, graph: QGraph, x: torch.Tensor) -> dict[str, Any]:
 
 
 TESTBENCH_ROWS = 32  # rows the export runs through Icarus (~0.1-0.2 s a row for jsc-s); tb/ holds them all
+TESTBENCH_MAX_LUTS = 25_000  # larger designs: tb/ is written, not run (Icarus compiles a 30k-LUT cnn in minutes)
 
 
 def _testbench(e: Exported, x: torch.Tensor, ref: np.ndarray) -> None:
@@ -299,6 +300,10 @@ def _testbench(e: Exported, x: torch.Tensor, ref: np.ndarray) -> None:
     write_testbench(e.path, tr.comb, tr.quantize_input(x.numpy()), ref, tr.pipeline)
     if shutil.which("iverilog") is None or shutil.which("vvp") is None:
         e.notes.append("iverilog not on PATH: the shipped testbench (tb/) was written, not run")
+        return
+    if tr.luts > TESTBENCH_MAX_LUTS:
+        e.notes.append(f"the shipped testbench (tb/) was written, not run: {tr.luts:,.0f} LUTs is past what Icarus "
+                       f"compiles in seconds ({TESTBENCH_MAX_LUTS:,}); run it with iverilog/vvp (README)")  # fmt: skip
         return
     rows = min(len(x), TESTBENCH_ROWS)
     try:

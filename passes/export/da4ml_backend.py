@@ -31,7 +31,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qfx.graph.cache import LockedLRU
 from qfx.graph.meta import TensorPrecision
 from qfx.graph.safeio import out_path
 from qfx.graph.trace import QGraph
@@ -138,8 +138,7 @@ def fixed(x: Any, p: TensorPrecision | None, q: Any = None) -> Any:
 
 
 # (matrix bytes, shape, input intervals, quick) -> da4ml solution; LRU
-CMVM_CACHE: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-CACHE_STATS = {"hits": 0, "misses": 0}
+CMVM_CACHE: LockedLRU[Any] = LockedLRU(CACHE_SIZE)
 # True while estimating (hw.fpga): da4ml tries one decomposition of each matrix instead of all of them, about
 # 4x faster and within ~1% of the LUTs; exports always search them all
 QUICK: contextvars.ContextVar[bool] = contextvars.ContextVar("qfx_da4ml_quick", default=False)
@@ -154,16 +153,9 @@ def cmvm(x: Any, mat: np.ndarray) -> Any:
     qint = tuple((float(v.low), float(v.high), float(v.step)) for v in x._vars)
     quick = QUICK.get()
     key = (mat.tobytes(), mat.shape, qint, quick)
-    sol = CMVM_CACHE.get(key)
-    if sol is None:
-        CACHE_STATS["misses"] += 1
-        sol = solve(mat, qintervals=list(qint), latencies=[0.0] * len(qint), search_all_decompose_dc=not quick)
-        CMVM_CACHE[key] = sol
-        if len(CMVM_CACHE) > CACHE_SIZE:
-            CMVM_CACHE.popitem(last=False)
-    else:
-        CACHE_STATS["hits"] += 1
-        CMVM_CACHE.move_to_end(key)
+    sol = CMVM_CACHE.get_or(
+        key, lambda: solve(mat, qintervals=list(qint), latencies=[0.0] * len(qint), search_all_decompose_dc=not quick)
+    )
     return trace.FixedVariableArray(np.asarray(sol(x._vars), dtype=object), x.solver_options, hwconf=x.hwconf)
 
 
