@@ -129,10 +129,11 @@ def tensor_bits(g: QGraph, activations: bool = False) -> list[TensorBits]:
         if "shapes" not in g.analyses:
             raise ValueError("activation bits need the shapes analysis (run ShapePass first)")
         b = _batch(g)
+        by_name = {n.name: n for n in gm.graph.nodes}  # one lookup per node (QGraph.node scans the graph)
         for name in quantizable_nodes(g):
-            m = g.meta(name)
+            node = by_name[name]
+            m = get_meta(node)
             prec = m.precision.get("data_in")
-            node = g.node(name)
             for s in m.in_shapes:
                 if is_tensor_shape(s):
                     w: float = prec.width if prec else FLOAT_BITS
