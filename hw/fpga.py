@@ -33,6 +33,7 @@ import torch
 import torch.fx as fx
 
 from qfx.graph.cache import LockedLRU
+from qfx.graph.meta import get_meta
 from qfx.graph.registry import OP_TRAITS, has_trait
 from qfx.graph.trace import QGraph, target_value
 from qfx.passes.export.ir import ExportError, Layer, OpTable, build_ir
@@ -126,7 +127,7 @@ def _config_key(graph: QGraph) -> tuple[Any, ...]:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     nodes = tuple(
-        (n.name, str(n.target), tuple(sorted((r, p.key()) for r, p in graph.meta(n.name).precision.items())))
+        (n.name, str(n.target), tuple(sorted((r, p.key()) for r, p in get_meta(n).precision.items())))
         for n in graph.gm.graph.nodes
     )
     return nodes, h.hexdigest()
@@ -210,18 +211,14 @@ def _graph_key(graph: QGraph) -> tuple[Any, ...]:
     out = []
     mods = graph.modules
     for n in graph.gm.graph.nodes:
-        meta = graph.meta(n.name)
+        meta = get_meta(n)  # the node's record directly (QGraph.meta by name scans the graph: per trial, per node)
         if n.op not in ("call_module", "call_function", "call_method") or not has_trait(meta.op_type, "mac"):
             continue
         m = mods[n.target] if n.op == "call_module" else None  # type: ignore[index]
         src = n.args[0] if n.args else None
-        while isinstance(src, fx.Node) and graph.meta(src.name).op_type in _LOOK_THROUGH and src.args:
+        while isinstance(src, fx.Node) and get_meta(src).op_type in _LOOK_THROUGH and src.args:
             src = src.args[0]
-        relu = (
-            graph.meta(src.name).precision
-            if isinstance(src, fx.Node) and graph.meta(src.name).op_type == "relu"
-            else {}
-        )
+        relu = get_meta(src).precision if isinstance(src, fx.Node) and get_meta(src).op_type == "relu" else {}
         own = [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)] if m is not None else []
         attrs = [(a.name, target_value(graph.gm, a)) for a in n.all_input_nodes if a.op == "get_attr"]
         what = (type(m).__name__, m.extra_repr()) if m is not None else (str(n.target), "")
