@@ -133,3 +133,15 @@ def test_clock_target_is_checked(tmp_path):
         export(g, "qonnx", tmp_path / "q", clock_ns=5.0)
     with pytest.raises(ValueError, match="not to da4ml-hls"):
         export(g, "da4ml-hls", tmp_path / "h", clock_ns=5.0)
+
+
+def test_testbench_runs_from_a_path_with_shell_characters(exported, tmp_path, monkeypatch):
+    """The project's path reaches Icarus as nothing but a working directory (argument vectors, relative names)."""
+    import shutil
+
+    e, _ = exported
+    d = tmp_path / "x; touch pwned; #" / "my rtl"
+    shutil.copytree(e.path, d)
+    monkeypatch.chdir(tmp_path)
+    assert run_testbench(Path("x; touch pwned; #") / "my rtl", rows=4) == "PASS: 4 rows"
+    assert not (tmp_path / "pwned").exists() and not (Path(d) / "pwned").exists()
