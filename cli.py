@@ -448,17 +448,18 @@ def _selection_note(run: Any, st: Any) -> None:
 
 def _report_search(run: Any, cfg: Any, out: Path, started: float) -> None:
     """The Best table (one row per distinct configuration), budget and weakest-node notes, the files written."""
+    from qfx.search.records import TrialRecord, feasible, record_of
     from qfx.search.study import best_table, draws, summarize
 
     st, study, best = cfg.search.strategy, run.study, run.best
     print("\nBest trial(s):")
     done = [t for t in study.get_trials(False) if t.state.name == "COMPLETE" and t.number not in run.objective.skipped]
-    refused = sum("refused" in t.user_attrs for t in study.get_trials(False) if t.state.name == "PRUNED")
+    refused = sum(bool((r := record_of(t)) and r.refused) for t in study.get_trials(False) if t.state.name == "PRUNED")
     none = "(no feasible trial: every trial broke a budget)" if done or refused else "(no trial completed)"
     sp, skip = run.objective.space, run.objective.skipped
     print(best_table(best, list(st.metrics), draws(study, skip), sp, list(st.constraints)) if best else none)
     if st.constraints:
-        infeasible = sum(not t.user_attrs.get("feasible", True) for t in done)
+        infeasible = sum(not feasible(t) for t in done)
         _note(
             f"budgets {_budgets(st.constraints)}: {infeasible} of {len(done)} evaluated trial(s) infeasible; "
             f"{refused} sampled point(s) broke a hardware budget and were refused before evaluation"
@@ -477,7 +478,7 @@ def _report_search(run: Any, cfg: Any, out: Path, started: float) -> None:
     if not best and not run.objective.interrupted:
         failed = [t for t in study.get_trials(False) if t.state.name == "FAIL"]
         if failed:
-            err = (failed[0].user_attrs.get("error") or "").strip().splitlines()
+            err = ((record_of(failed[0]) or TrialRecord.of(sampled_config={})).error or "").strip().splitlines()
             why = err[-1] if err else "none recorded: its worker stopped before recording it (killed or timed out?)"
             raise UsageError(
                 f"all {len(failed)} trial(s) failed; first error (trial {failed[0].number}): {why}",
@@ -692,11 +693,12 @@ def _fail_on_difference(done: list[Any]) -> None:
 
 def _export_best(args: argparse.Namespace, best: list[Any], prep: Any, out: Path, ev: Any) -> None:
     from qfx.passes.export.api import export_all, parse_formats, verification_inputs
+    from qfx.search.records import config_of
 
     fmts = parse_formats(args.export)
     x = verification_inputs(prep.dataset.test.x, 1000)
     for i, t in enumerate(best):
-        q = ev.scored_graph(t.user_attrs["sampled_config"])  # what the trial scored (fine-tuned with QAT)
+        q = ev.scored_graph(config_of(t))  # what the trial scored (fine-tuned with QAT)
         where = out / "export" if len(best) == 1 else out / "export" / f"trial_{t.number}"
         pareto = f" (Pareto {i + 1}/{len(best)})" if len(best) > 1 else ""
         print(f"\nexport of trial {t.number}{pareto}:")

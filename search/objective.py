@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,11 @@ from tqdm.auto import tqdm
 
 from qfx.search.config import MetricSpec
 from qfx.search.metrics import METRICS, scalarize, violations
+from qfx.search.records import TrialRecord, record_of, write_record
 from qfx.search.runner import Evaluator
 from qfx.search.samplers import exhaustive_index
 from qfx.search.space import SearchSpace
-from qfx.search.storage import counted, params_at_once, set_user_attrs
+from qfx.search.storage import counted, fail_stale, heartbeat
 
 log = logging.getLogger(__name__)
 _CLAIM = "qfx:claimed"  # user attr: this trial checked its point was free and evaluates it
@@ -61,6 +63,7 @@ class Objective:
     interrupted: bool = False
     constraints: dict[str, Any] = field(default_factory=dict)  # metric -> Bound (budgets)
     shared: bool = True  # other workers/threads may run trials at once: cap checks and point claims needed
+    beats: bool = False  # persistent storage: running trials write heartbeats (killed workers are found by them)
     progress: Progress | None = None  # bar and JSONL record of every finished trial
     hard_pruned: int = 0  # points refused before evaluation for breaking a hardware budget
     skipped: dict[int, str] = field(default_factory=dict)  # resumed trials whose stored records are refused
@@ -97,7 +100,10 @@ class Objective:
         t0 = time.perf_counter()
         state, values, attrs, params = "FAIL", None, {}, None
         try:
-            out, attrs, params = self._run(trial)
+            if self.beats:
+                fail_stale(trial.study)  # as Optuna's loop does for its heartbeat storages: killed workers' trials
+            with heartbeat(trial) if self.beats else nullcontext():
+                out, attrs, params = self._run(trial)
             state, values = "COMPLETE", [out] if self.single else out
             return out
         except _Refused as e:
@@ -116,13 +122,11 @@ class Objective:
                 )
 
     def _run(self, trial: optuna.Trial) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-        attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id) if self.exhaustive else {}
-        if self.exhaustive and exhaustive_index(trial.study, trial.number, attrs) >= self.space.size:
+        if self.exhaustive and exhaustive_index(trial.study, trial.number, _system_attrs(trial)) >= self.space.size:
             trial.study.stop()
             raise optuna.TrialPruned(f"all {self.space.size} points of the space have been tried")
         t0 = time.perf_counter()
-        with params_at_once(trial):
-            params = {d: _suggest(trial, d, dist) for d, dist in self.space.distributions.items()}
+        params = {d: _suggest(trial, d, dist) for d, dist in self.space.distributions.items()}
         point = self.space.point_of(params)
         t_sample = time.perf_counter() - t0
         if self.n_trials is not None and self.shared:
@@ -147,24 +151,20 @@ class Objective:
         except _Refused:
             raise
         except Exception as e:
-            fail = {"error": traceback.format_exc(), "sampled_config": config}  # the full story stays in the record
-            set_user_attrs(trial, fail)
-            raise _TrialError(fail) from e
+            fail = TrialRecord.of(error=traceback.format_exc(), sampled_config=config)  # the full story in the record
+            write_record(trial, fail)
+            raise _TrialError(fail.model_dump()) from e
         scaled = {k: spec.scale * res.metric(k) for k, spec in self.metrics.items()}
-        attrs = {**res.software, **res.hardware}  # flat numeric attrs: sortable dashboard columns
-        attrs.update(
-            software_metrics=res.software,
-            hardware_metrics=res.hardware,
-            scaled_metrics=scaled,
-            sampled_config=config,
-            timings={"sample": t_sample, **res.timings},
-        )
+        rec = TrialRecord.of(software_metrics=res.software, hardware_metrics=res.hardware, scaled_metrics=scaled,
+                          sampled_config=config, timings={"sample": t_sample, **res.timings})  # fmt: skip
         if self.constraints:
             c = violations(res.metric, self.constraints)
             for name, v in c.items():
                 trial.set_constraint(name, v)  # Optuna-native: constraint-aware samplers read these
-            attrs.update(constraints=c, feasible=all(v <= 0 for v in c.values()))
-        set_user_attrs(trial, attrs)
+            rec.constraints, rec.feasible = c, all(v <= 0 for v in c.values())
+        # flat numeric attrs, the columns optuna-dashboard sorts on: the objectives and the budgeted metrics
+        write_record(trial, rec, {k: float(res.metric(k)) for k in dict.fromkeys([*self.metrics, *self.constraints])})
+        attrs = rec.model_dump()
         return (scalarize(res.metric, self.metrics) if self.single else list(scaled.values())), attrs, params
 
 
@@ -180,8 +180,10 @@ def _refuse(obj: Objective, trial: optuna.Trial, config: dict[str, Any], hw: dic
     """Record a point that breaks a hardware budget (never evaluated) and prune its trial (uncounted)."""
     for name, v in c.items():
         trial.set_constraint(name, v)  # constraint-aware samplers learn the infeasible region from it
-    attrs = {"hardware_metrics": hw, "sampled_config": config, "constraints": c, "feasible": False}
-    set_user_attrs(trial, {**attrs, "refused": "breaks a hardware budget: not evaluated"})
+    rec = TrialRecord.of(hardware_metrics=hw, sampled_config=config, constraints=c, feasible=False,
+                      refused="breaks a hardware budget: not evaluated")  # fmt: skip
+    write_record(trial, rec)
+    attrs = rec.model_dump()
     obj.hard_pruned += 1
     if obj.n_trials is not None and obj.hard_pruned > HARD_LIMIT * obj.n_trials:
         trial.study.stop()
@@ -217,7 +219,16 @@ def _record(number: int, state: str, values: list[float] | None, params: dict[st
 
 def trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     duration = t.duration.total_seconds() if t.duration else None
-    return _record(t.number, t.state.name, t.values, t.params, t.user_attrs, duration)
+    rec = record_of(t)
+    return _record(t.number, t.state.name, t.values, t.params, {} if rec is None else rec.model_dump(), duration)
+
+
+def _system_attrs(trial: optuna.Trial) -> dict[str, Any]:
+    """A running trial's system attrs (a re-queued one's ``failed_trial``), read through the study."""
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number == trial.number:
+            return t.system_attrs
+    return {}
 
 
 class Progress:

@@ -23,6 +23,7 @@ from qfx.passes.debug import NumericsPass
 from qfx.passes.debug.views import plot_sqnr
 from qfx.search.objective import Objective, trial_record
 from qfx.search.plots import StudyData, pareto_mask, plot_study
+from qfx.search.records import config_of, feasible, metrics_of
 from qfx.search.runner import Evaluator
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def config_key(t: optuna.trial.FrozenTrial) -> str:
     """A trial's configuration as one comparable string (equal configurations, equal keys)."""
-    return json.dumps(t.user_attrs.get("sampled_config", t.params), sort_keys=True, default=str)
+    return json.dumps(config_of(t), sort_keys=True, default=str)
 
 
 def completed(study: optuna.Study, skip: Collection[int] = ()) -> list[optuna.trial.FrozenTrial]:
@@ -50,7 +51,7 @@ def best_trials(
     """The best feasible trial (single objective) or the Pareto front of the feasible trials, by number;
     with ``distinct`` (the default) one trial per configuration (the first that drew it); ``skip``: trial
     numbers left out."""
-    done = [t for t in completed(study, skip) if t.user_attrs.get("feasible", True)]
+    done = [t for t in completed(study, skip) if feasible(t)]
     if not done:
         return []
     maximize = [d == optuna.study.StudyDirection.MAXIMIZE for d in study.directions]
@@ -111,7 +112,7 @@ def best_table(
     heads = ["trial", *(["drawn"] if drawn is not None else []), *shown]
     rows = []
     for t in trials:
-        m = {**t.user_attrs.get("software_metrics", {}), **t.user_attrs.get("hardware_metrics", {})}
+        m = metrics_of(t)
         n = [drawn[config_key(t)]] if drawn is not None else []
         rows.append([t.number, *n, *(_num(m.get(k)) for k in shown)])
     if space is None or not space.free_dims:
@@ -139,12 +140,12 @@ def study_data(study: optuna.Study, objective: Objective) -> StudyData:
     return StudyData(
         numbers=[t.number for t in trials],
         values=[t.values[0] for t in trials],
-        metrics=[{**t.user_attrs["software_metrics"], **t.user_attrs["hardware_metrics"]} for t in trials],
+        metrics=[metrics_of(t) for t in trials],
         objectives={k: m.direction == "maximize" for k, m in objective.metrics.items()},
         single=objective.single,
         choices=[objective.space.values(objective.space.point_of(t.params)) for t in trials],
         dims={d: objective.space.dims[d] for d in free},
-        feasible=[t.user_attrs.get("feasible", True) for t in trials],
+        feasible=[feasible(t) for t in trials],
     )
 
 
@@ -186,7 +187,7 @@ def _write_best_graphs(
     xb = ev.x[: ev.SQNR_BATCH]
     drawn = {}
     for i, t in enumerate(best):
-        q = ev.scored_graph(t.user_attrs["sampled_config"], copy_weights=False)  # fine-tuned as scored (QAT)
+        q = ev.scored_graph(config_of(t), copy_weights=False)  # fine-tuned as scored (QAT)
         q.save(out / ("best_model" if i == 0 else f"pareto/trial_{t.number}"))
         weakest[t.number] = ev.weakest_nodes(q) if hasattr(ev, "weakest_nodes") else []
         if i < MAX_SQNR_PLOTS:

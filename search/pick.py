@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qfx.search.records import metrics_of
+
 _RULE = re.compile(r"^(knee|max:(\w+)|min:(\w+)|trial:(\d+))$")
 _BOUND = re.compile(r"^(\w+)\s*(>=|<=)\s*([-+0-9.eE]+)$")
 
@@ -73,7 +75,7 @@ def parse_pick(text: str) -> Pick:
 
 
 def _metrics(t: Any) -> dict[str, float]:
-    return {**t.user_attrs.get("software_metrics", {}), **t.user_attrs.get("hardware_metrics", {})}
+    return metrics_of(t)
 
 
 def _within(t: Any, bounds: list[Bound]) -> bool:

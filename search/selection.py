@@ -20,6 +20,7 @@ import optuna
 from qfx.search.config import ConfigError
 from qfx.search.metrics import scalarize
 from qfx.search.outputs import best_trials, completed
+from qfx.search.records import config_of, feasible
 from qfx.search.study import anchor_trial
 from qfx.zoo.data import Split
 from qfx.zoo.train import predict
@@ -54,7 +55,7 @@ def referee(ev: Any, split: Split) -> Any:
 
 
 def _key(t: optuna.trial.FrozenTrial) -> str:
-    return json.dumps(t.user_attrs.get("sampled_config", t.params), sort_keys=True, default=str)
+    return json.dumps(config_of(t), sort_keys=True, default=str)
 
 
 def candidates(study: optuna.Study, objective: Any, top_k: int) -> list[optuna.trial.FrozenTrial]:
@@ -63,7 +64,7 @@ def candidates(study: optuna.Study, objective: Any, top_k: int) -> list[optuna.t
 
     if not objective.single:
         return best_trials(study, skip=objective.skipped)
-    done = [t for t in completed(study, objective.skipped) if t.user_attrs.get("feasible", True)]
+    done = [t for t in completed(study, objective.skipped) if feasible(t)]
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     done.sort(key=lambda t: (-t.values[0] if maximize else t.values[0], t.number))
     out, seen = [], set()
@@ -78,7 +79,7 @@ def candidates(study: optuna.Study, objective: Any, top_k: int) -> list[optuna.t
 
 def trial_figures(t: optuna.trial.FrozenTrial, objective: Any, selection: Any, test: Any) -> dict[str, Any]:
     """A trial's ``selection_metrics``, ``test_metrics`` and ``selection_value`` (signed objective)."""
-    cfg = t.user_attrs["sampled_config"]
+    cfg = config_of(t)
     s, te = selection.evaluate(cfg), test.evaluate(cfg)
     return {
         "selection_metrics": {**s.software, **s.hardware},
@@ -125,7 +126,7 @@ def anchored(
     split crowns a lucky configuration often; a significant difference on paired rows rarely is luck."""
     if _key(best) == _key(anchor):
         return best, {"anchor_trial": anchor.number, "p_value": None, "kept": "best (it is the anchor)"}
-    a, b = correct(ev, anchor.user_attrs["sampled_config"]), correct(ev, best.user_attrs["sampled_config"])
+    a, b = correct(ev, config_of(anchor)), correct(ev, config_of(best))
     p = mcnemar_greater(b, a)
     info = {"anchor_trial": anchor.number, "best_trial": best.number, "rows": len(a),
             "best_right_anchor_wrong": int((b & ~a).sum()), "anchor_right_best_wrong": int((a & ~b).sum()),

@@ -33,12 +33,12 @@ from qfx.search.outputs import (
     study_data,
     write_outputs,
 )
-from qfx.search.records import check_resumed
+from qfx.search.records import check_resumed, feasible
 from qfx.search.runner import Evaluator
 from qfx.search.samplers import make_sampler, sampler_spec
 from qfx.search.sensitivity import sensitivity, space_frac, space_widths, warm_start_points
 from qfx.search.space import SearchSpace
-from qfx.search.storage import GRACE_S, HEARTBEAT_S, counted, create_study, make_storage
+from qfx.search.storage import GRACE_S, HEARTBEAT_S, counted, create_study, fail_stale, make_storage
 
 log = logging.getLogger(__name__)
 
@@ -76,27 +76,20 @@ def _await_stale(
             log.warning("trials %s are still running in other workers; leaving them to finish", sorted(running))
             return False
         time.sleep(HEARTBEAT_S)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # marks killed trials FAIL and re-queues them
+        fail_stale(study)  # marks killed trials FAIL and re-queues them
     return False
 
 
 def _open_study(
     objective: Objective, setup: StrategySetup, storage: str | None, study_name: str | None
 ) -> optuna.Study:
-    """Create (or load, for a named persistent study) the study with the configured sampler; stale trials of
-    killed workers are failed and re-queued before this worker starts."""
+    """Create (or load, for a named persistent study) the study with the configured sampler."""
     directions = [setup.direction] if objective.single else objective.directions
     sampler = make_sampler(setup.sampler, objective.space, setup.seed, len(directions))
     study = create_study(
         storage, sampler=sampler, study_name=study_name, directions=directions, load_if_exists=study_name is not None
     )
     _describe(study, objective, setup)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if storage is not None:
-            optuna.storages.fail_stale_trials(study)
     return study
 
 
@@ -183,7 +176,7 @@ def anchor_trial(study: optuna.Study, objective: Objective) -> optuna.trial.Froz
     """The finished feasible trial of the uniform anchor (see ``run_study(anchor=True)``), or None."""
     want = _uniform(objective)
     for t in completed(study, objective.skipped):
-        if want and t.params == want[0] and t.user_attrs.get("feasible", True):
+        if want and t.params == want[0] and feasible(t):
             return t
     return None
 
@@ -234,9 +227,11 @@ def run_study(
     n_trials = min(setup.n_trials, space.size) if spec.name == "exhaustive" else setup.n_trials
     objective = Objective(space, evaluator, metrics, setup.sum_scaled_metrics, exhaustive=spec.name == "exhaustive",
                           n_trials=n_trials, unique=spec.enumerates, constraints=dict(constraints or {}),
-                          shared=storage is not None or setup.n_jobs > 1)  # fmt: skip
+                          shared=storage is not None or setup.n_jobs > 1, beats=storage is not None)  # fmt: skip
     study = _open_study(objective, setup, storage, study_name)
     fresh = _check_resumed(study, objective, storage)
+    if storage is not None:
+        fail_stale(study)  # trials of killed workers: failed and re-queued before this worker starts
     if anchor and fresh:
         for p in _uniform(objective):
             study.enqueue_trial(p, skip_if_exists=True)

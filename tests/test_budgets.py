@@ -8,6 +8,7 @@ from search_helpers import make_checkpoint, search_toml
 
 from qfx import cli
 from qfx.search.config import ConfigError, load_config
+from qfx.search.records import record_of
 from qfx.search.session import run_search
 
 
@@ -26,19 +27,19 @@ def _cfg(tmp_path, sampler, budget, single=True, n=12):
 def test_average_bitwidth_budget(tmp_path, ckpt, sampler):
     run = run_search(_cfg(tmp_path, sampler, "average_bitwidth.max = 9.0"), checkpoint=str(ckpt), out=tmp_path / "o")
     done = [t for t in run.study.trials if t.state.name == "COMPLETE"]
-    bw = {t.number: t.user_attrs["hardware_metrics"]["average_bitwidth"] for t in done}
-    assert all(t.user_attrs["feasible"] == (bw[t.number] <= 9.0) for t in done)
-    assert all(t.user_attrs["constraints"] == {"average_bitwidth<=9": pytest.approx(bw[t.number] - 9.0)}
+    bw = {t.number: record_of(t).hardware_metrics["average_bitwidth"] for t in done}
+    assert all(record_of(t).feasible == (bw[t.number] <= 9.0) for t in done)
+    assert all(record_of(t).constraints == {"average_bitwidth<=9": pytest.approx(bw[t.number] - 9.0)}
                for t in done)  # fmt: skip
-    assert all(t.constraints == t.user_attrs["constraints"] for t in done)  # Optuna-native constraints
+    assert all(t.constraints == record_of(t).constraints for t in done)  # Optuna-native constraints
     assert run.best and all(bw[t.number] <= 9.0 for t in run.best)
-    feasible = [t for t in done if t.user_attrs["feasible"]]
+    feasible = [t for t in done if record_of(t).feasible]
     assert run.best[0].value == max(t.value for t in feasible)
     best = json.loads((tmp_path / "o" / "best.json").read_text())
     assert all(b["hardware_metrics"]["average_bitwidth"] <= 9.0 for b in best.values())
     records = json.loads((tmp_path / "o" / "trials.json").read_text())
     assert {r["number"]: r["feasible"] for r in records if r["state"] == "COMPLETE"} == {
-        t.number: t.user_attrs["feasible"] for t in done
+        t.number: record_of(t).feasible for t in done
     }
     assert (tmp_path / "o" / "pareto.png").is_file()
 
@@ -48,8 +49,8 @@ def test_multi_objective_budget_with_nsgaii(tmp_path, ckpt):
                      checkpoint=str(ckpt))  # fmt: skip
     assert run.best
     for t in run.best:
-        assert t.user_attrs["software_metrics"]["accuracy"] >= 0.45
-        assert t.user_attrs["hardware_metrics"]["memory_bytes"] <= 900
+        assert record_of(t).software_metrics["accuracy"] >= 0.45
+        assert record_of(t).hardware_metrics["memory_bytes"] <= 900
 
 
 def test_cli_reports_infeasible_count_and_no_feasible_trial(tmp_path, ckpt, capsys):
@@ -77,10 +78,10 @@ def test_hardware_budget_checked_before_evaluation(tmp_path, ckpt):
     trials, all feasible."""
     run = run_search(_cfg(tmp_path, "random", "average_bitwidth.max = 9.0", n=10), checkpoint=str(ckpt))
     done = [t for t in run.study.trials if t.state.name == "COMPLETE"]
-    refused = [t for t in run.study.trials if t.state.name == "PRUNED" and "refused" in t.user_attrs]
-    assert len(done) == 10 and all(t.user_attrs["feasible"] for t in done)
-    assert refused and all(t.user_attrs["hardware_metrics"]["average_bitwidth"] > 9.0 for t in refused)
-    assert all("software_metrics" not in t.user_attrs for t in refused)  # never evaluated
+    refused = [t for t in run.study.trials if t.state.name == "PRUNED" and record_of(t).refused]
+    assert len(done) == 10 and all(record_of(t).feasible for t in done)
+    assert refused and all(record_of(t).hardware_metrics["average_bitwidth"] > 9.0 for t in refused)
+    assert all(not record_of(t).software_metrics for t in refused)  # never evaluated
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ from qfx.passes.transforms.quantize.modules import QLinear, clone_as
 from qfx.passes.transforms.quantize.quantize_pass import register_function_rule, register_module_rule
 from qfx.passes.transforms.quantize.quantizers import make_quantizer
 from qfx.search.metrics import Metric, register_metric, unregister_metric
+from qfx.search.records import record_of
 from qfx.search.samplers import SAMPLERS, SamplerSpec, register_sampler, unregister_sampler
 from qfx.zoo.data import load_dataset
 
@@ -234,10 +235,10 @@ def test_a_registered_sampler_and_metric_are_validated_and_used(tmp_path):
         assert len(done) == 3 and len({str(sorted(t.params.items())) for t in done}) == 1
         first = {k: d.choices[0] if hasattr(d, "choices") else d.low for k, d in done[0].distributions.items()}
         assert done[0].params == first
-        vals = [t.user_attrs["hardware_metrics"]["zero_weights"] for t in done]
+        vals = [record_of(t).hardware_metrics["zero_weights"] for t in done]
         assert all(0 <= v <= 1 for v in vals)
         rand = run_search(cfg, out=tmp_path / "r", n_trials=4, sampler="random", seed=1, sum_scaled_metrics=False)
-        assert len({t.user_attrs["hardware_metrics"]["zero_weights"] for t in rand.study.trials if t.values}) > 1
+        assert len({record_of(t).hardware_metrics["zero_weights"] for t in rand.study.trials if t.values}) > 1
     finally:
         unregister_sampler("first")
         unregister_metric("zero_weights")

@@ -13,6 +13,7 @@ from qfx.passes.transforms.quantize import NumberFormat, QuantizePass, register_
 from qfx.passes.transforms.quantize.config import QuantizeConfig
 from qfx.passes.transforms.quantize.formats import FORMATS, unregister_format
 from qfx.search.config import MetricSpec, StrategySetup
+from qfx.search.records import config_of
 from qfx.search.runner import Evaluator
 from qfx.search.space import SearchSpace, SpaceError, check_seed
 from qfx.search.study import run_study
@@ -84,7 +85,7 @@ def test_search_over_a_registered_format(pot):
     study, _ = run_study(space, ev, {"accuracy": MetricSpec(scale=1.0, direction="maximize")}, setup, None,
                          progress=False)  # fmt: skip
     seen = {(c["linear"]["config"]["name"], c["linear"]["config"]["weight_width"])
-            for c in (t.user_attrs["sampled_config"] for t in study.trials if t.state.name == "COMPLETE")}  # fmt: skip
+            for c in (config_of(t) for t in study.trials if t.state.name == "COMPLETE")}  # fmt: skip
     assert seen == {("pot", 2), ("pot", 4), ("integer", 2), ("integer", 4)}
 
 

@@ -44,16 +44,23 @@ def _sql(db: Path, query: str, *args: Any) -> None:
         c.execute(query, args)
 
 
+def _record(db: Path, number: int) -> dict[str, Any]:
+    with sqlite3.connect(db) as c:
+        row = c.execute("SELECT value_json FROM trial_user_attributes WHERE key = 'qfx' AND trial_id = "
+                        "(SELECT trial_id FROM trials WHERE number = ?)", (number,)).fetchone()  # fmt: skip
+    return json.loads(row[0])
+
+
 def _attr(db: Path, number: int, key: str, value: Any) -> None:
-    _sql(db, "UPDATE trial_user_attributes SET value_json = ? WHERE key = ? AND trial_id = "
-         "(SELECT trial_id FROM trials WHERE number = ?)", json.dumps(value), key, number)  # fmt: skip
+    """Set ``key`` of trial ``number``'s stored record (the "qfx" user attr); value None drops the key."""
+    rec = _record(db, number)
+    rec.pop(key) if value is None else rec.update({key: value})
+    _sql(db, "UPDATE trial_user_attributes SET value_json = ? WHERE key = 'qfx' AND trial_id = "
+         "(SELECT trial_id FROM trials WHERE number = ?)", json.dumps(rec), number)  # fmt: skip
 
 
 def _cfg_edit(db: Path, number: int, edit: Any) -> None:
-    with sqlite3.connect(db) as c:
-        row = c.execute("SELECT value_json FROM trial_user_attributes WHERE key = 'sampled_config' AND trial_id = "
-                        "(SELECT trial_id FROM trials WHERE number = ?)", (number,)).fetchone()  # fmt: skip
-    cfg = json.loads(row[0])
+    cfg = _record(db, number)["sampled_config"]
     edit(cfg)
     _attr(db, number, "sampled_config", cfg)
 
@@ -63,8 +70,10 @@ CRAFTED = {
     "width 0": lambda db: _cfg_edit(db, 1, lambda c: c["linear"]["config"].update(weight_width=0)),
     "unknown node": lambda db: _cfg_edit(db, 1, lambda c: c.update(not_a_node={"config": {"name": "integer"}})),
     "metric value 'high'": lambda db: _attr(db, 1, "software_metrics", {"accuracy": "high", "loss": 0.1}),
-    "no software_metrics": lambda db: _sql(db, "DELETE FROM trial_user_attributes WHERE key = 'software_metrics' AND "
-                                           "trial_id = (SELECT trial_id FROM trials WHERE number = 1)"),
+    "no software_metrics": lambda db: _attr(db, 1, "software_metrics", None),
+    "no record": lambda db: _sql(db, "DELETE FROM trial_user_attributes WHERE key = 'qfx' AND "
+                                 "trial_id = (SELECT trial_id FROM trials WHERE number = 1)"),
+    "unknown field": lambda db: _attr(db, 1, "exploit", "x"),
     "value 1e308 * 10": lambda db: _sql(db, "UPDATE trial_values SET value = 1e308 * 10 WHERE trial_id = "
                                         "(SELECT trial_id FROM trials WHERE number = 1)"),
 }  # fmt: skip
@@ -138,7 +147,7 @@ def test_fuzzed_records_are_valid_or_skipped_in_one_line(first_run: tuple[Path, 
     sp, metrics = space
     trials, _ = _trials(first_run)
     t = copy.deepcopy(data.draw(st.sampled_from([t for t in trials if t.state.name == "COMPLETE"])))
-    attrs = dict(t.user_attrs)
+    attrs = dict(t.user_attrs["qfx"])
     key = data.draw(st.sampled_from(sorted(attrs) + ["new"]))
     where = data.draw(st.sampled_from(["replace", "inside", "drop"]))
     if where == "drop":
@@ -148,16 +157,16 @@ def test_fuzzed_records_are_valid_or_skipped_in_one_line(first_run: tuple[Path, 
         attrs[key] = {**attrs[key], k: data.draw(JSONISH)}
     else:
         attrs[key] = data.draw(JSONISH)
-    t.user_attrs = attrs
+    t.user_attrs = {**t.user_attrs, "qfx": attrs}
     study = optuna.create_study(directions=["maximize"])
     study.add_trial(t)
     skipped = check_resumed(study, sp, metrics, 1, "memory")
     why = record_problem(study.trials[0], sp, metrics, 1)
     assert (0 in skipped) == (why is not None)
     if why is None:  # accepted: what the outputs read is well-formed
-        a = study.trials[0].user_attrs
+        a = study.trials[0].user_attrs["qfx"]
         assert a["sampled_config"] == json.loads(json.dumps(sp.to_config(sp.point_of(study.trials[0].params))))
-        assert all(isinstance(v, float) for v in a["software_metrics"].values())
+        assert all(isinstance(v, float) for v in a.get("software_metrics", {}).values())
     else:
         assert "\n" not in why
 

@@ -18,6 +18,7 @@ from search_helpers import ROOT, make_checkpoint, search_toml
 
 from qfx import cli
 from qfx.search.config import ConfigError, load_config
+from qfx.search.records import config_of
 from qfx.search.session import build_search, prepare
 from qfx.search.space import SpaceError
 from qfx.search.study import run_study, write_outputs
@@ -396,7 +397,7 @@ def test_best_model_loads_for_every_zoo_model(tmp_path, model):
     st, objective = run_study(space, ev, c.metrics, c.setup, tmp_path / "o", progress=False)
     write_outputs(st, tmp_path / "o", objective)
     q = QGraph.load(tmp_path / "o" / "best_model")
-    ref = QuantizePass(st.best_trial.user_attrs["sampled_config"])(prep.graph).graph
+    ref = QuantizePass(config_of(st.best_trial))(prep.graph).graph
     assert [m.to_dict() for m in q.metas()] == [m.to_dict() for m in ref.metas()]
     assert any(m.quantized for m in q.metas())
     x = prep.dataset.test.x[:64]

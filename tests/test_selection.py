@@ -11,6 +11,7 @@ import pytest
 import torch
 from search_helpers import make_checkpoint, search_toml
 
+from qfx.search.records import config_of, record_of
 from qfx.search.selection import split_off
 from qfx.zoo.data import Split, load_dataset
 
@@ -51,7 +52,7 @@ def test_reported_best_is_chosen_on_the_selection_split(tmp_path, ckpt):
     b = json.loads((tmp_path / "o" / "best.json").read_text())["0"]
     assert b["number"] == best.number and b["split_sizes"] == n
     assert {"accuracy", "loss"} <= set(b["selection_metrics"]) and {"accuracy", "loss"} <= set(b["test_metrics"])
-    assert b["software_metrics"]["accuracy"] == pytest.approx(best.user_attrs["software_metrics"]["accuracy"])
+    assert b["software_metrics"]["accuracy"] == pytest.approx(record_of(best).software_metrics["accuracy"])
 
 
 def test_compare_samplers_reports_test_accuracy_of_the_chosen_configuration(tmp_path, ckpt, capsys):
@@ -95,7 +96,7 @@ def test_the_uniform_anchor_is_the_first_trial_and_the_best_must_beat_it_signifi
     run = run_search(cfg, checkpoint=str(ckpt), out=tmp_path / "o")
     first = run.study.trials[0]
     widths = {v for k, v in first.params.items() if k.endswith("_width") and not k.endswith("frac_width")}
-    assert widths == {4} and first.user_attrs["hardware_metrics"]["average_bitwidth"] <= 9.0  # uniform, feasible
+    assert widths == {4} and record_of(first).hardware_metrics["average_bitwidth"] <= 9.0  # uniform, feasible
     a = json.loads((tmp_path / "o" / "best.json").read_text())["0"]["anchor"]
     assert a["anchor_trial"] == 0
     if a["p_value"] is None:  # the best was the anchor itself
@@ -104,7 +105,7 @@ def test_the_uniform_anchor_is_the_first_trial_and_the_best_must_beat_it_signifi
     ev = run.objective.evaluator  # recount the paired rows independently
     right = {}
     for t in (first, run.study.trials[a["best_trial"]]):
-        q = QuantizePass(t.user_attrs["sampled_config"])(ev.pristine).graph
+        q = QuantizePass(config_of(t))(ev.pristine).graph
         right[t.number] = (predict(q.gm, ev.x).argmax(1) == ev.y).numpy()
     anchor, best = right[0], right[a["best_trial"]]
     assert a["best_right_anchor_wrong"] == int((best & ~anchor).sum()) and a["rows"] == len(anchor)

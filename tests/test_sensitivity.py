@@ -9,6 +9,7 @@ from qfx import cli
 from qfx.graph.meta import get_meta
 from qfx.passes.transforms.quantize import QuantizePass
 from qfx.search.config import load_config
+from qfx.search.records import record_of
 from qfx.search.sensitivity import node_config, sensitivity, warm_start_points
 from qfx.search.session import build_search, prepare, run_search
 
@@ -91,7 +92,7 @@ def test_warm_start_enqueues_allocations_under_the_budget(setup):
     run = run_search(c2, checkpoint=str(ck))
     first = run.study.trials[0]
     assert first.system_attrs.get("fixed_params")  # an enqueued trial
-    assert first.user_attrs["hardware_metrics"]["average_bitwidth"] <= 6.0
+    assert record_of(first).hardware_metrics["average_bitwidth"] <= 6.0
 
 
 def test_compare_samplers_with_warm_start_and_a_labelled_long_run_reference(setup):

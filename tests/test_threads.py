@@ -8,6 +8,7 @@ import torch
 from search_helpers import make_checkpoint, search_toml
 
 from qfx import cli
+from qfx.search.records import record_of
 from qfx.zoo.models import build_model
 from qfx.zoo.train import LARGE_MODEL_PARAMS, auto_threads
 
@@ -70,5 +71,5 @@ def test_threads_config_key_precedence_and_restoring_in_the_library(tmp_path, re
         run = run_search(with_overrides(cfg, n_trials=2, sampler="random"))
     finally:
         unregister_metric("threads_seen")
-    assert {t.user_attrs["hardware_metrics"]["threads_seen"] for t in run.study.trials} == {2.0}
+    assert {record_of(t).hardware_metrics["threads_seen"] for t in run.study.trials} == {2.0}
     assert torch.get_num_threads() == 1  # the library restored the caller's setting

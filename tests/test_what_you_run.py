@@ -16,6 +16,7 @@ from search_helpers import make_checkpoint, search_toml
 from qfx import cli
 from qfx.graph import QGraph
 from qfx.search.pick import PickError, parse_pick, pick
+from qfx.search.records import record_of
 from qfx.search.session import run_search
 from qfx.zoo.train import classification_metrics, predict
 
@@ -54,12 +55,12 @@ def test_every_saved_graph_scores_what_its_trial_recorded(tmp_path: Path, ckpt: 
         with torch.no_grad():
             m = classification_metrics(predict(g.gm, ev.x), ev.y, ev.num_classes, full=False)
         t = next(t for t in run.study.trials if t.number == number)
-        rec = t.user_attrs["software_metrics"]
+        rec = record_of(t).software_metrics
         assert m["accuracy"] == rec["accuracy"] and m["loss"] == pytest.approx(rec["loss"], rel=1e-6), (kind, number)
         from qfx.hw.estimates import hw_metrics
 
         hw = hw_metrics(g, ev.hw.compare_to, ev.hw.activations)
-        assert hw["average_bitwidth"] == pytest.approx(t.user_attrs["hardware_metrics"]["average_bitwidth"])
+        assert hw["average_bitwidth"] == pytest.approx(record_of(t).hardware_metrics["average_bitwidth"])
     if kind == "qat":  # the fine-tuned weights differ from the pristine ones: a PTQ rebuild would not match
         q = QGraph.load(dirs[run.best[0].number])
         fc = [p for n, p in q.gm.named_parameters() if n.endswith("weight")]
@@ -72,7 +73,8 @@ def _front() -> list[optuna.trial.FrozenTrial]:
     pts = [(0.80, 2.0), (0.90, 4.0), (0.94, 6.0), (0.95, 8.0)]
     return [
         optuna.trial.create_trial(
-            values=[a, b], user_attrs={"software_metrics": {"accuracy": a}, "hardware_metrics": {"average_bitwidth": b}}
+            values=[a, b], user_attrs={"qfx": {"sampled_config": {}, "software_metrics": {"accuracy": a},
+                                               "hardware_metrics": {"average_bitwidth": b}}},  # fmt: skip
         )
         for a, b in pts
     ]
