@@ -88,7 +88,7 @@ class Counting:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.ev, name)
 
-    def evaluate(self, config: Any) -> Any:
+    def evaluate(self, config: Any, hardware: Any = None) -> Any:
         key = _key(config)
         if key not in self.cache:
             self.cache[key] = self.ev.evaluate(config)

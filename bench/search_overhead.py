@@ -43,7 +43,7 @@ class ConstantEvaluator:
     def __init__(self) -> None:
         self.res = TrialResult({"accuracy": 0.5, "loss": 1.0}, {"average_bitwidth": 6.0, "memory_density": 5.3})
 
-    def evaluate(self, config: object) -> TrialResult:
+    def evaluate(self, config: object, hardware: object = None) -> TrialResult:
         return self.res
 
 
@@ -59,7 +59,7 @@ def ours(space: SearchSpace, sampler: str, url: str | None, n: int) -> list[floa
     stamps = [time.perf_counter()]
 
     class Stamp(ConstantEvaluator):
-        def evaluate(self, config: object) -> TrialResult:
+        def evaluate(self, config: object, hardware: object = None) -> TrialResult:
             stamps.append(time.perf_counter())
             return self.res
 

@@ -37,11 +37,11 @@ class CachingEvaluator:
     def __getattr__(self, name: str) -> Any:  # the wrapped evaluator's data (x, hw, ...) for warm starts
         return getattr(self.ev, name)
 
-    def evaluate(self, config: Any) -> TrialResult:
+    def evaluate(self, config: Any, hardware: dict[str, float] | None = None) -> TrialResult:
         key = json.dumps(config, sort_keys=True, default=str)
         if key not in self.cache:
             t0 = time.perf_counter()
-            self.cache[key] = self.ev.evaluate(config)
+            self.cache[key] = self.ev.evaluate(config, hardware)
             self.eval_seconds.append(time.perf_counter() - t0)
         return self.cache[key]
 

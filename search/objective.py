@@ -81,16 +81,18 @@ class Objective:
                 raise optuna.TrialPruned(f"point already taken by trial {t.number}")
         trial.set_user_attr(_CLAIM, True)
 
-    def _check_budgets(self, trial: optuna.Trial, config: dict[str, Any]) -> None:
+    def _check_budgets(self, trial: optuna.Trial, config: dict[str, Any]) -> dict[str, float] | None:
         """Hardware budgets are functions of the configuration: a point that breaks one is refused before
-        any evaluation (pruned, not counted toward n_trials)."""
+        any evaluation (pruned, not counted toward n_trials). Returns the hardware metrics it measured (handed
+        to the evaluation), None when there is no hardware budget."""
         hard = _hard_budgets(self.constraints)
         if not hard:
-            return
+            return None
         hw = self.evaluator.hardware(config)
         c = violations(hw.__getitem__, hard)
         if any(v > 0 for v in c.values()):
             _refuse(self, trial, config, hw, c)
+        return hw
 
     @property
     def directions(self) -> list[str]:
@@ -146,8 +148,8 @@ class Objective:
             self._claim(trial, params)
         config = self.space.to_config(point)
         try:
-            self._check_budgets(trial, config)  # a hardware metric that cannot be computed fails the trial here
-            res = self.evaluator.evaluate(config)
+            hw = self._check_budgets(trial, config)  # a hardware metric that cannot be computed fails the trial here
+            res = self.evaluator.evaluate(config, hardware=hw)
         except _Refused:
             raise
         except Exception as e:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,16 +97,18 @@ class Evaluator:
         # energy or resource metric, whose value a second measurement would change)
         self.memo: dict[str, TrialResult] | None = None if any(METRICS[m].varies for m in self.metrics) else {}
         self._rebuilder = Rebuilder(pristine)  # without fine-tuning: only what a configuration changes is rebuilt
-        self._local = threading.local()  # per thread (n_jobs): the graph a budget check hands to its evaluation
 
-    def quantized(self, config: Any) -> QGraph:
-        """The pristine graph quantized with ``config``, in eval mode. Without fine-tuning it comes from the
-        :class:`Rebuilder`: shared, valid until the next call, float weights read-only."""
+    @contextmanager
+    def quantized(self, config: Any) -> Iterator[QGraph]:
+        """The pristine graph quantized with ``config``, in eval mode, the caller's until the block exits. Without
+        fine-tuning it is lent by the :class:`Rebuilder` (float weights read-only); with it, a new graph."""
         if self.qat.steps:
             q = QuantizePass(config)(self.pristine).graph
             q.gm.eval()
-            return q
-        return self._rebuilder(config)
+            yield q
+            return
+        with self._rebuilder.lease(config) as q:
+            yield q
 
     def scored_graph(self, config: Any, copy_weights: bool = True) -> QGraph:
         """A new graph that is exactly what a trial of ``config`` scored: quantized and, with QAT, fine-tuned
@@ -151,14 +154,16 @@ class Evaluator:
             opt.step()
         q.gm.eval()
 
-    def evaluate(self, config: Any) -> TrialResult:
+    def evaluate(self, config: Any, hardware: dict[str, float] | None = None) -> TrialResult:
         """Quantize the pristine graph with ``config`` and measure every requested metric (a configuration seen
-        before returns its recorded result, ``timings`` = ``{"cached": 1}``, unless a metric is measured each time)."""
+        before returns its recorded result, ``timings`` = ``{"cached": 1}``, unless a metric is measured each time).
+        ``hardware``: what :meth:`hardware` returned for this ``config`` (a budget check just before), not measured
+        again."""
         key = json.dumps(config, sort_keys=True, default=str) if self.memo is not None else ""
         if self.memo is not None and key in self.memo:
             r = self.memo[key]
             return TrialResult(dict(r.software), dict(r.hardware), {"cached": 1.0})
-        res = self._evaluate(config)
+        res = self._evaluate(config, hardware)
         if self.memo is not None:
             self.memo[key] = res
         return res
@@ -177,33 +182,29 @@ class Evaluator:
     def hardware(self, config: Any) -> dict[str, float]:
         """The hardware metrics of ``config`` without running the model (functions of the configuration:
         what a budget can be checked on before an evaluation is spent)."""
-        q = self.quantized(config)
-        hw = hw_metrics(q, self.hw.compare_to, self.hw.activations)
-        self._measure(MetricContext(q, torch.empty(0), self.y, self), hw, "hardware")
-        self._local.checked = (json.dumps(config, sort_keys=True, default=str), q, hw)  # the evaluation that follows
+        with self.quantized(config) as q:
+            hw = hw_metrics(q, self.hw.compare_to, self.hw.activations)
+            self._measure(MetricContext(q, torch.empty(0), self.y, self), hw, "hardware")
         return dict(hw)
 
-    def _evaluate(self, config: Any) -> TrialResult:
+    def _evaluate(self, config: Any, checked: dict[str, float] | None) -> TrialResult:
+        checked = None if self.qat.steps else checked  # fine-tuned weights: measured on what was scored
         t0 = time.perf_counter()
-        checked, self._local.checked = getattr(self._local, "checked", None), None
-        if checked and not self.qat.steps and checked[0] == json.dumps(config, sort_keys=True, default=str):
-            q = checked[1]  # quantized (and its hardware metrics measured) by the budget check just before
-        else:
-            q, checked = self.quantized(config), None
-        t1 = time.perf_counter()
-        if self.qat.steps:
-            self._finetune(q)
-        t2 = time.perf_counter()
-        logits = predict(q.gm, self.x).cpu()
-        sw = classification_metrics(logits, self.y, self.num_classes, full=self._prf)
-        sw.pop("confusion_matrix", None)
-        sw.update(self._per_sample)
-        ctx = MetricContext(q, logits, self.y, self)
-        self._measure(ctx, sw, "software")
-        t3 = time.perf_counter()
-        hw = dict(checked[2]) if checked else hw_metrics(q, self.hw.compare_to, self.hw.activations)
-        if not checked:  # else measured by the budget check
-            self._measure(ctx, hw, "hardware")
+        with self.quantized(config) as q:
+            t1 = time.perf_counter()
+            if self.qat.steps:
+                self._finetune(q)
+            t2 = time.perf_counter()
+            logits = predict(q.gm, self.x).cpu()
+            sw = classification_metrics(logits, self.y, self.num_classes, full=self._prf)
+            sw.pop("confusion_matrix", None)
+            sw.update(self._per_sample)
+            ctx = MetricContext(q, logits, self.y, self)
+            self._measure(ctx, sw, "software")
+            t3 = time.perf_counter()
+            hw = dict(checked) if checked is not None else hw_metrics(q, self.hw.compare_to, self.hw.activations)
+            if checked is None:  # else measured by the budget check
+                self._measure(ctx, hw, "hardware")
         t4 = time.perf_counter()
         timings = {"rebuild": t1 - t0, "qat": t2 - t1, "evaluate": t3 - t2, "hw": t4 - t3}
         return TrialResult(sw, hw, timings)  # weakest nodes: for the best configurations only (write_outputs)

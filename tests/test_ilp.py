@@ -41,7 +41,7 @@ class _Recorder:
     def __init__(self) -> None:
         self.configs: list[dict] = []
 
-    def evaluate(self, config: dict):  # noqa: ANN201
+    def evaluate(self, config: dict, hardware=None):  # noqa: ANN201, ANN001
         from qfx.search.runner import TrialResult
 
         self.configs.append(config)

@@ -377,25 +377,26 @@ def test_rebuilder_equals_quantize_pass(name):
                                 for n in qn}}  # fmt: skip
         want = QuantizePass(cfg, copy_weights=False)(g).graph
         want.gm.eval()
-        got = rb(cfg)
-        assert not got.gm.training
-        with torch.no_grad():
-            a = want.gm(*[t.clone() for t in inputs])
-            b = got.gm(*[t.clone() for t in inputs])
-        for x, y in zip(torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b), strict=True):
-            assert torch.equal(x, y), (name, i)
-        assert [m.to_dict() for m in want.metas()] == [m.to_dict() for m in got.metas()]
+        with rb.lease(cfg) as got:
+            assert not got.gm.training
+            with torch.no_grad():
+                a = want.gm(*[t.clone() for t in inputs])
+                b = got.gm(*[t.clone() for t in inputs])
+            for x, y in zip(torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b), strict=True):
+                assert torch.equal(x, y), (name, i)
+            assert [m.to_dict() for m in want.metas()] == [m.to_dict() for m in got.metas()]
         assert got is not prev  # a new wrapper per call: memos keyed by graph object never see stale contents
         prev = got
         assert len(rb._modules) <= 16 and (rb._bytes <= 1 << 14 or len(rb._modules) == 1)
         assert rb._bytes == sum(size for _, size in rb._modules.values())
-    with pytest.raises(PassError, match="unknown node"):
-        rb({"by": "name", "no_such_node": _cfg(8)})
+    with pytest.raises(PassError, match="unknown node"), rb.lease({"by": "name", "no_such_node": _cfg(8)}):
+        pass
 
 
 def test_rebuilder_threads_never_share_a_graph():
-    """n_jobs threads share one evaluator: each thread's rebuilds go into its own templates, so a thread that
-    yields between its rebuild and its forward still runs its own configuration."""
+    """n_jobs threads share one evaluator: a lent graph is nobody else's until its lease ends, so a thread that
+    yields between its rebuild and its forward still runs its own configuration; a nested lease of the same
+    structure gets another template."""
     import threading
     import time
 
@@ -416,11 +417,11 @@ def test_rebuilder_threads_never_share_a_graph():
     def work(i: int) -> None:
         barrier.wait()
         for _ in range(30):
-            q = rb(cfgs[i])
-            time.sleep(0)  # let another thread rebuild in between
-            with torch.no_grad():
-                if not torch.equal(q.gm(x), want[i]):
-                    errors.append(i)
+            with rb.lease(cfgs[i]) as q:
+                time.sleep(0)  # let another thread rebuild in between
+                with torch.no_grad():
+                    if not torch.equal(q.gm(x), want[i]):
+                        errors.append(i)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cfgs))]
     for t in threads:
@@ -428,3 +429,5 @@ def test_rebuilder_threads_never_share_a_graph():
     for t in threads:
         t.join()
     assert not errors
+    with rb.lease(cfgs[0]) as a, rb.lease(cfgs[1]) as b, torch.no_grad():  # nested, same thread, same structure
+        assert a.gm is not b.gm and torch.equal(a.gm(x), want[0]) and torch.equal(b.gm(x), want[1])

@@ -14,16 +14,19 @@ configuration's modules into its structure's template (a dict write per node) an
 records. The result equals ``QuantizePass(config, copy_weights=False)`` output for output and record for
 record (``tests/test_quantize.py``), in eval mode.
 
-The graph returned is shared: a new ``QGraph`` around the template's GraphModule, valid until the next call
-(in the same thread: each thread has its own templates, so ``n_jobs`` threads never re-fill a graph another is
-running; quantized modules are shared); its float parameters are the pristine graph's, read-only. Use it to
-evaluate, not to keep or train.
+A graph is lent, with an explicit lifetime: ``with rebuilder.lease(config) as q:`` gives a new ``QGraph`` around a
+template's GraphModule that nobody else fills until the block exits (a template in use is never handed out
+again: a second lease of the same structure, from any thread or nested in the first, gets another template);
+its float parameters are the pristine graph's, read-only, and its quantized modules are shared. Use it inside
+the block to evaluate, not to keep or train (``QuantizePass`` makes a graph to keep).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch.fx as fx
@@ -50,48 +53,63 @@ class Rebuilder:
         self.pristine = pristine
         self._nodes = {n.name: n for n in pristine.gm.graph.nodes}
         self._float = dict(pristine.gm.named_modules())
-        # (thread, quantized nodes) -> (template graph, node -> (parent module, attribute, template node))
-        self._templates: OrderedDict[tuple[int, frozenset[str]], tuple[QGraph, dict[str, Slot]]] = OrderedDict()
+        # quantized nodes -> the templates of that structure not lent now (graph, node -> (parent, attr, node))
+        self._templates: OrderedDict[frozenset[str], list[tuple[QGraph, dict[str, Slot]]]] = OrderedDict()
         self._modules: OrderedDict[tuple[Any, ...], tuple[nn.Module, int]] = OrderedDict()  # with its bytes
         self._bytes = 0
         self._limits = (templates, modules, cache_bytes)
-        self._lock = threading.Lock()  # the two caches (threads share them; builds run outside the lock)
+        self._lock = threading.Lock()  # the caches (threads share them; builds run outside the lock)
 
-    def __call__(self, config: QuantizeConfig | dict[str, Any]) -> QGraph:
+    @contextmanager
+    def lease(self, config: QuantizeConfig | dict[str, Any]) -> Iterator[QGraph]:
+        """The pristine graph quantized with ``config`` (eval mode), the caller's alone until the block exits."""
         cfg = config if isinstance(config, QuantizeConfig) else QuantizeConfig.model_validate(config)
         with no_gc():
             plan, _ = resolve(self.pristine, cfg)
-            q, slots = self._template((threading.get_ident(), frozenset(plan)), cfg)
-            for name, c in plan.items():
-                on = self._nodes[name]
-                rule = QUANT_RULES.lookup(on, self._float)
-                assert rule is not None
-                roles = node_roles(on, rule, c)
-                m = self._module(on, rule, roles)
-                parent, leaf, n = slots[name]
-                parent._modules[leaf] = m
-                update_meta(n, precision=rule.precision(roles), quantized=rule.qtype,
-                            target=target_name(n, {n.target: m}))  # fmt: skip
-            return QGraph(q.gm, q.example_inputs, q.analyses)  # a new wrapper: memos keyed by graph stay exact
+            key = frozenset(plan)
+            q, slots = t = self._take(key, cfg)
+            try:
+                for name, c in plan.items():
+                    on = self._nodes[name]
+                    rule = QUANT_RULES.lookup(on, self._float)
+                    assert rule is not None
+                    roles = node_roles(on, rule, c)
+                    m = self._module(on, rule, roles)
+                    parent, leaf, n = slots[name]
+                    parent._modules[leaf] = m
+                    update_meta(n, precision=rule.precision(roles), quantized=rule.qtype,
+                                target=target_name(n, {n.target: m}))  # fmt: skip
+            except BaseException:
+                self._give(key, t)
+                raise
+        try:
+            yield QGraph(q.gm, q.example_inputs, q.analyses)  # a new wrapper: memos keyed by graph stay exact
+        finally:
+            self._give(key, t)
 
-    def _template(self, key: tuple[int, frozenset[str]], cfg: QuantizeConfig) -> tuple[QGraph, dict[str, Slot]]:
+    def _take(self, key: frozenset[str], cfg: QuantizeConfig) -> tuple[QGraph, dict[str, Slot]]:
+        """A template of this structure that is not lent (built when every one is)."""
         with self._lock:
-            t = self._templates.get(key)
-            if t is not None:
+            free = self._templates.get(key)
+            if free:
                 self._templates.move_to_end(key)
-                return t
+                return free.pop()
         q = QuantizePass(cfg, copy_weights=False)(self.pristine).graph
         q.gm.eval()
         slots = {}
         for n in q.gm.graph.nodes:
-            if n.name in key[1]:
+            if n.name in key:
                 path, _, leaf = n.target.rpartition(".")
                 slots[n.name] = (q.gm.get_submodule(path), leaf, n)
+        return q, slots
+
+    def _give(self, key: frozenset[str], t: tuple[QGraph, dict[str, Slot]]) -> None:
+        """A template back from its lease; at most ``templates`` structures are kept (least recently used go)."""
         with self._lock:
-            self._templates[key] = t = (q, slots)
-            if len(self._templates) > self._limits[0]:
+            self._templates.setdefault(key, []).append(t)
+            self._templates.move_to_end(key)
+            while len(self._templates) > self._limits[0]:
                 self._templates.popitem(last=False)
-        return t
 
     def _module(self, on: fx.Node, rule: QuantRule, roles: dict[str, Any]) -> nn.Module:
         key = (on.name, tuple(sorted(roles.items())))
