@@ -15,6 +15,12 @@
   faster than the export's search over all of them, within ~1% of its LUTs). Estimated: the CMVM datapath
   and the re-quantization of ReLU outputs; not estimated: ReLUs themselves, re-quantization of accumulators,
   control logic, I/O.
+- :func:`fpga_timing`: the whole network at a clock: da4ml's pipeline of it at ``clock_ns`` (stages of
+  :func:`~qfx.passes.export.da4ml_backend.stage_levels` adder levels, II = 1, exactly what
+  ``qfx export --clock-ns`` writes): LUTs, adder depth, flip-flops (da4ml's register bits), stages, latency in
+  cycles and ns (combinational: 0 flip-flops, latency = depth x the delay model's adder level). Memoised per
+  configuration and clock; the search metrics ``fpga_depth``, ``fpga_ffs``, ``fpga_latency_cycles`` and
+  ``fpga_latency_ns`` read it (clock: ``[fpga] clock_ns``).
 - :func:`fpga_cost`: the whole network traced as one logic (what ``qfx export --format verilog`` writes and
   ``qfx synth`` synthesizes): its LUT estimate and adder depth, re-quantization included; memoised per
   configuration. Slower than the per-layer sum (a full trace per distinct configuration).
@@ -26,6 +32,7 @@ import hashlib
 import json
 import threading
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -150,6 +157,51 @@ def fpga_cost(graph: QGraph) -> tuple[float, float]:
     with _BY_GRAPH_LOCK:
         _BY_GRAPH[graph] = hit
     return hit
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The whole network's RTL at a clock (None: combinational), as :func:`fpga_timing` estimates it."""
+
+    clock_ns: float | None
+    luts: float
+    depth: float  # adder levels of the whole logic (the network's depth, not a sum of layers)
+    ffs: int  # register bits of the pipeline (da4ml's ``Pipeline.reg_bits``; 0 combinational)
+    stages: int  # 0 combinational
+    latency_ns: float
+
+    @property
+    def latency_cycles(self) -> int:
+        return self.stages
+
+    def metrics(self) -> dict[str, float]:
+        return {"fpga_depth": self.depth, "fpga_ffs": float(self.ffs), "fpga_latency_cycles": float(self.stages),
+                "fpga_latency_ns": self.latency_ns}  # fmt: skip
+
+
+_TIMING: LockedLRU[Timing] = LockedLRU(MEMO_SIZE)
+
+
+def fpga_timing(graph: QGraph, clock_ns: float | None = None) -> Timing:
+    """The graph's RTL as ``qfx export --format verilog [--clock-ns]`` writes it, costed by da4ml (see the module
+    docstring); raises ExportError naming a node da4ml cannot express, or a clock outside (0, 1000] ns."""
+    from qfx.passes.export.da4ml_backend import ADDER_LEVEL_NS, stage_levels
+
+    levels = None if clock_ns is None else stage_levels(clock_ns)  # the clock checked before any trace
+
+    def build() -> Timing:
+        from da4ml.trace.pipeline import to_pipeline
+
+        from qfx.passes.export.da4ml_backend import trace_graph
+
+        tr = trace_graph(graph)
+        if levels is None:
+            return Timing(None, tr.luts, tr.latency, 0, 0, tr.latency * ADDER_LEVEL_NS)
+        pipe = to_pipeline(tr.comb, levels, verbose=False)
+        stages = len(pipe.solutions)
+        return Timing(clock_ns, tr.luts, tr.latency, int(pipe.reg_bits), stages, stages * float(clock_ns))
+
+    return _TIMING.get_or((_config_key(graph), clock_ns), build)
 
 
 _LAYERS: LockedLRU[tuple[float, float]] = LockedLRU(MEMO_SIZE)

@@ -71,6 +71,13 @@ class HwRunner(_M):
     average_bitwidth: AvgBitwidthRunner = AvgBitwidthRunner()
 
 
+class FpgaConfig(_M):
+    """The FPGA target: ``clock_ns`` is the clock the fpga_ffs / fpga_latency_cycles / fpga_latency_ns metrics and
+    budgets assume (an II = 1 pipeline, as ``qfx export --clock-ns`` writes); None: one combinational block."""
+
+    clock_ns: float | None = Field(None, gt=0, le=1000)
+
+
 class StrategySetup(_M):
     n_jobs: int = Field(1, ge=1, le=MAX_JOBS)
     n_trials: int = Field(20, ge=1, le=MAX_COUNT)
@@ -212,6 +219,7 @@ class RunConfig(_M):
     passes: PassesSection = PassesSection()
     search: SearchSection | None = None
     calibration: CalibrationConfig = CalibrationConfig()
+    fpga: FpgaConfig = FpgaConfig()
     learn: LearnConfig | None = None  # ``qfx learn``: learned precision (passes.transforms.learn_precision)
 
     def uses_auto(self) -> bool:

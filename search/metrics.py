@@ -153,8 +153,23 @@ for _m in (
            _fpga("ebops")),
     Metric("fpga_luts", "hardware", "minimize", "da4ml's LUT estimate of the generated RTL's datapath (hw/fpga)",
            _fpga("fpga_luts")),
-    Metric("fpga_latency", "hardware", "minimize", "da4ml's adder depth of that combinational logic (hw/fpga)",
+    Metric("fpga_latency", "hardware", "minimize", "sum of the MAC layers' adder depths (additive; hw/fpga)",
            _fpga("fpga_latency")),
+):  # fmt: skip
+    register_metric(_m)
+
+
+def _timing(ctx: MetricContext) -> dict[str, float]:
+    """The whole network's RTL at the evaluator's clock (``[fpga] clock_ns``; None: combinational)."""
+    return fpga.fpga_timing(ctx.graph, getattr(ctx.evaluator, "clock_ns", None)).metrics()
+
+
+for _m in (
+    Metric("fpga_depth", "hardware", "minimize", "adder depth of the whole network's logic (hw/fpga)", _timing),
+    Metric("fpga_ffs", "hardware", "minimize", "flip-flops of its pipeline at [fpga] clock_ns (hw/fpga)", _timing),
+    Metric("fpga_latency_cycles", "hardware", "minimize", "its pipeline's latency in clock cycles (II = 1)", _timing),
+    Metric("fpga_latency_ns", "hardware", "minimize",
+           "its latency in ns: cycles x clock_ns (combinational: depth x the delay model's adder level)", _timing),
 ):  # fmt: skip
     register_metric(_m)
 

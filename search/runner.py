@@ -58,6 +58,7 @@ class Evaluator:
         train_split: Split | None = None,
         device: str = "cpu",
         seed: int = 0,
+        clock_ns: float | None = None,
     ) -> None:
         check_metrics(metrics)
         missing = {SHAPES, FLOPS, PARAMS} - pristine.analyses
@@ -73,6 +74,7 @@ class Evaluator:
         self.train_split = train_split
         self.device = device
         self.seed = seed
+        self.clock_ns = clock_ns  # the FPGA clock the fpga_ffs / fpga_latency_* metrics assume (None: combinational)
         for name in self.metrics:
             m = METRICS[name]
             why = m.available(device) if m.available is not None else None

@@ -129,6 +129,7 @@ def build_search(cfg: RunConfig, prep: Prepared, eval_split: Any = None) -> tupl
         train_split=prep.dataset.train,
         device=cfg.device,
         seed=cfg.seed,
+        clock_ns=cfg.fpga.clock_ns,
     )
     return space, ev
 

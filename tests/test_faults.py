@@ -48,8 +48,9 @@ def _completed(url: str) -> list[optuna.trial.FrozenTrial]:
     return [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
 
 
-@pytest.mark.parametrize("storage", ["sqlite", "journal"])
-@pytest.mark.parametrize("sampler,n", [("exhaustive", 24), ("bruteforce", 24), ("tpe", 16)])
+# every sampler kind once and both storages (one heartbeat mechanism serves both: search.storage)
+@pytest.mark.parametrize("sampler,n,storage", [("exhaustive", 24, "journal"), ("bruteforce", 24, "sqlite"),
+                                               ("tpe", 16, "sqlite"), ("tpe", 16, "journal")])  # fmt: skip
 def test_kill9_five_times_then_resume(tmp_path, ckpt, storage, sampler, n):
     rng = random.Random(hash((storage, sampler)) % 1000)
     text = search_toml(sampler, n, space=SPACE, num_samples=64)

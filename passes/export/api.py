@@ -60,16 +60,20 @@ def _torch(graph: QGraph, out: Path, batch: int | None) -> Exported:
 def _da4ml(flavor: str) -> Callable[..., Exported]:
     def write(graph: QGraph, out: Path, batch: int | None, clock_ns: float | None = None) -> Exported:
         from qfx.passes.export.da4ml_backend import trace_graph, write_project
+        from qfx.passes.export.testbench import write_ports
 
         tr = trace_graph(graph)
         tr.pipeline = write_project(tr, out, flavor, clock_ns)
         fmt = {"hls": "da4ml-hls"}.get(flavor, flavor)
+        if flavor != "hls":
+            write_ports(out, tr.comb, tr.pipeline)
         p = tr.pipeline
         timing = (
             "combinational; no control logic or registers"
             if p is None
             else f"II = 1 pipeline at {p.clock_ns:g} ns: {p.stages} stages of <= {p.levels_per_stage} adder levels "
-            f"(delay model), latency {p.latency_cycles} cycles = {p.latency_ns:g} ns; flip-flops: qfx synth"
+            f"(delay model), latency {p.latency_cycles} cycles = {p.latency_ns:g} ns; {p.ffs:,} register bits "
+            "(flip-flops before synthesis trims constant ones: qfx synth counts them)"
         )
         note = (
             f"da4ml estimate: {tr.luts:,.0f} LUTs, adder depth {tr.latency:g} ({timing}); input port: "

@@ -461,6 +461,7 @@ class Pipelined:
     clock_ns: float
     levels_per_stage: int
     stages: int
+    ffs: int = 0  # register bits of the pipeline (da4ml's Pipeline.reg_bits)
 
     @property
     def latency_cycles(self) -> int:
@@ -499,7 +500,7 @@ def write_project(traced: Traced, out: str | Path, flavor: str, clock_ns: float 
         levels = stage_levels(clock_ns)
         pipe = to_pipeline(traced.comb, levels, verbose=False)
         RTLModel(pipe, TOP, out, flavor=flavor, clock_period=clock_ns).write()
-        return Pipelined(clock_ns, levels, len(pipe.solutions))
+        return Pipelined(clock_ns, levels, len(pipe.solutions), int(pipe.reg_bits))
     except AssertionError as e:  # da4ml's generators assert on logic they cannot express
         raise ExportError(f"{FMT}: da4ml cannot write this logic as {flavor} ({str(e)[:200]})") from e
 

@@ -87,6 +87,17 @@ def _mask(elements: list[dict[str, Any]]) -> int:
     return m
 
 
+def write_ports(project: str | Path, comb: Any, pipeline: Any = None) -> dict[str, Any]:
+    """Write ``ports.json`` (see :func:`ports`; with a ``pipeline``, its clock, stages, latency and II) into
+    ``project`` and return it. Every da4ml RTL export writes it, verified or not."""
+    pm = ports(comb)
+    if pipeline is not None:
+        pm["clock"] = {"port": "clk", "period_ns": pipeline.clock_ns, "stages": pipeline.stages,
+                       "latency_cycles": pipeline.latency_cycles, "initiation_interval": 1}  # fmt: skip
+    out_path(Path(project), "ports.json").write_text(json.dumps(pm, indent=1))
+    return pm
+
+
 def write_testbench(
     project: str | Path, comb: Any, x_in: np.ndarray, expected: np.ndarray, pipeline: Any = None
 ) -> dict[str, Any]:
@@ -95,11 +106,7 @@ def write_testbench(
     (:class:`~qfx.passes.export.da4ml_backend.Pipelined`) the testbench streams one row per clock (II = 1) and
     checks each output its latency later."""
     project = Path(project)
-    pm = ports(comb)
-    if pipeline is not None:
-        pm["clock"] = {"port": "clk", "period_ns": pipeline.clock_ns, "stages": pipeline.stages,
-                       "latency_cycles": pipeline.latency_cycles, "initiation_interval": 1}  # fmt: skip
-    out_path(project, "ports.json").write_text(json.dumps(pm, indent=1))
+    pm = write_ports(project, comb, pipeline)
     tb = out_path(project, "tb")
     tb.mkdir(exist_ok=True)
     w_in, w_out = max(pm["input_port"]["bits"], 1), max(pm["output_port"]["bits"], 1)
