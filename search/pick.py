@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qfx.search.records import metrics_of
+from qfx.search.trial_record import metrics_of
 
 _RULE = re.compile(r"^(knee|max:(\w+)|min:(\w+)|trial:(\d+))$")
 _BOUND = re.compile(r"^(\w+)\s*(>=|<=)\s*([-+0-9.eE]+)$")

@@ -230,8 +230,6 @@ def run_study(
                           shared=storage is not None or setup.n_jobs > 1, beats=storage is not None)  # fmt: skip
     study = _open_study(objective, setup, storage, study_name)
     fresh = _check_resumed(study, objective, storage)
-    if storage is not None:
-        fail_stale(study)  # trials of killed workers: failed and re-queued before this worker starts
     if anchor and fresh:
         for p in _uniform(objective):
             study.enqueue_trial(p, skip_if_exists=True)
@@ -267,7 +265,8 @@ def run_study(
 
 def _check_resumed(study: optuna.Study, objective: Objective, storage: str | None) -> bool:
     """True for a fresh study. A resumed study's records come from a file: validated like fresh ones, bad ones
-    skipped (``objective.skipped``); a record Optuna itself cannot read refuses the study, naming the storage."""
+    skipped (``objective.skipped``); a record Optuna itself cannot read refuses the study, naming the storage.
+    Then the trials of killed workers are failed and re-queued, before this worker starts."""
     where = _safe_url(storage or "memory")
     try:
         trials = study.get_trials(False)
@@ -279,6 +278,7 @@ def _check_resumed(study: optuna.Study, objective: Objective, storage: str | Non
     if trials:
         n_values = 1 if objective.single else len(objective.metrics)
         objective.skipped = check_resumed(study, objective.space, objective.metrics, n_values, where)
+        fail_stale(study)  # trials of killed workers: failed and re-queued before this worker starts
     return not trials
 
 
