@@ -63,7 +63,7 @@ class Objective:
     interrupted: bool = False
     constraints: dict[str, Any] = field(default_factory=dict)  # metric -> Bound (budgets)
     shared: bool = True  # other workers/threads may run trials at once: cap checks and point claims needed
-    beats: bool = False  # persistent storage: running trials write heartbeats (killed workers are found by them)
+    storage: Any = None  # the persistent storage (None: in memory): trials beat, killed workers' trials are failed
     progress: Progress | None = None  # bar and JSONL record of every finished trial
     hard_pruned: int = 0  # points refused before evaluation for breaking a hardware budget
     skipped: dict[int, str] = field(default_factory=dict)  # resumed trials whose stored records are refused
@@ -102,9 +102,9 @@ class Objective:
         t0 = time.perf_counter()
         state, values, attrs, params = "FAIL", None, {}, None
         try:
-            if self.beats:
-                fail_stale(trial.study)  # as Optuna's loop does for its heartbeat storages: killed workers' trials
-            with heartbeat(trial) if self.beats else nullcontext():
+            if self.storage is not None:  # as Optuna's loop does for its heartbeat storages: killed workers' trials
+                fail_stale(trial.study, self.storage)
+            with heartbeat(trial) if self.storage is not None else nullcontext():
                 out, attrs, params = self._run(trial)
             state, values = "COMPLETE", [out] if self.single else out
             return out
@@ -149,7 +149,8 @@ class Objective:
         config = self.space.to_config(point)
         try:
             hw = self._check_budgets(trial, config)  # a hardware metric that cannot be computed fails the trial here
-            res = self.evaluator.evaluate(config, hardware=hw)
+            # the budget check's hardware metrics, handed over (an evaluator of one argument gets none to take)
+            res = self.evaluator.evaluate(config) if hw is None else self.evaluator.evaluate(config, hardware=hw)
         except _Refused:
             raise
         except Exception as e:

@@ -1,15 +1,15 @@
 """Study storages: in memory, a journal file or an RDB (SQLite, PostgreSQL), all surviving killed workers.
 
 Only Optuna's public API is used (``optuna.storages`` constructors, ``Study``/``Trial``/``FrozenTrial``,
-``study.tell``, user attrs): the files are Optuna's own format, read by every Optuna of the pinned range and by
+``BaseStorage`` methods, user attrs): the files are Optuna's own format, read by every Optuna of the pinned range and by
 optuna-dashboard. Killed workers are found the same way on every persistent storage: a running trial writes a
 heartbeat user attr (``qfx:heartbeat``) every ``HEARTBEAT_S`` seconds from a thread (:func:`heartbeat`; its start
 time counts as the first beat), and :func:`fail_stale` marks a RUNNING trial whose last beat is older than
-``GRACE_S`` FAIL with ``study.tell`` and re-queues its configuration with Optuna's retry callback (a WAITING trial
-with the same parameters, ``failed_trial``/``retry_history`` system attrs). ``tell`` refuses a trial that is
-already finished and both storages apply a state change atomically, so of two workers that find the same stale
-trial exactly one re-queues it. Trials that failed *because their worker died* do not count toward ``n_trials``
-(their retry does); trials whose evaluation raised do.
+``GRACE_S`` FAIL (the storage's public ``set_trial_state_values``, as Optuna's ``fail_stale_trials`` does) and
+re-queues its configuration with Optuna's retry callback (a WAITING trial with the same parameters,
+``failed_trial``/``retry_history`` system attrs). Both storages refuse a state change of a trial that is already
+finished, so of two workers that find the same stale trial exactly one re-queues it. Trials that failed *because
+their worker died* do not count toward ``n_trials`` (their retry does); trials whose evaluation raised do.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 import optuna
 from optuna import storages as _st
+from optuna.storages import BaseStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -56,11 +57,13 @@ def heartbeat(trial: optuna.Trial, every_s: float = HEARTBEAT_S) -> Iterator[Non
 
 
 def last_beat(t: FrozenTrial) -> float | None:
-    """When a running trial last showed life: its last heartbeat, else its start (None: not started)."""
+    """When a running trial last showed life: its last heartbeat or its start, whichever is later (a re-queued
+    trial inherits its original's user attrs, old heartbeat included); None: not started."""
+    start = None if t.datetime_start is None else t.datetime_start.timestamp()
     beat = t.user_attrs.get(BEAT)
-    if isinstance(beat, int | float) and not isinstance(beat, bool):
-        return float(beat)
-    return None if t.datetime_start is None else t.datetime_start.timestamp()
+    if not isinstance(beat, int | float) or isinstance(beat, bool):
+        return start
+    return float(beat) if start is None else max(float(beat), start)
 
 
 def _retry() -> Any:
@@ -69,21 +72,26 @@ def _retry() -> Any:
         return _st.RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)
 
 
-def fail_stale(study: optuna.Study, grace_s: float = GRACE_S) -> list[int]:
-    """Mark FAIL every RUNNING trial of ``study`` whose worker stopped beating ``grace_s`` ago and re-queue its
-    configuration (at most ``RETRIES`` times); the numbers of the trials this worker failed."""
-    now, failed, retry = time.time(), [], None
+def fail_stale(study: optuna.Study, storage: BaseStorage, grace_s: float = GRACE_S) -> list[int]:
+    """Mark FAIL every RUNNING trial of ``study`` (kept in ``storage``, the storage the study was created on)
+    whose worker stopped beating ``grace_s`` ago and re-queue its configuration (at most ``RETRIES`` times); the
+    numbers of the trials this worker failed. As Optuna's own ``fail_stale_trials``: the state is written through
+    the storage's ``set_trial_state_values``, which refuses (raises, or returns False) a trial another worker
+    finished first, so exactly one worker re-queues each; and no sampler hook runs for a trial nobody ran."""
+    now, failed, retry, sid = time.time(), [], None, None
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         beat = last_beat(t)
         if beat is None or now - beat <= grace_s:
             continue
+        sid = storage.get_study_id_from_name(study.study_name) if sid is None else sid
+        tid = storage.get_trial_id_from_study_id_trial_number(sid, t.number)
         try:
-            study.tell(t.number, state=TrialState.FAIL)
-        except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-            continue  # another worker failed it first (or it finished): that worker re-queues it
+            if not storage.set_trial_state_values(tid, TrialState.FAIL):
+                continue
+        except Exception:  # noqa: BLE001 - finished meanwhile (or a locked database): not this worker's to re-queue
+            continue
         retry = retry or _retry()
-        frozen = [x for x in study.get_trials(deepcopy=False) if x.number == t.number]
-        retry(study, frozen[0] if frozen else t)
+        retry(study, storage.get_trial(tid))
         failed.append(t.number)
     return failed
 
@@ -129,14 +137,15 @@ def _make_storage(url: str, attempts: int = 8) -> Any:
     raise AssertionError("unreachable")
 
 
-def create_study(url: str | None, **kwargs: Any) -> optuna.Study:
-    """``optuna.create_study`` on :func:`make_storage`, tolerant of workers creating the same study at once."""
+def create_study(url: str | None, **kwargs: Any) -> tuple[optuna.Study, BaseStorage | None]:
+    """``optuna.create_study`` on :func:`make_storage` (returned with the study: :func:`fail_stale` writes
+    through it), tolerant of workers creating the same study at once."""
     storage = make_storage(url)
     for i in range(8):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.create_study(storage=storage, **kwargs)
+                return optuna.create_study(storage=storage, **kwargs), storage
         except Exception as e:  # noqa: BLE001
             if i == 7 or not any(s in str(e) for s in ("UniqueViolation", "duplicate key", "IntegrityError")):
                 raise

@@ -55,7 +55,7 @@ class _OneLineFailures(logging.Filter):
 
 
 def _await_stale(
-    study: optuna.Study, n_trials: int, points: int | None = None, patience_s: float = 10 * GRACE_S
+    study: optuna.Study, storage: Any, n_trials: int, points: int | None = None, patience_s: float = 10 * GRACE_S
 ) -> bool:
     """After this worker's loop ended short of ``n_trials``: wait while other trials are RUNNING (live
     workers finish them; a killed worker's go stale and are re-queued). True when this worker must go on:
@@ -76,7 +76,7 @@ def _await_stale(
             log.warning("trials %s are still running in other workers; leaving them to finish", sorted(running))
             return False
         time.sleep(HEARTBEAT_S)
-        fail_stale(study)  # marks killed trials FAIL and re-queues them
+        fail_stale(study, storage)  # marks killed trials FAIL and re-queues them
     return False
 
 
@@ -86,7 +86,7 @@ def _open_study(
     """Create (or load, for a named persistent study) the study with the configured sampler."""
     directions = [setup.direction] if objective.single else objective.directions
     sampler = make_sampler(setup.sampler, objective.space, setup.seed, len(directions))
-    study = create_study(
+    study, objective.storage = create_study(
         storage, sampler=sampler, study_name=study_name, directions=directions, load_if_exists=study_name is not None
     )
     _describe(study, objective, setup)
@@ -147,7 +147,7 @@ def _optimize(study: optuna.Study, objective: Objective, setup: StrategySetup, p
             if objective.hard_pruned > refused and objective.hard_pruned <= HARD_LIMIT * n_trials:
                 continue
             break
-        if not _await_stale(study, n_trials, points):
+        if not _await_stale(study, objective.storage, n_trials, points):
             break
 
 
@@ -227,7 +227,7 @@ def run_study(
     n_trials = min(setup.n_trials, space.size) if spec.name == "exhaustive" else setup.n_trials
     objective = Objective(space, evaluator, metrics, setup.sum_scaled_metrics, exhaustive=spec.name == "exhaustive",
                           n_trials=n_trials, unique=spec.enumerates, constraints=dict(constraints or {}),
-                          shared=storage is not None or setup.n_jobs > 1, beats=storage is not None)  # fmt: skip
+                          shared=storage is not None or setup.n_jobs > 1)  # fmt: skip
     study = _open_study(objective, setup, storage, study_name)
     fresh = _check_resumed(study, objective, storage)
     if anchor and fresh:
@@ -278,7 +278,8 @@ def _check_resumed(study: optuna.Study, objective: Objective, storage: str | Non
     if trials:
         n_values = 1 if objective.single else len(objective.metrics)
         objective.skipped = check_resumed(study, objective.space, objective.metrics, n_values, where)
-        fail_stale(study)  # trials of killed workers: failed and re-queued before this worker starts
+        if objective.storage is not None:  # trials of killed workers: failed and re-queued before this one starts
+            fail_stale(study, objective.storage)
     return not trials
 
 

@@ -77,8 +77,8 @@ def test_kill9_five_times_then_resume(tmp_path, ckpt, storage, sampler, n):
     done = _completed(url)
     assert kept <= {t.number for t in done}
     configs = [tuple(sorted(t.params.items())) for t in done]
-    assert len(done) == n, [(t.number, t.state.name) for t in optuna.load_study(
-        study_name="k", storage=make_storage(url)).trials]  # fmt: skip
+    every = optuna.load_study(study_name="k", storage=make_storage(url)).trials
+    assert len(done) == n, "\n".join(f"{t.number} {t.state.name} {t.params} {t.system_attrs}" for t in every)
     retries = [t for t in done if "failed_trial" in t.system_attrs]
     assert len({t.system_attrs["failed_trial"] for t in retries}) == len(retries)  # each killed trial redone once
     if sampler in ("exhaustive", "bruteforce"):

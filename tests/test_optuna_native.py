@@ -116,8 +116,9 @@ def test_stale_trial_is_failed_and_requeued_by_exactly_one_worker(tmp_path, kind
     from qfx.search.storage import BEAT, fail_stale, heartbeat, make_storage
 
     url = f"journal:{tmp_path / 'j.log'}" if kind == "journal" else f"sqlite:///{tmp_path / 's.db'}"
-    a = optuna.create_study(storage=make_storage(url), study_name="s")
-    b = optuna.load_study(study_name="s", storage=make_storage(url))
+    sa, sb = make_storage(url), make_storage(url)
+    a = optuna.create_study(storage=sa, study_name="s")
+    b = optuna.load_study(study_name="s", storage=sb)
     dead, live = a.ask(), a.ask()
     dead.suggest_int("x", 0, 3)
     live.suggest_int("x", 0, 3)
@@ -127,13 +128,33 @@ def test_stale_trial_is_failed_and_requeued_by_exactly_one_worker(tmp_path, kind
         time.sleep(0.3)  # several beats written from the heartbeat thread
         beats = [t.user_attrs.get(BEAT) for t in a.get_trials() if t.number == live.number]
         assert beats and isinstance(beats[0], float)
-        assert fail_stale(b, grace_s=1e9) == []  # everything is fresh
+        assert fail_stale(b, sb, grace_s=1e9) == []  # everything is fresh
         time.sleep(0.1)
-        first = fail_stale(b, grace_s=0.2)  # dead: started 0.4 s ago, never beat; live: beat within 0.05 s
-        second = fail_stale(a, grace_s=0.2)
+        first = fail_stale(b, sb, grace_s=0.2)  # dead: started 0.4 s ago, never beat; live: beat within 0.05 s
+        second = fail_stale(a, sa, grace_s=0.2)
     assert first == [dead.number] and second == []
     trials = a.get_trials()
     assert trials[dead.number].state.name == "FAIL" and trials[live.number].state.name == "RUNNING"
     waiting = [t for t in trials if t.state.name == "WAITING"]
     assert len(waiting) == 1 and waiting[0].system_attrs["failed_trial"] == dead.number
     assert waiting[0].params == dead.params
+
+
+def test_a_requeued_trial_is_not_stale_for_its_inherited_heartbeat():
+    """Optuna's retry copies the user attrs of the killed trial, old heartbeat included: a trial's last sign of
+    life is the later of its heartbeat and its start."""
+    import datetime
+
+    from qfx.search.storage import BEAT, last_beat
+
+    now = datetime.datetime.now()
+    ft = optuna.trial.FrozenTrial(
+        number=3, state=optuna.trial.TrialState.RUNNING, value=None, datetime_start=now, datetime_complete=None,
+        params={}, distributions={}, user_attrs={BEAT: now.timestamp() - 3600}, system_attrs={},
+        intermediate_values={}, trial_id=3,
+    )  # fmt: skip
+    assert last_beat(ft) == now.timestamp()
+    ft.user_attrs[BEAT] = now.timestamp() + 5
+    assert last_beat(ft) == now.timestamp() + 5
+    ft.user_attrs[BEAT] = "crafted"
+    assert last_beat(ft) == now.timestamp()
