@@ -171,3 +171,35 @@ def test_clocked_metrics_are_what_the_export_writes_and_yosys_counts(tmp_path):
     assert 0.6 * t.ffs <= cells["FF"] <= t.ffs, (cells, t)  # measured: 810 vs 975 (0.83x)
     with pytest.raises(Exception, match="clock period"):
         fpga_timing(q, 0.0)
+
+
+@pytest.mark.parametrize("clock_ns", [None, 2.5])
+def test_vhdl_export_runs_its_ghdl_testbench_on_every_row(tmp_path, clock_ns):
+    """A VHDL export ships a VHDL-2008 testbench on the same vectors; verify() compiles and runs it with GHDL on
+    all 1,000 rows (combinational, and a pipeline streaming a row per clock); an altered vector fails naming
+    the row."""
+    import shutil
+
+    need("ghdl")
+    torch.manual_seed(3)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 12), torch.nn.ReLU(), torch.nn.Linear(12, 10)).eval()
+    cfg = {"name": "integer", "data_in_width": 5, "data_in_frac_width": 2, "weight_width": 5, "weight_frac_width": 4,
+           "bias_width": 9}  # fmt: skip
+    q = QuantizePass({"default": cfg})(analyze(trace(m, DS.test.x[:8]))).graph
+    e = export(q, "vhdl", tmp_path / "my vhdl", clock_ns=clock_ns)
+    a = verify(e, q, verification_inputs(DS.test.x, 1000))
+    assert a["ok"] and a["checked_by"] == "da4ml interpreter + GHDL testbench", a
+    assert a["testbench"] == "ghdl: PASS: 1000 rows (of 1000 in tb/)", a
+    tb = (tmp_path / "my vhdl" / "tb" / "qfx_model_tb.vhd").read_text()
+    assert f"CLOCKED : boolean := {str(clock_ns is not None).lower()};" in tb
+    pm = json.loads((tmp_path / "my vhdl" / "ports.json").read_text())
+    assert ("clock" in pm) == (clock_ns is not None)
+    bad = tmp_path / "bad"
+    shutil.copytree(tmp_path / "my vhdl", bad)
+    vec = bad / "tb" / "vectors_out.mem"
+    lines = vec.read_text().splitlines()
+    lines[3] = f"{int(lines[3], 16) ^ (1 << 2):0{len(lines[3])}x}"
+    vec.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ToolError, match="FAIL row 3"):
+        run_testbench(bad, rows=10, lang="vhdl")
+    assert run_testbench(bad, rows=3, lang="vhdl") == "PASS: 3 rows"  # the rows before it still pass

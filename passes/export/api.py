@@ -191,6 +191,7 @@ class ExportFormat:
     extras: tuple[str, ...] = ("deploy",)
     exact_reference: bool = False
     clocked: bool = False  # takes a clock target (an II = 1 pipeline)
+    testbench: str | None = None  # the HDL of the self-checking testbench it ships (tb/), run by verify()
 
 
 EXPORT_FORMATS: dict[str, ExportFormat] = {}
@@ -214,10 +215,12 @@ for _f in (
     ExportFormat("torch", _torch, _torch_rows, "plain-torch reader",
                  "portable checkpoint: integer codes + manifest, torch.load(weights_only=True)", extras=()),
     ExportFormat("verilog", _da4ml("verilog"), _da4ml_outputs, "da4ml interpreter + Verilator",
-                 "combinational Verilog from da4ml (adder graphs), ports.json and a self-checking testbench; "
-                 "da4ml's interpreter + Verilator + iverilog", exact_reference=True, clocked=True),
+                 "Verilog from da4ml (adder graphs; --clock-ns: an II = 1 pipeline), ports.json and a self-checking "
+                 "testbench; da4ml's interpreter + Verilator + iverilog", exact_reference=True, clocked=True,
+                 testbench="verilog"),
     ExportFormat("vhdl", _da4ml("vhdl"), _da4ml_outputs, "da4ml interpreter",
-                 "the same logic as VHDL; checked by da4ml's interpreter", exact_reference=True, clocked=True),
+                 "the same logic as VHDL, ports.json and a self-checking VHDL-2008 testbench; da4ml's interpreter "
+                 "+ GHDL", exact_reference=True, clocked=True, testbench="vhdl"),
     ExportFormat("da4ml-hls", _da4ml("hls"), _da4ml_outputs, "da4ml interpreter",
                  "the same logic as HLS C++ (Vitis/Vivado HLS); checked by da4ml's interpreter", exact_reference=True),
 ):  # fmt: skip
@@ -284,8 +287,9 @@ def verify(e: Exported, graph: QGraph, x: torch.Tensor) -> dict[str, Any]:
         "rows_within_tolerance": float(within.mean()) if len(x) else 1.0,
         "ok": bool(same.all()) if not floats else bool(within.mean() >= FLOAT_ROWS),
     }
-    if e.fmt == "verilog":
-        _testbench(e, x, ref)
+    lang = EXPORT_FORMATS[e.fmt].testbench
+    if lang is not None:
+        _testbench(e, x, ref, lang)
     if not same.all():
         e.agreement["first_difference"] = locate(e.fmt, e.path, graph, x, np.flatnonzero(~same))
     return e.agreement
@@ -293,30 +297,33 @@ def verify(e: Exported, graph: QGraph, x: torch.Tensor) -> dict[str, Any]:
 
 TESTBENCH_ROWS = 32  # rows the export runs through Icarus (~0.1-0.2 s a row for jsc-s); tb/ holds them all
 TESTBENCH_MAX_LUTS = 25_000  # larger designs: tb/ is written, not run (Icarus compiles a 30k-LUT cnn in minutes)
+# the simulator of each testbench language: (tool, executables it needs, rows it runs: None = all of tb/)
+SIMULATORS = {"verilog": ("iverilog", ("iverilog", "vvp"), TESTBENCH_ROWS), "vhdl": ("GHDL", ("ghdl",), None)}
 
 
-def _testbench(e: Exported, x: torch.Tensor, ref: np.ndarray) -> None:
+def _testbench(e: Exported, x: torch.Tensor, ref: np.ndarray, lang: str) -> None:
     """Write the export's ``ports.json`` and self-checking ``tb/`` (inputs as the host feeds them, the graph's
-    outputs) and run it with Icarus Verilog where it is on PATH; a FAIL fails the verification."""
+    outputs) in ``lang`` and run it with its simulator where that is on PATH; a FAIL fails the verification."""
     from qfx.passes.export.testbench import run_testbench, write_testbench
 
+    tool, exes, limit = SIMULATORS[lang]
     tr = e.handle
-    write_testbench(e.path, tr.comb, tr.quantize_input(x.numpy()), ref, tr.pipeline)
-    if shutil.which("iverilog") is None or shutil.which("vvp") is None:
-        e.notes.append("iverilog not on PATH: the shipped testbench (tb/) was written, not run")
+    write_testbench(e.path, tr.comb, tr.quantize_input(x.numpy()), ref, tr.pipeline, lang=lang)
+    if any(shutil.which(t) is None for t in exes):
+        e.notes.append(f"{'/'.join(exes)} not on PATH: the shipped testbench (tb/) was written, not run")
         return
     if tr.luts > TESTBENCH_MAX_LUTS:
-        e.notes.append(f"the shipped testbench (tb/) was written, not run: {tr.luts:,.0f} LUTs is past what Icarus "
-                       f"compiles in seconds ({TESTBENCH_MAX_LUTS:,}); run it with iverilog/vvp (README)")  # fmt: skip
+        e.notes.append(f"the shipped testbench (tb/) was written, not run: {tr.luts:,.0f} LUTs is past what {tool} "
+                       f"compiles in seconds ({TESTBENCH_MAX_LUTS:,}); run it with {tool} (README)")  # fmt: skip
         return
-    rows = min(len(x), TESTBENCH_ROWS)
+    rows = len(x) if limit is None else min(len(x), limit)
     try:
-        e.agreement["testbench"] = f"iverilog: {run_testbench(e.path, rows=rows)} (of {len(x)} in tb/)"
-        e.agreement["checked_by"] += " + iverilog testbench"
+        e.agreement["testbench"] = f"{tool.lower()}: {run_testbench(e.path, rows=rows, lang=lang)} (of {len(x)} in tb/)"
+        e.agreement["checked_by"] += f" + {tool} testbench"
     except ToolError as err:
-        e.agreement["testbench"] = f"iverilog: {err}"
+        e.agreement["testbench"] = f"{tool.lower()}: {err}"
         e.agreement["ok"] = False
-        e.agreement.setdefault("first_difference", f"the shipped testbench fails under Icarus Verilog: {err}")
+        e.agreement.setdefault("first_difference", f"the shipped testbench fails under {tool}: {err}")
 
 
 def export_all(
