@@ -15,6 +15,8 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -853,28 +855,43 @@ EPILOG = """examples:
 --config takes a path or a shipped config's name. Each command has its own --help. Config schema: README.md."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="qfx", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--version", action="version", version=f"qfx {_version()}")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks")
-    ap.add_argument(
-        "--threads",
-        type=_threads_arg,
-        help="CPU threads for torch (default: 1 for models under 1M parameters, every core above)",
-    )
-    noise = ap.add_mutually_exclusive_group()
-    noise.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    noise.add_argument("-q", "--quiet", action="store_true", help="results and errors only: no progress bars, notes")
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, the function it runs (argument handling around library calls), the function
+    adding its arguments, its help line, description and optional epilog (built when the parser is)."""
 
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    name: str
+    run: Callable[[argparse.Namespace], int]
+    args: Callable[[argparse.ArgumentParser], None]
+    help: str
+    description: str
+    epilog: Callable[[], str] | None = None
 
-    p = sub.add_parser(
-        "analyze",
-        help="print the annotated graph (shapes, MACs, FLOPs, params)",
-        description="Trace a model and print its per-node metadata as a table or JSON.",
-    )
+
+COMMANDS: dict[str, Command] = {}  # in the order `qfx --help` lists them
+
+
+Args = Callable[[argparse.ArgumentParser], None]
+
+
+def command(name: str, run: Callable[[argparse.Namespace], int], help: str, description: str,
+            epilog: Callable[[], str] | None = None) -> Callable[[Args], Args]:  # fmt: skip
+    """Declare the decorated function as the argument builder of subcommand ``name`` (run by ``run``)."""
+
+    def add(args: Args) -> Args:
+        COMMANDS[name] = Command(name, run, args, help, description, epilog)
+        return args
+
+    return add
+
+
+@command(
+    "analyze",
+    cmd_analyze,
+    help="print the annotated graph (shapes, MACs, FLOPs, params)",
+    description="Trace a model and print its per-node metadata as a table or JSON.",
+)
+def _args_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         help=f"zoo name ({', '.join(_tables()['models'])}) or module:function returning (model, example_inputs)",
@@ -884,14 +901,16 @@ def build_parser() -> argparse.ArgumentParser:
     _trust_arg(p)
     p.add_argument("--batch", type=int, default=1, help="batch size of the example input for checkpoints")
     p.add_argument("--format", choices=["table", "json"], default="table")
-    p.set_defaults(fn=cmd_analyze)
 
-    p = sub.add_parser(
-        "train",
-        help="train a zoo model and save a checkpoint",
-        description="Train a zoo model (seeded, progress bar); the checkpoint holds model name, "
-        "dataset, seed and test metrics.",
-    )
+
+@command(
+    "train",
+    cmd_train,
+    help="train a zoo model and save a checkpoint",
+    description="Train a zoo model (seeded, progress bar); the checkpoint holds model name, "
+    "dataset, seed and test metrics.",
+)
+def _args_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=", ".join(_tables()["models"]))
     p.add_argument("--dataset", default="digits", help=f"{', '.join(_tables()['datasets'])}, or jsc:/path.h5|.csv")
     p.add_argument("--epochs", type=_positive, default=40, help="training epochs (default 40)")
@@ -900,25 +919,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help="seed for initialisation, shuffling and the data split")
     p.add_argument("--out", required=True, help="checkpoint directory or .pt file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser(
-        "eval",
-        help="accuracy, loss, precision, recall, F1, confusion matrix of a checkpoint",
-        description="Evaluate a checkpoint on its dataset split.",
-    )
+
+@command(
+    "eval",
+    cmd_eval,
+    help="accuracy, loss, precision, recall, F1, confusion matrix of a checkpoint",
+    description="Evaluate a checkpoint on its dataset split.",
+)
+def _args_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint written by qfx train (directory or .pt)")
     _trust_arg(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="dataset split (default test)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
-    p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser(
-        "transform",
-        help="apply [passes.quantize] and compare FP32 vs quantized",
-        description="Quantize with the config's [passes.quantize], print the summary and the "
-        "FP32-vs-quantized metrics, save the quantized graph.",
-    )
+
+@command(
+    "transform",
+    cmd_transform,
+    help="apply [passes.quantize] and compare FP32 vs quantized",
+    description="Quantize with the config's [passes.quantize], print the summary and the "
+    "FP32-vs-quantized metrics, save the quantized graph.",
+)
+def _args_transform(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="TOML with a [passes.quantize] section")
     p.add_argument("--checkpoint", help="trained checkpoint; default: config load_name, else train a baseline")
     _trust_arg(p)
@@ -927,41 +950,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--numerics", action="store_true", help="per-node SQNR/saturation table and sqnr.png")
     p.add_argument("--numerics-samples", type=_positive, default=256, help="samples for --numerics (256)")
-    p.set_defaults(fn=cmd_transform)
 
-    p = sub.add_parser(
-        "debug",
-        help="per-node numerics of a saved quantized graph vs its float version",
-        description="Load a saved quantized graph, rebuild its float version (every node restored), run both "
-        "on a batch and report per node: output SQNR, max error, cosine, saturation and round-to-zero "
-        "fractions of every quantized tensor. Writes numerics.json, sqnr.png, graph.dot(.svg) and Model "
-        "Explorer files into --out.",
-    )
+
+@command(
+    "debug",
+    cmd_debug,
+    help="per-node numerics of a saved quantized graph vs its float version",
+    description="Load a saved quantized graph, rebuild its float version (every node restored), run both "
+    "on a batch and report per node: output SQNR, max error, cosine, saturation and round-to-zero "
+    "fractions of every quantized tensor. Writes numerics.json, sqnr.png, graph.dot(.svg) and Model "
+    "Explorer files into --out.",
+)
+def _args_debug(p: argparse.ArgumentParser) -> None:
     _graph_batch_args(p)
     p.add_argument("--out", help="output directory (default: GRAPH/debug)")
-    p.set_defaults(fn=cmd_debug)
 
-    p = sub.add_parser(
-        "view",
-        help="open a saved graph in Model Explorer (with numerics overlays)",
-        description="Start Google's Model Explorer on a saved graph: metadata as node attributes and one overlay "
-        "per metric (SQNR, max error, saturation, bits, FLOPs, params). Ctrl-C stops it.",
-    )
+
+@command(
+    "view",
+    cmd_view,
+    help="open a saved graph in Model Explorer (with numerics overlays)",
+    description="Start Google's Model Explorer on a saved graph: metadata as node attributes and one overlay "
+    "per metric (SQNR, max error, saturation, bits, FLOPs, params). Ctrl-C stops it.",
+)
+def _args_view(p: argparse.ArgumentParser) -> None:
     _graph_batch_args(p)
     p.add_argument("--host", default="localhost")
     p.add_argument("--port", type=_positive, default=8080)
     p.add_argument("--no-open", action="store_true", help="do not open a browser")
-    p.set_defaults(fn=cmd_view)
 
-    p = sub.add_parser(
-        "search",
-        help="mixed-precision search (Optuna)",
-        description="Run the config's search; print the Best trial(s) table and write best.json, "
-        "trials.csv/json, best_model/ and plots. With --storage, the study persists: "
-        "re-running resumes it and several workers (--study-name) share it.",
-        epilog=_tables_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+@command(
+    "search",
+    cmd_search,
+    help="mixed-precision search (Optuna)",
+    description="Run the config's search; print the Best trial(s) table and write best.json, "
+    "trials.csv/json, best_model/ and plots. With --storage, the study persists: "
+    "re-running resumes it and several workers (--study-name) share it.",
+    epilog=lambda: _tables_help(),
+)
+def _args_search(p: argparse.ArgumentParser) -> None:
     _search_args(p)
     p.add_argument("--storage", help="sqlite:///f.db, journal:FILE (or *.log), postgresql://user:pw@host/db")
     p.add_argument(
@@ -979,15 +1007,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="which Pareto point becomes best_model/ (multi-objective): knee (default: nearest the ideal point), "
         "max:METRIC, min:METRIC or trial:N, plus bounds such as ,accuracy>=0.93 (overrides [search.strategy] pick)",
     )
-    p.set_defaults(fn=cmd_search)
 
-    p = sub.add_parser(
-        "learn",
-        help="learn per-weight and per-input bit widths by gradient (HGQ's method) and measure the front",
-        description="Train the config's model with learned precisions (fractional bits per weight and per "
-        "input element, EBOPs penalty ramped over the epochs, [learn] section); every Pareto epoch (chosen on "
-        "validation) is measured by da4ml (LUTs, adder depth) and saved as a quantized graph.",
-    )
+
+@command(
+    "learn",
+    cmd_learn,
+    help="learn per-weight and per-input bit widths by gradient (HGQ's method) and measure the front",
+    description="Train the config's model with learned precisions (fractional bits per weight and per "
+    "input element, EBOPs penalty ramped over the epochs, [learn] section); every Pareto epoch (chosen on "
+    "validation) is measured by da4ml (LUTs, adder depth) and saved as a quantized graph.",
+)
+def _args_learn(p: argparse.ArgumentParser) -> None:
     _trust_arg(p)
     p.add_argument("--config", required=True, help="TOML with a [learn] section (e.g. jsc_s_learned)")
     p.add_argument("--checkpoint", help="trained float checkpoint; default: train a baseline into OUT/baseline")
@@ -999,29 +1029,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pick", default="max:accuracy", type=_learn_pick,
                    help="the front point copied to OUT/best: max:accuracy or min:fpga_luts[,accuracy>=X]")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(fn=cmd_learn)
 
-    p = sub.add_parser(
-        "sensitivity",
-        help="per-node sensitivity: each node alone at each width",
-        description="Quantize every quantizable node alone at each width (all its roles) and report the accuracy "
-        "drop, loss increase and output SQNR vs FP32 on the config's evaluation samples: a table, "
-        "sensitivity.png (heat map) and sensitivity.json in --out.",
-    )
+
+@command(
+    "sensitivity",
+    cmd_sensitivity,
+    help="per-node sensitivity: each node alone at each width",
+    description="Quantize every quantizable node alone at each width (all its roles) and report the accuracy "
+    "drop, loss increase and output SQNR vs FP32 on the config's evaluation samples: a table, "
+    "sensitivity.png (heat map) and sensitivity.json in --out.",
+)
+def _args_sensitivity(p: argparse.ArgumentParser) -> None:
     _search_args(p)
     p.add_argument(
         "--widths", type=_widths, help="comma-separated widths (default: the width choices of the config's space)"
     )
     hf = "frac widths: width // 2, or calibrated (default: auto when the space's frac choices include it)"
     p.add_argument("--frac", choices=["NA", "auto"], help=hf)
-    p.set_defaults(fn=cmd_sensitivity)
 
-    p = sub.add_parser(
-        "compare-samplers",
-        help="sample efficiency of samplers on one space",
-        description="Run each sampler --repeats times with seeds 0..R-1; report best-so-far vs "
-        "trial (plot), trials to reach the exhaustive optimum, time per trial.",
-    )
+
+@command(
+    "compare-samplers",
+    cmd_compare,
+    help="sample efficiency of samplers on one space",
+    description="Run each sampler --repeats times with seeds 0..R-1; report best-so-far vs "
+    "trial (plot), trials to reach the exhaustive optimum, time per trial.",
+)
+def _args_compare_samplers(p: argparse.ArgumentParser) -> None:
     _search_args(p)
     p.add_argument(
         "--samplers",
@@ -1033,15 +1067,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exhaustive-limit", type=_positive, default=4096, help="enumerate spaces up to this size")
     p.add_argument("--repeats", type=_positive, default=5, help="runs per sampler, seeds 0..R-1 (default 5)")
     p.add_argument("--tolerance", type=_tolerance, default=0.005, help="'near optimum' tolerance in objective units")
-    p.set_defaults(fn=cmd_compare)
 
-    p = sub.add_parser(
-        "export",
-        help="export a saved quantized graph to qonnx / onnx-qdq / hls4ml / torch",
-        description="Write a saved quantized graph (QGraph.save: a search's best_model/ or a transform's "
-        "quantized/) in deployment formats and verify each with its own executor (qonnx execute_onnx, "
-        "onnxruntime, hls4ml C simulation, plain torch) on the graph's example inputs.",
-    )
+
+@command(
+    "export",
+    cmd_export,
+    help="export a saved quantized graph to qonnx / onnx-qdq / hls4ml / torch",
+    description="Write a saved quantized graph (QGraph.save: a search's best_model/ or a transform's "
+    "quantized/) in deployment formats and verify each with its own executor (qonnx execute_onnx, "
+    "onnxruntime, hls4ml C simulation, plain torch) on the graph's example inputs.",
+)
+def _args_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--graph", required=True, help="directory written by QGraph.save")
     from qfx.passes.export.api import EXPORT_FORMATS
 
@@ -1059,19 +1095,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows verified: the data, then saturating noise at 1x/4x/16x/64x its scale (default 1000)",
     )
     _trust_arg(p)
-    p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser(
-        "synth",
-        help="synthesize a saved quantized graph's Verilog with yosys (LUT/FF/CARRY/DSP)",
-        description="Trace the graph into da4ml's adder graphs, write its Verilog and run Yosys synth_xilinx: "
-        "an open-source count of the FPGA cells beside da4ml's LUT estimate. Needs yosys on PATH.",
-    )
+
+@command(
+    "synth",
+    cmd_synth,
+    help="synthesize a saved quantized graph's Verilog with yosys (LUT/FF/CARRY/DSP)",
+    description="Trace the graph into da4ml's adder graphs, write its Verilog and run Yosys synth_xilinx: "
+    "an open-source count of the FPGA cells beside da4ml's LUT estimate. Needs yosys on PATH.",
+)
+def _args_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--graph", required=True, help="directory written by QGraph.save")
     p.add_argument("--out", help="project directory (default GRAPH/synth)")
     _clock_arg(p)
     _trust_arg(p)
-    p.set_defaults(fn=cmd_synth)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="qfx", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--version", action="version", version=f"qfx {_version()}")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    ap.add_argument(
+        "--threads",
+        type=_threads_arg,
+        help="CPU threads for torch (default: 1 for models under 1M parameters, every core above)",
+    )
+    noise = ap.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    noise.add_argument("-q", "--quiet", action="store_true", help="results and errors only: no progress bars, notes")
+
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    for c in COMMANDS.values():
+        fmt = {"formatter_class": argparse.RawDescriptionHelpFormatter} if c.epilog else {}
+        p = sub.add_parser(c.name, help=c.help, description=c.description,
+                           epilog=c.epilog() if c.epilog else None, **fmt)  # fmt: skip
+        c.args(p)
+        p.set_defaults(fn=c.run)
     return ap
 
 

@@ -82,11 +82,12 @@ def test_no_import_cycles_between_modules():
             visit(m, [m])
 
 
-def test_no_function_over_60_lines_outside_the_argparse_builder():
+def test_no_function_over_60_lines():
+    """The argparse builder included: it is a loop over the subcommand table (cli.COMMANDS)."""
     long = []
     for m, p in _modules().items():
         for node in ast.walk(ast.parse(p.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name != "build_parser":
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
                 if n > 60:
                     long.append(f"{m}.{node.name}: {n} lines")
