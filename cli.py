@@ -649,7 +649,24 @@ def cmd_synth(args: argparse.Namespace) -> int:
             f"levels (a delay model, not a timing analysis), latency {pipe.latency_cycles} cycles = "
             f"{pipe.latency_ns:g} ns; {cells['FF']} flip-flops (Yosys); cell counts in {out / 'yosys_stat.txt'}"
         )
+    if args.ice40:
+        _ice40(out, tr, pipe)
     return 0
+
+
+def _ice40(out: Path, tr: Any, pipe: Any) -> None:
+    """``qfx synth --ice40``: place and route for an iCE40 HX8K (nextpnr) and print the achieved Fmax."""
+    from qfx.passes.export.pnr import ice40_fmax
+    from qfx.passes.export.testbench import write_ports
+
+    write_ports(out, tr.comb, pipe)
+    r = ice40_fmax(out, target_mhz=1000 / pipe.clock_ns if pipe is not None else 50.0, progress=_note)
+    cycles = pipe.latency_cycles if pipe is not None else 1
+    print(
+        f"iCE40 HX8K (yosys synth_ice40 + nextpnr-ice40, between harness registers): Fmax {r['fmax_mhz']:.1f} MHz, "
+        f"{r['logic_cells']:,} logic cells, ~{max(r['flip_flops'] - r['harness_ffs'], 0):,} flip-flops of the model; "
+        f"latency {cycles} cycle(s) = {1000 * cycles / r['fmax_mhz']:.1f} ns at that clock"
+    )
 
 
 def _verification_batch(args: argparse.Namespace, g: Any) -> Any:
@@ -1108,6 +1125,8 @@ def _args_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--graph", required=True, help="directory written by QGraph.save")
     p.add_argument("--out", help="project directory (default GRAPH/synth)")
     _clock_arg(p)
+    p.add_argument("--ice40", action="store_true",
+                   help="also place and route for a Lattice iCE40 HX8K (nextpnr-ice40): the achieved Fmax")  # fmt: skip
     _trust_arg(p)
 
 

@@ -203,3 +203,28 @@ def test_vhdl_export_runs_its_ghdl_testbench_on_every_row(tmp_path, clock_ns):
     with pytest.raises(ToolError, match="FAIL row 3"):
         run_testbench(bad, rows=10, lang="vhdl")
     assert run_testbench(bad, rows=3, lang="vhdl") == "PASS: 3 rows"  # the rows before it still pass
+
+
+def test_ice40_place_and_route_achieves_a_faster_clock_with_more_stages(tmp_path, capsys):
+    """nextpnr-ice40's timing analysis, an oracle independent of the delay model: the combinational export and a
+    2.5 ns pipeline of the same graph, each between harness registers on an iCE40 HX8K; the pipeline runs at a
+    clearly higher Fmax and holds flip-flops of its own. `qfx synth --ice40` prints it for a saved graph."""
+    from qfx import cli
+    from qfx.passes.export.pnr import ice40_fmax
+
+    need("yosys")
+    need("nextpnr-ice40")
+    torch.manual_seed(2)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.ReLU(), torch.nn.Linear(8, 10)).eval()
+    cfg = {"name": "integer", "data_in_width": 4, "data_in_frac_width": 2, "weight_width": 4, "weight_frac_width": 3,
+           "bias_width": 8}  # fmt: skip
+    q = QuantizePass({"default": cfg})(analyze(trace(m, DS.test.x[:8]))).graph
+    export(q, "verilog", tmp_path / "comb")
+    comb = ice40_fmax(tmp_path / "comb")
+    assert comb["fmax_mhz"] > 1 and comb["flip_flops"] <= comb["harness_ffs"], comb  # only the harness registers
+    q.save(tmp_path / "my graph")
+    assert cli.main(["synth", "--graph", str(tmp_path / "my graph"), "--clock-ns", "2.5", "--ice40"]) == 0
+    out = capsys.readouterr().out
+    fmax = float(re.search(r"Fmax ([\d.]+) MHz", out).group(1))
+    assert fmax > 2 * comb["fmax_mhz"], (fmax, comb)  # 7 stages of <= 3 adder levels vs one block of 19
+    assert int(re.search(r"~([\d,]+) flip-flops of the model", out).group(1).replace(",", "")) > 300

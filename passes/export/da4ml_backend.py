@@ -507,7 +507,7 @@ def write_project(traced: Traced, out: str | Path, flavor: str, clock_ns: float 
 
 def tools() -> dict[str, str | None]:
     """The external tools the RTL checks use, with their paths (None: not on PATH)."""
-    return {t: shutil.which(t) for t in ("verilator", "yosys", "g++", "iverilog", "vvp", "ghdl")}
+    return {t: shutil.which(t) for t in ("verilator", "yosys", "g++", "iverilog", "vvp", "ghdl", "nextpnr-ice40")}
 
 
 def _verilator_include() -> Path:
