@@ -547,6 +547,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from qfx.passes.transforms.learn_precision import LearnConfig
     from qfx.search.config import load_config
     from qfx.search.learn import run_learn
+    from qfx.search.learn_trials import run_learn_search
 
     cfg = load_config(args.config)
     upd = {k: getattr(args, k) for k in ("epochs", "beta", "beta_start", "seed") if getattr(args, k) is not None}
@@ -556,8 +557,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
         err = e.errors()[0]
         raise UsageError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}", "see qfx learn --help") from None
     cfg = cfg.model_copy(update={"learn": lc})
+    if args.n_trials is not None and cfg.learn_search is not None:
+        cfg = cfg.model_copy(update={"learn_search": cfg.learn_search.model_copy(update={"n_trials": args.n_trials})})
     out = _out_dir(args, args.config, "learn")
-    run = run_learn(cfg, args.checkpoint, out, args.pick, progress=not args.no_progress, trust=args.trust_checkpoint)
+    runner = run_learn if cfg.learn_search is None else run_learn_search  # [learn_search]: trials of learn runs
+    run = runner(cfg, args.checkpoint, out, args.pick, progress=not args.no_progress, trust=args.trust_checkpoint)
     from tabulate import tabulate
 
     rows = [(p.epoch, f"{p.beta:.2g}", f"{p.val_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{p.ebops:,.0f}",
@@ -1043,6 +1047,7 @@ def _args_learn(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=_positive_float, help="override learn.beta (the final penalty strength)")
     p.add_argument("--beta-start", type=_positive_float, help="override learn.beta_start (the ramp's start)")
     p.add_argument("--seed", type=_seed, help="override learn.seed")
+    p.add_argument("--n-trials", type=_positive, help="override learn_search.n_trials (configs with [learn_search])")
     p.add_argument("--pick", default="max:accuracy", type=_learn_pick,
                    help="the front point copied to OUT/best: max:accuracy or min:fpga_luts[,accuracy>=X]")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -31,6 +31,7 @@ from typing import Any
 from tabulate import tabulate
 
 from qfx.search.config import Bound, load_config
+from qfx.search.records import feasible
 from qfx.search.runner import Evaluator
 from qfx.search.selection import correct, mcnemar_greater
 from qfx.search.session import build_search, prepare, with_overrides
@@ -143,7 +144,7 @@ def _run(
     if held is not None:
         (best,), _ = rescore(study, objective, referee(ev, held), referee(ev, held), 5)
     else:
-        done = [t for t in study.trials if t.state.name == "COMPLETE" and t.user_attrs.get("feasible", True)]
+        done = [t for t in study.trials if t.state.name == "COMPLETE" and feasible(t)]
         best = max(done, key=lambda t: t.value)
     wall = time.perf_counter() - t0
     chosen = space.to_config(space.point_of(best.params))

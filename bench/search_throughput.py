@@ -32,6 +32,7 @@ from qfx.graph import trace
 from qfx.passes.analysis import analyze
 from qfx.passes.transforms.quantize import QuantizePass
 from qfx.search.config import MetricSpec, StrategySetup
+from qfx.search.records import record_of
 from qfx.search.runner import Evaluator
 from qfx.search.space import SearchSpace
 from qfx.search.study import run_study
@@ -70,7 +71,7 @@ def per_trial(model_name: str, n_trials: int) -> list[str]:
     t0 = time.perf_counter()
     study, _ = run_study(space, ev, metrics, setup, None, progress=False)
     wall = (time.perf_counter() - t0) / len(study.trials)
-    tm = [t.user_attrs["timings"] for t in study.trials if "cached" not in t.user_attrs["timings"]]  # evaluated
+    tm = [r.timings for t in study.trials if "cached" not in (r := record_of(t)).timings]  # evaluated
     med = {k: 1e3 * statistics.median(t[k] for t in tm) for k in ("sample", "rebuild", "evaluate", "hw")}
     trial_ms = [1e3 * t.duration.total_seconds() for t in study.trials]
     return [
@@ -106,8 +107,8 @@ def trial_floor(model_name: str, n_trials: int, storage_kind: str) -> list[str]:
         url = {"memory": None, "journal": f"journal:{Path(d) / 'b.log'}", "sqlite": f"sqlite:///{Path(d) / 'b.db'}"}
         bare_ms = 1e3 * statistics.median(bare(space, "random", url[storage_kind], n_trials))
         trials = study.get_trials(False)  # while the storage file exists
-    fresh = [t for t in trials if "cached" not in t.user_attrs["timings"]]  # evaluated, not drawn again
-    med = {k: 1e3 * statistics.median(t.user_attrs["timings"].get(k, 0.0) for t in fresh)
+    fresh = [t for t in trials if "cached" not in record_of(t).timings]  # evaluated, not drawn again
+    med = {k: 1e3 * statistics.median(record_of(t).timings.get(k, 0.0) for t in fresh)
            for k in ("sample", "rebuild", "evaluate", "hw")}  # fmt: skip
     trial_ms = statistics.median(1e3 * t.duration.total_seconds() for t in fresh)
     again = [1e3 * t.duration.total_seconds() for t in trials if t not in fresh]

@@ -71,6 +71,44 @@ class HwRunner(_M):
     average_bitwidth: AvgBitwidthRunner = AvgBitwidthRunner()
 
 
+class LearnSearch(_M):
+    """``[learn_search]``: trials over what gradients cannot choose. Each trial trains learned precision
+    (``[learn]`` as the base) with a sampled final ``beta`` (log-uniform in ``beta``; the ramp's start keeps the
+    base's ratio to it), ``epochs``, rounding and overflow modes and a hidden-width multiplier; its front is
+    measured in hardware and the Pareto front over all trials' points is the product."""
+
+    beta: tuple[float, float] = (1e-5, 3e-2)
+    epochs: list[int] = Field([200], min_length=1)
+    round: list[Literal["half_even", "half_up", "trunc"]] = Field(["half_up"], min_length=1)
+    overflow: list[Literal["saturate", "wrap"]] = Field(["wrap"], min_length=1)
+    width: list[float] = Field([1.0], min_length=1)
+    n_trials: int = Field(8, ge=1, le=10_000)
+    sampler: Literal["tpe", "random", "nsgaii", "qmc"] = "nsgaii"
+    seed: int = Field(0, ge=0, lt=2**32)
+    measured_per_trial: int = Field(4, ge=1, le=16)  # front points of each trial measured in hardware
+
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 < v[0] <= v[1] <= 1):
+            raise ValueError(f"beta range {list(v)}: give [low, high] with 0 < low <= high <= 1")
+        return v
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= e <= 100_000 for e in v):
+            raise ValueError(f"epochs {v}: each in 1..100000")
+        return v
+
+    @field_validator("width")
+    @classmethod
+    def _width(cls, v: list[float]) -> list[float]:
+        if any(not (0 < w <= 8) for w in v):
+            raise ValueError(f"width {v}: multipliers in (0, 8]")
+        return v
+
+
 class FpgaConfig(_M):
     """The FPGA target: ``clock_ns`` is the clock the fpga_ffs / fpga_latency_cycles / fpga_latency_ns metrics and
     budgets assume (an II = 1 pipeline, as ``qfx export --clock-ns`` writes); None: one combinational block."""
@@ -220,6 +258,7 @@ class RunConfig(_M):
     search: SearchSection | None = None
     calibration: CalibrationConfig = CalibrationConfig()
     fpga: FpgaConfig = FpgaConfig()
+    learn_search: LearnSearch | None = None  # ``qfx learn``: trials over beta, epochs, modes and widths
     learn: LearnConfig | None = None  # ``qfx learn``: learned precision (passes.transforms.learn_precision)
 
     def uses_auto(self) -> bool:

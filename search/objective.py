@@ -28,7 +28,7 @@ from qfx.search.records import TrialRecord, record_of, write_record
 from qfx.search.runner import Evaluator
 from qfx.search.samplers import exhaustive_index
 from qfx.search.space import SearchSpace
-from qfx.search.storage import counted, fail_stale, heartbeat
+from qfx.search.storage import HEARTBEAT_S, counted, fail_stale, heartbeat
 
 log = logging.getLogger(__name__)
 _CLAIM = "qfx:claimed"  # user attr: this trial checked its point was free and evaluates it
@@ -67,6 +67,7 @@ class Objective:
     progress: Progress | None = None  # bar and JSONL record of every finished trial
     hard_pruned: int = 0  # points refused before evaluation for breaking a hardware budget
     skipped: dict[int, str] = field(default_factory=dict)  # resumed trials whose stored records are refused
+    _stale_checked: float = -1e9  # monotonic time of this worker's last stale-trial check
 
     @staticmethod
     def _claim(trial: optuna.Trial, point: dict[str, Any]) -> None:
@@ -102,7 +103,8 @@ class Objective:
         t0 = time.perf_counter()
         state, values, attrs, params = "FAIL", None, {}, None
         try:
-            if self.storage is not None:  # as Optuna's loop does for its heartbeat storages: killed workers' trials
+            if self.storage is not None and time.monotonic() - self._stale_checked >= HEARTBEAT_S:
+                self._stale_checked = time.monotonic()  # killed workers' trials, at most once a heartbeat period
                 fail_stale(trial.study, self.storage)
             with heartbeat(trial) if self.storage is not None else nullcontext():
                 out, attrs, params = self._run(trial)

@@ -87,3 +87,58 @@ def test_pick_rules() -> None:
     assert choose(pts, "min:fpga_luts,accuracy>=0.93")[0].epoch == 2
     best, note = choose(pts, "min:fpga_luts,accuracy>=0.99")
     assert best.epoch == 3 and "no front point reaches" in note
+
+
+TRIALS = """
+[learn_search]
+beta = [1e-5, 1e-2]
+epochs = [2, 3]
+round = ["half_up", "trunc"]
+overflow = ["wrap", "saturate"]
+width = [0.5, 1.0]
+n_trials = 3
+sampler = "random"
+measured_per_trial = 2
+"""
+
+
+def test_learn_trials_pool_a_pareto_front_over_trials(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+    """[learn_search]: each trial's sampled options are recorded with its measured points; the product is the
+    Pareto front over all of them (no pooled point dominates a front point), best/ is a front point whose LUTs
+    are the exported whole network's; a second run removes the first one's graphs."""
+    from qfx.graph import QGraph
+    from qfx.hw.fpga import fpga_timing
+
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "cfg trials.toml"
+    p.write_text('model = "jsc-toy"\ndataset = "digits"\nmax_epochs = 2\n\n[learn]\nbeta = 1e-4\n' + TRIALS)
+    assert cli.main(["learn", "--config", p.name, "--out", "t out", "--no-progress"]) == 0
+    d = tmp_path / "t out"
+    trials = json.loads((d / "trials.json").read_text())
+    assert len(trials) == 3 and all(t["state"] == "COMPLETE" and 1 <= len(t["points"]) <= 2 for t in trials)
+    assert {t["params"]["width"] for t in trials} <= {0.5, 1.0} and all(1e-5 <= t["params"]["beta"] <= 1e-2
+                                                                        for t in trials)  # fmt: skip
+    pooled = [pt for t in trials for pt in t["points"]]
+    front = json.loads((d / "front.json").read_text())["front"]
+    for f in front:
+        assert not any(o["val_accuracy"] >= f["val_accuracy"] and o["fpga_luts"] <= f["fpga_luts"]
+                       and (o["val_accuracy"], o["fpga_luts"]) != (f["val_accuracy"], f["fpga_luts"])
+                       for o in pooled)  # fmt: skip
+    best = json.loads((d / "front.json").read_text())["best"]
+    assert best in front
+    assert fpga_timing(QGraph.load(d / "best")).luts == pytest.approx(best["fpga_luts"])
+    stale = d / "graphs" / "trial_99_epoch_1"
+    stale.mkdir()
+    assert cli.main(["learn", "--config", p.name, "--out", "t out", "--no-progress", "--n-trials", "2"]) == 0
+    assert not stale.exists() and len(json.loads((d / "trials.json").read_text())) == 2
+
+
+def test_learn_trials_refuse_a_width_the_model_cannot_take(tmp_path: Path, capsys: Any) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('model = "jsc-tiny"\ndataset = "digits"\nmax_epochs = 1\n[learn]\nbeta = 1e-4\n' + TRIALS)
+    assert cli.main(["learn", "--config", str(p), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "learn_search.width" in err and "jsc-tiny" in err and "Traceback" not in err
+    p.write_text('model = "jsc-toy"\n[learn_search]\nbeta = [0.1, 0.01]\n')
+    assert cli.main(["learn", "--config", str(p), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "beta range" in capsys.readouterr().err

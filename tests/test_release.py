@@ -105,6 +105,14 @@ def test_config_validates_and_dry_runs(tmp_path, path):
     if "[learn]" in path.read_text():
         cfg = load_config(path)
         cfg = cfg.model_copy(update={"max_epochs": 1, "learn": cfg.learn.model_copy(update={"epochs": 2})})
+        if cfg.learn_search is not None:  # trials: 2 of them, 2 epochs each
+            from qfx.search.learn_trials import run_learn_search
+
+            ls = cfg.learn_search.model_copy(update={"n_trials": 2, "epochs": [2]})
+            run = run_learn_search(cfg.model_copy(update={"learn_search": ls}), None, tmp_path, progress=False,
+                                   say=lambda _: None)  # fmt: skip
+            assert run.points and (tmp_path / "trials.json").is_file()
+            return
         run = run_learn(cfg, None, tmp_path, progress=False, say=lambda _: None)
         assert run.points and (tmp_path / "best" / "graph.json").is_file()
         return

@@ -110,11 +110,19 @@ class TinyTransformer(nn.Module):
         return self.head(h.mean(dim=1))
 
 
+def _wide(hidden: tuple[int, ...], width: float) -> tuple[int, ...]:
+    """Hidden sizes scaled by a width multiplier (at least 1 unit each)."""
+    return tuple(max(1, round(h * width)) for h in hidden)
+
+
+WIDTH_MODELS = ("jsc-toy", "jsc-s")  # zoo models whose hidden sizes take a width multiplier (``width=``)
 Builder = Callable[..., nn.Module]
 MODELS: dict[str, Builder] = {
     "jsc-tiny": JSCTiny,
-    "jsc-toy": lambda in_features, num_classes, **_: JSCMLP(in_features, num_classes, (8, 8)),
-    "jsc-s": lambda in_features, num_classes, **_: JSCMLP(in_features, num_classes, (64, 32, 32)),
+    "jsc-toy": lambda in_features, num_classes, width=1.0, **_: JSCMLP(in_features, num_classes, _wide((8, 8), width)),
+    "jsc-s": lambda in_features, num_classes, width=1.0, **_: JSCMLP(
+        in_features, num_classes, _wide((64, 32, 32), width)
+    ),
     "cnn": SmallCNN,
     "transformer": TinyTransformer,
 }
