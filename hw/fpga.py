@@ -59,7 +59,7 @@ def _linear_reuse(lay: Layer) -> int:
     return int(np.prod(out[1:-1])) if len(out) > 2 else 1
 
 
-@MAC_COSTS.register("conv", "affine")
+@MAC_COSTS.register("conv1d", "conv2d", "affine")
 def _channel_reuse(lay: Layer) -> int:
     """A conv weight is used once per output position; an affine (batch norm) scale once per element."""
     out = lay.out_shape or ()
@@ -307,7 +307,7 @@ def _layer_costs(graph: QGraph) -> dict[str, tuple[float, float]]:
         _needs(lay, "data_in", "weight", *(("bias",) if "bias" in lay.params else ()))
         in_shape = tuple(graph.meta(lay.name).in_shapes[0][1:])
         src = by_name.get(lay.inputs[0]) if isinstance(lay.inputs[0], str) else None
-        while src is not None and src.op in ("reshape", "identity", "maxpool"):  # value-preserving: look through
+        while src is not None and src.op in _LOOK_THROUGH:  # value-preserving (one op vocabulary): look through
             src = by_name.get(src.inputs[0]) if isinstance(src.inputs[0], str) else None
         relu = src.precision.get("data_out") if src is not None and src.op == "relu" else None
         relu_q = src.quantizers.get("data_out") if relu is not None else None

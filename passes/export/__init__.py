@@ -1,5 +1,5 @@
 """Exports of a quantized graph: QONNX, ONNX QDQ, hls4ml and a portable checkpoint."""
 
-from qfx.passes.export.ir import SUPPORTED, ExportError, Layer, build_ir
+from qfx.passes.export.ir import ExportError, Layer, build_ir, supported
 
-__all__ = ["SUPPORTED", "ExportError", "Layer", "build_ir"]
+__all__ = ["ExportError", "Layer", "build_ir", "supported"]

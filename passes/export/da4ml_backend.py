@@ -214,7 +214,7 @@ def _zero(x: Any) -> Any:
     return FixedVariable.from_const(0.0, hwconf=x.hwconf)
 
 
-@register_da4ml("conv")
+@register_da4ml("conv1d", "conv2d")
 def _conv(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
     """Conv1d/2d unrolled over output positions: one CMVM per (position, group), solutions shared."""
     _needs(lay, "data_in", "weight", *(("bias",) if "bias" in lay.params else ()))
@@ -292,7 +292,7 @@ def _identity(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
     return ins[0]
 
 
-@register_da4ml("maxpool")
+@register_da4ml("max_pool1d", "max_pool2d")
 def _maxpool(lay: Layer, ins: list[Any], env: dict[str, Any]) -> Any:
     trace = _da4ml()
     a = lay.attrs

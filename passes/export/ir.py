@@ -25,11 +25,16 @@ from qfx.passes.analysis import ShapePass
 from qfx.passes.transforms.quantize.formats import code_range
 from qfx.passes.transforms.quantize.modules import fold_batch_norm
 
-SUPPORTED = (
-    "linear (nn.Linear), conv1d/conv2d (nn.Conv*), batch norm (nn.BatchNorm1d/2d, folded to a per-channel "
-    "affine), relu, add/sub/mul (tensor or scalar operand), flatten/view/reshape/unflatten (batch first), "
-    "max pool (nn.MaxPool1d/2d), global average pool (AdaptiveAvgPool(1)), dropout/identity"
-)
+
+def supported() -> str:
+    """The op types the deployment IR lowers, read from its rule table (``IR_RULES``): a newly registered op
+    appears here by itself."""
+    from qfx.graph.registry import OP_TYPES
+
+    names = [t for t, keys in OP_TYPES.items() if any(k in IR_RULES for k in keys)]
+    return ", ".join(names) + " (batch norms fold to a per-channel affine; flatten/reshape keep the batch first)"
+
+
 
 
 class OpTable(dict[str, Callable[..., Any]]):
@@ -82,7 +87,7 @@ def map_quantizers(m: nn.Module | None) -> dict[str, Any]:
 
 
 def _unsupported(n: fx.Node, what: str, fmt: str) -> ExportError:
-    return ExportError(f"{fmt}: node {n.name!r} ({what}) cannot be exported; supported: {SUPPORTED}")
+    return ExportError(f"{fmt}: node {n.name!r} ({what}) cannot be exported; supported: {supported()}")
 
 
 def _param(module: nn.Module, role: str, value: torch.Tensor | None) -> torch.Tensor | None:
@@ -139,7 +144,8 @@ def _conv(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
         p["bias"] = _param(m, "bias", m.bias)
     attrs = {"stride": list(m.stride), "padding": list(m.padding), "dilation": list(m.dilation), "groups": m.groups}
     attrs["kernel"] = list(m.kernel_size)
-    return Layer(n.name, "conv", [_src(n)], attrs, p, _prec(n))  # type: ignore[arg-type]
+    op = "conv1d" if isinstance(m, nn.Conv1d) else "conv2d"  # the op registry's names (graph.registry)
+    return Layer(n.name, op, [_src(n)], attrs, p, _prec(n))  # type: ignore[arg-type]
 
 
 @register_ir(nn.BatchNorm1d, nn.BatchNorm2d)
@@ -171,7 +177,7 @@ def _maxpool(n: fx.Node, m: nn.Module, fmt: str) -> Layer:
         return list(v) if isinstance(v, tuple) else [v] * nd
 
     attrs = {"kernel": tup(m.kernel_size), "stride": tup(m.stride or m.kernel_size), "padding": tup(m.padding)}
-    return Layer(n.name, "maxpool", [_src(n)], attrs)
+    return Layer(n.name, f"max_pool{nd}d", [_src(n)], attrs)
 
 
 @register_ir(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)

@@ -135,7 +135,7 @@ def _emit(b: _Builder, lay: Layer, env: dict[str, str]) -> str:
     return fn(b, lay, src)
 
 
-@register_onnx("linear", "conv", "affine")
+@register_onnx("linear", "conv1d", "conv2d", "affine")
 def _mac(b: _Builder, lay: Layer, src: Src) -> str:
     p, where = lay.precision, f"node {lay.name!r}"
     x = b.quant(src(0), p.get("data_in"), lay.name, f"{where} data_in")
@@ -144,7 +144,7 @@ def _mac(b: _Builder, lay: Layer, src: Src) -> str:
     if lay.op == "linear":
         wq = b.quant(b.const(f"{lay.name}_weight", w.T), p.get("weight"), lay.name, f"{where} weight")
         y = b.op("MatMul", [x, wq], lay.name)
-    elif lay.op == "conv":
+    elif lay.op in ("conv1d", "conv2d"):
         wq = b.quant(b.const(f"{lay.name}_weight", w), p.get("weight"), lay.name, f"{where} weight")
         a = lay.attrs
         y = b.op("Conv", [x, wq], lay.name, kernel_shape=a["kernel"], strides=a["stride"],
@@ -183,7 +183,7 @@ def _reshape(b: _Builder, lay: Layer, src: Src) -> str:
     return b.op("Reshape", [src(0), shape], lay.name)
 
 
-@register_onnx("maxpool")
+@register_onnx("max_pool1d", "max_pool2d")
 def _maxpool(b: _Builder, lay: Layer, src: Src) -> str:
     a = lay.attrs
     return b.op("MaxPool", [src(0)], lay.name, kernel_shape=a["kernel"], strides=a["stride"], pads=a["padding"] * 2)

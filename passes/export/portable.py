@@ -271,7 +271,7 @@ def _run_layer(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -
     return PORTABLE_RUNNERS[lay.op](lay, ins, t)  # ops are validated against this table when the file is read
 
 
-@register_portable("conv", attrs=("stride", "padding", "dilation", "groups", "kernel"), weight=True)
+@register_portable("conv1d", "conv2d", attrs=("stride", "padding", "dilation", "groups", "kernel"), weight=True)
 @register_portable("linear", "affine", weight=True)
 def _mac(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
     import torch.nn.functional as F
@@ -282,7 +282,7 @@ def _mac(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torc
     b = _deq(t, lay.tensors.get("bias"), pr.get("bias"))
     if lay.op == "linear":
         return F.linear(h, w, b)
-    if lay.op == "conv":
+    if lay.op in ("conv1d", "conv2d"):
         conv = F.conv1d if len(a.kernel) == 1 else F.conv2d  # type: ignore[arg-type]
         return conv(h, w, b, a.stride, a.padding, a.dilation, a.groups)
     shape = (1, -1) + (1,) * (h.dim() - 2)
@@ -305,7 +305,7 @@ def _reshape(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> 
     return ins[0].reshape(lay.attrs.shape)
 
 
-@register_portable("maxpool", attrs=("kernel", "stride", "padding"))
+@register_portable("max_pool1d", "max_pool2d", attrs=("kernel", "stride", "padding"))
 def _maxpool(lay: PortableLayer, ins: list[Any], t: dict[str, torch.Tensor]) -> torch.Tensor:
     import torch.nn.functional as F
 

@@ -35,7 +35,7 @@ def float_nodes(graph: QGraph) -> list[str]:
 
     out = []
     for lay in build_ir(graph, "verify"):
-        need = {"linear": ("data_in", "weight"), "conv": ("data_in", "weight"), "affine": ("data_in", "weight")}
+        need = {op: ("data_in", "weight") for op in ("linear", "conv1d", "conv2d", "affine")}
         roles = need.get(lay.op, ("data_in",) if lay.op in ("add", "sub", "mul") else ())
         roles += ("bias",) if "bias" in lay.params else ()
         if any(r not in lay.precision for r in roles):
