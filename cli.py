@@ -304,7 +304,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_transform(args: argparse.Namespace) -> int:
     from qfx.passes.transforms.quantize import QuantizePass, SummaryPass
     from qfx.search.config import load_config
-    from qfx.search.session import fp32_vs_quantized, prepare
+    from qfx.search.session import fp32_vs_quantized, prepare, save_transform
 
     cfg = load_config(args.config)
     if cfg.passes.quantize is None:
@@ -319,7 +319,6 @@ def cmd_transform(args: argparse.Namespace) -> int:
     summ = SummaryPass()(res.graph).info
     print(summ["text"])
     cmp = fp32_vs_quantized(prep, res.graph, args.split)
-    fp, q = cmp["fp32"], cmp["quantized"]
     print(f"\n{args.split} set, {cmp['samples']} samples")
     print(cmp["table"])
     if args.numerics:
@@ -330,11 +329,7 @@ def cmd_transform(args: argparse.Namespace) -> int:
         print(f"\nper-node numerics vs FP32 ({min(cmp['samples'], args.numerics_samples)} {args.split} samples)")
         print(numerics_table(res.graph))
         print(f"plot: {plot_sqnr(res.graph, out / 'sqnr.png')}")
-    res.graph.save(out / "quantized")
-    (out / "summary.csv").write_text(summ["nodes_csv"])
-    (out / "histogram.csv").write_text(summ["histogram_csv"])
-    (out / "metrics.json").write_text(json.dumps({"fp32": fp, "quantized": q}, indent=1))
-    print(f"\nquantized graph saved to {out / 'quantized'}")
+    print(f"\nquantized graph saved to {save_transform(out, res.graph, summ, cmp)}")
     return 0
 
 
@@ -416,7 +411,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("interrupted: the outputs of the finished trials were written", file=sys.stderr)
     _report_search(run, cfg, out, started)
     if args.export and run.best:
-        _export_best(args, run.best, run.prep, out, run.objective.evaluator)
+        _export_best(args, run, out)
     return 130 if run.objective.interrupted else 0
 
 
@@ -527,18 +522,14 @@ def _print_exports(done: list[Any]) -> None:
 def _debugged(args: argparse.Namespace) -> Any:
     """The saved graph with NumericsPass run against its float version on the chosen batch."""
     from qfx.graph import QGraph
-    from qfx.passes.analysis import analyze
-    from qfx.passes.debug import NumericsPass
-    from qfx.passes.transforms.quantize import QuantizePass
+    from qfx.passes.debug import debug_against_float
 
     g = QGraph.load(args.graph, trust=args.trust_checkpoint)
-    x = (_dataset_rows(args.data, args.split, args.samples, g),) if args.data else g.example_inputs
-    g = analyze(g)
-    if not any(m.quantized for m in g.metas()):
-        raise UsageError(f"{args.graph}: no quantized node: nothing to compare", "save a quantized graph")
-    ref = QuantizePass({"by": "type"})(g).graph  # every node restored to its float op
-    NumericsPass(ref, x)(g)
-    return g
+    x = (_dataset_rows(args.data, args.split, args.samples, g),) if args.data else None
+    try:
+        return debug_against_float(g, x)
+    except ValueError as e:
+        raise UsageError(f"{args.graph}: {e}", "save a quantized graph") from None
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
@@ -714,18 +705,13 @@ def _fail_on_difference(done: list[Any]) -> None:
             )
 
 
-def _export_best(args: argparse.Namespace, best: list[Any], prep: Any, out: Path, ev: Any) -> None:
-    from qfx.passes.export.api import export_all, parse_formats, verification_inputs
-    from qfx.search.records import config_of
+def _export_best(args: argparse.Namespace, run: Any, out: Path) -> None:
+    from qfx.passes.export.api import parse_formats
+    from qfx.search.session import export_best
 
-    fmts = parse_formats(args.export)
-    x = verification_inputs(prep.dataset.test.x, 1000)
-    for i, t in enumerate(best):
-        q = ev.scored_graph(config_of(t))  # what the trial scored (fine-tuned with QAT)
-        where = out / "export" if len(best) == 1 else out / "export" / f"trial_{t.number}"
-        pareto = f" (Pareto {i + 1}/{len(best)})" if len(best) > 1 else ""
+    for i, (t, done) in enumerate(export_best(run, parse_formats(args.export), out, progress=_note)):
+        pareto = f" (Pareto {i + 1}/{len(run.best)})" if len(run.best) > 1 else ""
         print(f"\nexport of trial {t.number}{pareto}:")
-        done = export_all(q, fmts, where, x, progress=_note)
         _print_exports(done)
         _fail_on_difference(done)
 

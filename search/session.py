@@ -264,3 +264,36 @@ def run_search(
             best, figures["pick"] = _picked(best, st.pick, objective)
         best_json = write_outputs(study, work, objective, best, figures) if out is not None else {}
     return SearchRun(study, best, objective, Path(out) if out is not None else None, best_json, prep, figures)
+
+
+def export_best(
+    run: SearchRun, formats: list[str], out: Path, rows: int = 1000, progress: Callable[[str], None] | None = None
+) -> list[tuple[optuna.trial.FrozenTrial, list[Any]]]:
+    """Export the graph each best trial scored (fine-tuned as scored with QAT) in ``formats`` under
+    ``out/export`` (``out/export/trial_N`` for a Pareto front) and verify each with its tool on ``rows`` rows
+    (the test split, then saturating noise): what ``qfx search --export`` does. Returns, per trial, the
+    ``Exported`` records (``agreement`` holds each verdict)."""
+    from qfx.passes.export.api import export_all, verification_inputs
+    from qfx.search.records import config_of
+
+    assert run.prep is not None
+    x = verification_inputs(run.prep.dataset.test.x, rows)
+    done = []
+    for t in run.best:
+        q = run.objective.evaluator.scored_graph(config_of(t))
+        where = out / "export" if len(run.best) == 1 else out / "export" / f"trial_{t.number}"
+        done.append((t, export_all(q, formats, where, x, progress=progress)))
+    return done
+
+
+def save_transform(out: Path, quantized: QGraph, summary: dict[str, Any], comparison: dict[str, Any]) -> Path:
+    """What ``qfx transform`` writes into ``out``: the quantized graph (``quantized/``), SummaryPass's per-node
+    table and width histogram (``summary.csv``, ``histogram.csv``) and the FP32-vs-quantized metrics of
+    :func:`fp32_vs_quantized` (``metrics.json``). Returns the graph's directory."""
+    import json
+
+    quantized.save(out / "quantized")
+    (out / "summary.csv").write_text(summary["nodes_csv"])
+    (out / "histogram.csv").write_text(summary["histogram_csv"])
+    (out / "metrics.json").write_text(json.dumps({k: comparison[k] for k in ("fp32", "quantized")}, indent=1))
+    return out / "quantized"

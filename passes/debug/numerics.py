@@ -192,3 +192,18 @@ def numerics_table(graph: QGraph) -> str:
     from tabulate import tabulate
 
     return tabulate(numerics_rows(graph), headers=NUMERICS_COLUMNS, tablefmt="github")
+
+
+def debug_against_float(graph: QGraph, inputs: tuple[Any, ...] | None = None) -> QGraph:
+    """``graph`` (quantized, e.g. ``QGraph.load``-ed) analysed and annotated by :class:`NumericsPass` against its
+    own float version (every node restored to its float op) on ``inputs`` (default: its example inputs): what
+    ``qfx debug`` and ``qfx view`` report. Raises ValueError when no node is quantized."""
+    from qfx.passes.analysis import analyze
+    from qfx.passes.transforms.quantize import QuantizePass
+
+    g = analyze(graph)
+    if not any(m.quantized for m in g.metas()):
+        raise ValueError("no quantized node: nothing to compare")
+    ref = QuantizePass({"by": "type"})(g).graph
+    NumericsPass(ref, inputs if inputs is not None else g.example_inputs)(g)
+    return g
