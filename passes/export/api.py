@@ -299,6 +299,8 @@ TESTBENCH_ROWS = 32  # rows the export runs through Icarus (~0.1-0.2 s a row for
 TESTBENCH_MAX_LUTS = 25_000  # larger designs: tb/ is written, not run (Icarus compiles a 30k-LUT cnn in minutes)
 # the simulator of each testbench language: (tool, executables it needs, rows it runs: None = all of tb/)
 SIMULATORS = {"verilog": ("iverilog", ("iverilog", "vvp"), TESTBENCH_ROWS), "vhdl": ("GHDL", ("ghdl",), None)}
+GHDL_ALL_ROWS_MAX_LUTS = 4_000  # GHDL runs every row up to this size (~1 s / 1,000 rows at 1.3k LUTs); above, as
+# many rows as Icarus (its time per row grows faster than the size: ~0.1 s a row at 20k LUTs)
 
 
 def _testbench(e: Exported, x: torch.Tensor, ref: np.ndarray, lang: str) -> None:
@@ -316,6 +318,8 @@ def _testbench(e: Exported, x: torch.Tensor, ref: np.ndarray, lang: str) -> None
         e.notes.append(f"the shipped testbench (tb/) was written, not run: {tr.luts:,.0f} LUTs is past what {tool} "
                        f"compiles in seconds ({TESTBENCH_MAX_LUTS:,}); run it with {tool} (README)")  # fmt: skip
         return
+    if limit is None and tr.luts > GHDL_ALL_ROWS_MAX_LUTS:
+        limit = TESTBENCH_ROWS
     rows = len(x) if limit is None else min(len(x), limit)
     try:
         e.agreement["testbench"] = f"{tool.lower()}: {run_testbench(e.path, rows=rows, lang=lang)} (of {len(x)} in tb/)"
