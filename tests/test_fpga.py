@@ -375,3 +375,28 @@ def test_search_under_a_latency_budget_at_a_clock(tmp_path):
     assert rc == 0
     ports = json.loads((out / "verilog" / "ports.json").read_text())
     assert ports["clock"]["stages"] == fpga_timing(q, 5.0).stages
+
+
+def test_cpp_interpreter_is_cross_checked_against_the_python_executor():
+    """da4ml 0.6's C++ interpreter is wrong on some wide logic (uniform 12-bit jsc-s: every row): every C++ run is
+    cross-checked on rows spread over the batch against da4ml's Python executor, which computes every row on a
+    difference, and the export says so."""
+    q = _quantized("jsc-tiny", 1)
+    tr = trace_graph(q)
+    x = verification_inputs(X, 200)
+    right = tr.predict(x)
+    assert tr.interpreter == "da4ml interpreter"
+
+    class Wrong:  # the C++ interpreter off by one code on every row, the Python executor untouched
+        def __init__(self, comb):
+            self.comb = comb
+
+        def predict(self, xq, n_threads=1):
+            return np.asarray(self.comb.predict(xq, n_threads=n_threads)) + 1.0
+
+        def __call__(self, row):
+            return self.comb(row)
+
+    tr.comb = Wrong(tr.comb)
+    assert np.array_equal(tr.predict(x), right)
+    assert "Python interpreter" in tr.interpreter and "differed from it on 4 of 4" in tr.interpreter

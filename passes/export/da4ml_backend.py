@@ -366,14 +366,28 @@ class Traced:
         Python reference executor, row by row (~10 ms a row); :attr:`interpreter` says which ran."""
         xq = self.quantize_input(x)
         try:
-            out = self.comb.predict(xq, n_threads=1)
+            out = np.asarray(self.comb.predict(xq, n_threads=1), dtype=np.float64).reshape(len(xq), -1)
             self.interpreter = "da4ml interpreter"
         except RuntimeError as e:
             if "msb_mux" not in str(e):
                 raise ExportError(f"{FMT}: da4ml's interpreter failed on this logic: {e}") from e
-            out = np.stack([np.asarray(self.comb(row), dtype=np.float64) for row in xq])
             self.interpreter = "da4ml Python interpreter (its C++ one rejects a multiplexer shift here)"
-        return np.asarray(out).reshape(len(x), -1)
+            return self._python(xq)
+        # da4ml 0.6's C++ interpreter is wrong on some wide logic (uniform 12-bit jsc-s: every row); its Python
+        # executor is the reference: rows spread over the batch are checked against it, and on any difference
+        # the Python one computes every row
+        idx = np.unique(np.linspace(0, len(xq) - 1, min(CROSS_CHECK_ROWS, len(xq))).astype(int))
+        bad = int((~(self._python(xq[idx]) == out[idx]).all(1)).sum()) if len(xq) else 0
+        if bad:
+            self.interpreter = (f"da4ml Python interpreter (its C++ one differed from it on {bad} of {len(idx)} "
+                                "cross-checked rows)")  # fmt: skip
+            return self._python(xq)
+        return out
+
+    def _python(self, xq: np.ndarray) -> np.ndarray:
+        """da4ml's Python reference executor, row by row."""
+        rows = [np.asarray(self.comb(row), dtype=np.float64).reshape(-1) for row in xq]
+        return np.stack(rows) if rows else np.zeros((0, int(np.prod(self.out_shape))))
 
 
 def _input_precision(layers: list[Layer]) -> tuple[TensorPrecision, Any]:
@@ -452,6 +466,9 @@ def stage_levels(clock_ns: float) -> int:
     if not (math.isfinite(clock_ns) and 0 < clock_ns <= 1000):
         raise ExportError(f"clock period {clock_ns!r} ns: give a number in (0, 1000]")
     return max(1, int((clock_ns - STAGE_OVERHEAD_NS) // ADDER_LEVEL_NS))
+
+
+CROSS_CHECK_ROWS = 4  # rows of every C++ interpreter run recomputed by da4ml's Python executor
 
 
 @dataclass
