@@ -400,3 +400,35 @@ def test_cpp_interpreter_is_cross_checked_against_the_python_executor():
     tr.comb = Wrong(tr.comb)
     assert np.array_equal(tr.predict(x), right)
     assert "Python interpreter" in tr.interpreter and "differed from it on 4 of 4" in tr.interpreter
+
+
+@pytest.mark.slow  # Verilator compiles the RTL
+def test_uniform_12_bit_exports_and_verifies_through_every_simulator(tmp_path):
+    """The issue's widths >= 10 case: jsc-toy at 12 bits everywhere. da4ml writes a 33-bit constant as an unsized
+    literal (Verilator: "Too many digits for 32 bit number"): the export sizes it; da4ml's C++ interpreter is wrong
+    on some rows of this logic: the cross-check catches it and the Python executor, Verilator and the Icarus
+    testbench all agree with the graph on 1,000 rows."""
+    from tests.test_export import float_graph  # these weights give a 33-bit constant (the export sizes it)
+
+    need("verilator")
+    g = float_graph("jsc-toy")
+    c = {"name": "integer", "data_in_width": 12, "data_in_frac_width": 6, "weight_width": 12, "weight_frac_width": 10,
+         "bias_width": 12, "bias_frac_width": 6}  # fmt: skip
+    q = QuantizePass({"by": "type", "default": c})(g).graph
+    e = export(q, "verilog", tmp_path / "v")
+    a = verify(e, q, verification_inputs(X, 1000))
+    assert a["ok"] and a["bit_identical"] and a["interpreter_vs_rtl_identical"], a
+    assert "Verilator" in a["checked_by"] and a["testbench"].startswith("iverilog: PASS"), a
+
+
+def test_wide_unsized_literals_are_sized_and_nothing_else_changes(tmp_path):
+    from qfx.passes.export.da4ml_backend import _size_wide_literals
+
+    (tmp_path / "src").mkdir()
+    wide = "1" + "0" * 32
+    text = (f"assign a[32:0] = 'b{wide}; // x\nassign b = 9'b111111111;\nassign c = 'b101;\n"
+            f"assign d = 40'b{'1' * 40};\n")  # fmt: skip
+    (tmp_path / "src" / "qfx_model.v").write_text(text)
+    assert _size_wide_literals(tmp_path) == 1
+    out = (tmp_path / "src" / "qfx_model.v").read_text()
+    assert out == text.replace(f"'b{wide}", f"33'b{wide}")

@@ -511,15 +511,34 @@ def write_project(traced: Traced, out: str | Path, flavor: str, clock_ns: float 
             return None
         if clock_ns is None:
             RTLModel(traced.comb, TOP, out, flavor=flavor).write()
+            _size_wide_literals(out)
             return None
         from da4ml.trace.pipeline import to_pipeline
 
         levels = stage_levels(clock_ns)
         pipe = to_pipeline(traced.comb, levels, verbose=False)
         RTLModel(pipe, TOP, out, flavor=flavor, clock_period=clock_ns).write()
+        _size_wide_literals(out)
         return Pipelined(clock_ns, levels, len(pipe.solutions), int(pipe.reg_bits))
     except AssertionError as e:  # da4ml's generators assert on logic they cannot express
         raise ExportError(f"{FMT}: da4ml cannot write this logic as {flavor} ({str(e)[:200]})") from e
+
+
+_WIDE_LITERAL = re.compile(r"(?<![\w'])'b([01]{33,})\b")
+
+
+def _size_wide_literals(project: Path) -> int:
+    """da4ml writes constants wider than 32 bits as unsized binary literals (``'b1000...0``, 33+ digits), which
+    Verilator rejects ("Too many digits for 32 bit number") while Icarus and Yosys read them at their digit count:
+    give each its digit count as its size (the same value, unsigned, in every tool). Returns how many."""
+    n = 0
+    for f in sorted((project / "src").glob("*.v")):
+        text = f.read_text()
+        new, k = _WIDE_LITERAL.subn(lambda m: f"{len(m.group(1))}'b{m.group(1)}", text)
+        if k:
+            f.write_text(new)
+            n += k
+    return n
 
 
 def tools() -> dict[str, str | None]:
