@@ -556,8 +556,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     rows = [(p.epoch, f"{p.beta:.2g}", f"{p.val_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{p.ebops:,.0f}",
-             f"{p.fpga_luts:,.0f}", f"{p.fpga_latency:g}", "*" * (p is run.best)) for p in run.points]  # fmt: skip
-    print(tabulate(rows, ["epoch", "beta", "val acc", "test acc", "EBOPs", "da4ml LUTs", "adder depth", "best"]))
+             f"{p.fpga_luts:,.0f}", f"{p.fpga_latency:g}", p.graph, "*" * (p is run.best))
+            for p in run.points]  # fmt: skip
+    head = ["epoch", "beta", "val acc", "test acc", "EBOPs", "da4ml LUTs", "adder depth", "graph", "best"]
+    print(tabulate(rows, head))
     s = run.seconds
     print(
         f"\nlearned in {s['learn']:.0f} s (float model {s['prepare']:.0f} s, hardware measures {s['measure']:.0f} s); "
