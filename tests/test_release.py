@@ -70,6 +70,7 @@ def test_readme_cli_commands_run(tmp_path):
         "outputs/jsc_s_fpga/best_model/synth/yosys_stat.txt", "outputs/jsc_s_learned/front.json",
         "outputs/jsc_s_learned/front.png", "outputs/jsc_s_learned/best/graph.json", "rtl-learned/verilog/status.json",
         "rtl-200mhz/verilog/ports.json", "rtl-200mhz/verilog/tb/qfx_model_tb.v",
+        "outputs/jsc_s_fpga_clocked/best.json",
     ]  # fmt: skip
     missing = [f for f in written if not (tmp_path / f).is_file()]
     assert not missing, missing
