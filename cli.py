@@ -638,11 +638,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     rows = [["yosys synth_xilinx", cells["LUT"], cells["FF"], cells["CARRY"], cells["DSP"], cells["MUXF"]]]
     rows.append(["da4ml estimate", f"{tr.luts:.0f}", "-", "-", "-", "-"])
     print(tabulate(rows, headers=["", "LUT", "FF", "CARRY", "DSP", "MUXF7/8"], tablefmt="github"))
+    print(f"\nlongest path between registers/ports: {cells['LTP']} cells (LUT/CARRY levels, Yosys ltp)")
     if pipe is None:
-        print(f"\ncombinational adder depth {tr.latency:g} (da4ml); cell counts in {out / 'yosys_stat.txt'}")
+        print(f"combinational adder depth {tr.latency:g} (da4ml); cell counts in {out / 'yosys_stat.txt'}")
     else:
         print(
-            f"\nII = 1 pipeline at {pipe.clock_ns:g} ns: {pipe.stages} stages of <= {pipe.levels_per_stage} adder "
+            f"II = 1 pipeline at {pipe.clock_ns:g} ns: {pipe.stages} stages of <= {pipe.levels_per_stage} adder "
             f"levels (a delay model, not a timing analysis), latency {pipe.latency_cycles} cycles = "
             f"{pipe.latency_ns:g} ns; {cells['FF']} flip-flops (Yosys); cell counts in {out / 'yosys_stat.txt'}"
         )

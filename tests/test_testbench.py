@@ -169,6 +169,9 @@ def test_clocked_metrics_are_what_the_export_writes_and_yosys_counts(tmp_path):
     assert t.latency_ns == pytest.approx(p.latency_ns) and t.metrics()["fpga_latency_cycles"] == p.stages
     cells = synth(tmp_path / "rtl")  # Yosys drops constant and unread register bits that da4ml counts
     assert 0.6 * t.ffs <= cells["FF"] <= t.ffs, (cells, t)  # measured: 810 vs 975 (0.83x)
+    export(q, "verilog", tmp_path / "comb")
+    comb_cells = synth(tmp_path / "comb")
+    assert 0 < 2 * cells["LTP"] < comb_cells["LTP"], (cells["LTP"], comb_cells["LTP"])  # Yosys ltp: ~15 vs ~57
     with pytest.raises(Exception, match="clock period"):
         fpga_timing(q, 0.0)
 

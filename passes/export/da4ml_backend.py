@@ -635,7 +635,9 @@ class RTLSimulator:
 
 def synth(project: Path, timeout: float = 1800, progress: Progress | None = None) -> dict[str, int]:
     """Yosys ``synth_xilinx`` of the project's Verilog: cell counts ``LUT`` (all LUT1-6), ``FF``, ``CARRY``
-    (CARRY4/8), ``DSP`` (DSP48*), ``MUXF`` and each raw cell type. Raises RuntimeError when yosys fails.
+    (CARRY4/8), ``DSP`` (DSP48*), ``MUXF`` and each raw cell type, and ``LTP``: Yosys ``ltp`` over the mapped
+    netlist without its flip-flops, the longest path between registers or ports in cells (a LUT or CARRY4 level
+    each; a structural depth, not a timing analysis). Raises RuntimeError when yosys fails.
 
     Yosys reads a script file ``synth.ys`` that we write, naming only our own relative file names; the
     project directory reaches it as its working directory, so no path text is ever parsed by Yosys."""
@@ -643,12 +645,15 @@ def synth(project: Path, timeout: float = 1800, progress: Progress | None = None
     stages = sorted(f"src/{p.name}" for p in (project / "src").glob(f"{TOP}_stage*.v"))  # a pipelined design's
     files = [f"src/static/{s}" for s in STATIC_SOURCES] + stages + [f"src/{TOP}.v"]
     script = out_path(project, "synth.ys")
+    # ltp over every cell but the flip-flops: the longest register-to-register (or port) path, in cells
     script.write_text(
         f"read_verilog -sv {' '.join(files)}\nsynth_xilinx -top {TOP} -flatten\ntee -q -o yosys_stat.txt stat\n"
+        "tee -q -o yosys_ltp.txt ltp * t:FD* %d\n"
     )
     stat = out_path(project, "yosys_stat.txt")
     stat.unlink(missing_ok=True)
     run_tool(["yosys", "-q", "-s", "synth.ys"], project, "yosys synth_xilinx", progress, timeout)
+    ltp = re.search(r"\(length=(\d+)\)", out_path(project, "yosys_ltp.txt").read_text())
     cells: dict[str, int] = {}
     for line in stat.read_text().splitlines():
         m = re.match(r"^\s+(\w+)\s+(\d+)$", line)
@@ -660,5 +665,6 @@ def synth(project: Path, timeout: float = 1800, progress: Progress | None = None
         "CARRY": sum(v for c, v in cells.items() if c.startswith("CARRY")),
         "DSP": sum(v for c, v in cells.items() if c.startswith("DSP")),
         "MUXF": sum(v for c, v in cells.items() if c.startswith("MUXF")),
+        "LTP": int(ltp.group(1)) if ltp else 0,  # longest path between registers/ports, in cells (LUT, CARRY)
     }
     return {**total, **{f"cell:{c}": v for c, v in sorted(cells.items())}}
