@@ -189,16 +189,16 @@ def test_vhdl_export_runs_its_ghdl_testbench_on_every_row(tmp_path, clock_ns):
     cfg = {"name": "integer", "data_in_width": 5, "data_in_frac_width": 2, "weight_width": 5, "weight_frac_width": 4,
            "bias_width": 9}  # fmt: skip
     q = QuantizePass({"default": cfg})(analyze(trace(m, DS.test.x[:8]))).graph
-    e = export(q, "vhdl", tmp_path / "my vhdl", clock_ns=clock_ns)
+    e = export(q, "vhdl", tmp_path / "my vhdl; touch PWNED", clock_ns=clock_ns)
     a = verify(e, q, verification_inputs(DS.test.x, 1000))
     assert a["ok"] and a["checked_by"] == "da4ml interpreter + GHDL testbench", a
     assert a["testbench"] == "ghdl: PASS: 1000 rows (of 1000 in tb/)", a
-    tb = (tmp_path / "my vhdl" / "tb" / "qfx_model_tb.vhd").read_text()
+    tb = (tmp_path / "my vhdl; touch PWNED" / "tb" / "qfx_model_tb.vhd").read_text()
     assert f"CLOCKED : boolean := {str(clock_ns is not None).lower()};" in tb
-    pm = json.loads((tmp_path / "my vhdl" / "ports.json").read_text())
+    pm = json.loads((tmp_path / "my vhdl; touch PWNED" / "ports.json").read_text())
     assert ("clock" in pm) == (clock_ns is not None)
     bad = tmp_path / "bad"
-    shutil.copytree(tmp_path / "my vhdl", bad)
+    shutil.copytree(tmp_path / "my vhdl; touch PWNED", bad)
     vec = bad / "tb" / "vectors_out.mem"
     lines = vec.read_text().splitlines()
     lines[3] = f"{int(lines[3], 16) ^ (1 << 2):0{len(lines[3])}x}"
@@ -206,6 +206,7 @@ def test_vhdl_export_runs_its_ghdl_testbench_on_every_row(tmp_path, clock_ns):
     with pytest.raises(ToolError, match="FAIL row 3"):
         run_testbench(bad, rows=10, lang="vhdl")
     assert run_testbench(bad, rows=3, lang="vhdl") == "PASS: 3 rows"  # the rows before it still pass
+    assert not list(tmp_path.rglob("PWNED")) and not Path("PWNED").exists()  # no path text reached a shell
 
 
 def test_ice40_place_and_route_achieves_a_faster_clock_with_more_stages(tmp_path, capsys):
