@@ -217,13 +217,14 @@ def test_yosys_never_parses_a_path(saved: Path, tmp_path: Path, monkeypatch: Any
     def fake_run(argv: list[str], cwd: Path, **kw: Any) -> Any:
         seen.append((argv, cwd))
         (Path(cwd) / "yosys_stat.txt").write_text("   LUT6  7\n   FDRE  2\n")
+        (Path(cwd) / "yosys_ltp.txt").write_text("Longest topological path in qfx_model (length=3):\n")
         return subprocess.CompletedProcess(argv, 0, "", "")
 
     monkeypatch.setattr("qfx.passes.export.tools.subprocess.run", fake_run)
     project = tmp_path / "g; exec -- touch marker; #" / "with space"
     (project / "src" / "static").mkdir(parents=True)
     cells = B.synth(project)
-    assert cells["LUT"] == 7 and cells["FF"] == 2
+    assert cells["LUT"] == 7 and cells["FF"] == 2 and cells["LTP"] == 3
     argv, cwd = seen[0]
     assert argv == ["yosys", "-q", "-s", "synth.ys"] and Path(cwd) == project.resolve()
     script = (project / "synth.ys").read_text()
