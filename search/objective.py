@@ -28,7 +28,7 @@ from qfx.search.records import TrialRecord, record_of, write_record
 from qfx.search.runner import Evaluator
 from qfx.search.samplers import exhaustive_index
 from qfx.search.space import SearchSpace
-from qfx.search.storage import HEARTBEAT_S, counted, fail_stale, heartbeat
+from qfx.search.storage import HEARTBEAT_S, Heartbeat, counted, fail_stale
 
 log = logging.getLogger(__name__)
 _CLAIM = "qfx:claimed"  # user attr: this trial checked its point was free and evaluates it
@@ -68,6 +68,7 @@ class Objective:
     hard_pruned: int = 0  # points refused before evaluation for breaking a hardware budget
     skipped: dict[int, str] = field(default_factory=dict)  # resumed trials whose stored records are refused
     _stale_checked: float = -1e9  # monotonic time of this worker's last stale-trial check
+    _heartbeat: Heartbeat = field(default_factory=Heartbeat)  # one beating thread for this worker's trials
 
     @staticmethod
     def _claim(trial: optuna.Trial, point: dict[str, Any]) -> None:
@@ -96,6 +97,13 @@ class Objective:
         return hw
 
     @property
+    def columns(self) -> list[str]:
+        """Metrics written as flat numeric user attrs (columns optuna-dashboard sorts on): the budgeted ones. The
+        objectives are the trial's values already (named; a single objective's parts are in the record). Each
+        column is one more storage write per trial (an fsync'd append on a journal), so no more than these."""
+        return [k for k in self.constraints if self.single or k not in self.metrics]
+
+    @property
     def directions(self) -> list[str]:
         return ["maximize"] if self.single else [m.direction for m in self.metrics.values()]
 
@@ -106,7 +114,7 @@ class Objective:
             if self.storage is not None and time.monotonic() - self._stale_checked >= HEARTBEAT_S:
                 self._stale_checked = time.monotonic()  # killed workers' trials, at most once a heartbeat period
                 fail_stale(trial.study, self.storage)
-            with heartbeat(trial) if self.storage is not None else nullcontext():
+            with self._heartbeat.watch(trial) if self.storage is not None else nullcontext():
                 out, attrs, params = self._run(trial)
             state, values = "COMPLETE", [out] if self.single else out
             return out
@@ -167,8 +175,7 @@ class Objective:
             for name, v in c.items():
                 trial.set_constraint(name, v)  # Optuna-native: constraint-aware samplers read these
             rec.constraints, rec.feasible = c, all(v <= 0 for v in c.values())
-        # flat numeric attrs, the columns optuna-dashboard sorts on: the objectives and the budgeted metrics
-        write_record(trial, rec, {k: float(res.metric(k)) for k in dict.fromkeys([*self.metrics, *self.constraints])})
+        write_record(trial, rec, {k: float(res.metric(k)) for k in self.columns})
         attrs = rec.model_dump()
         return (scalarize(res.metric, self.metrics) if self.single else list(scaled.values())), attrs, params
 

@@ -3,7 +3,7 @@
 Only Optuna's public API is used (``optuna.storages`` constructors, ``Study``/``Trial``/``FrozenTrial``,
 ``BaseStorage`` methods, user attrs): the files are Optuna's own format, read by every Optuna of the pinned range and by
 optuna-dashboard. Killed workers are found the same way on every persistent storage: a running trial writes a
-heartbeat user attr (``qfx:heartbeat``) every ``HEARTBEAT_S`` seconds from a thread (:func:`heartbeat`; its start
+heartbeat user attr (``qfx:heartbeat``) every ``HEARTBEAT_S`` seconds from a thread (:class:`Heartbeat`; its start
 time counts as the first beat), and :func:`fail_stale` marks a RUNNING trial whose last beat is older than
 ``GRACE_S`` FAIL (the storage's public ``set_trial_state_values``, as Optuna's ``fail_stale_trials`` does) and
 re-queues its configuration with Optuna's retry callback (a WAITING trial with the same parameters,
@@ -34,26 +34,52 @@ STORAGE_FORMS = "sqlite:///FILE.db, journal:FILE (or FILE.log), postgresql://use
 BEAT = "qfx:heartbeat"  # user attr: time.time() of a running trial's last heartbeat
 
 
+class Heartbeat:
+    """One thread that writes the heartbeat of every trial being watched every ``every_s`` seconds (trials run in
+    one worker's threads: ``n_jobs``). Started when a trial is first watched; it ends by itself once no trial has
+    been watched for a period, so it outlives no search. One thread per worker, not per trial: starting and
+    joining a thread per trial cost more than a fast trial's evaluation."""
+
+    def __init__(self, every_s: float = HEARTBEAT_S) -> None:
+        self.every_s = every_s
+        self._lock = threading.Lock()
+        self._watched: dict[int, optuna.Trial] = {}
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def watch(self, trial: optuna.Trial) -> Iterator[None]:
+        """While open, ``trial`` is beaten for (none for a trial shorter than a period: its start is its first)."""
+        with self._lock:
+            self._watched[trial.number] = trial
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._beat, name="qfx-heartbeat", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._watched.pop(trial.number, None)
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(self.every_s)
+            with self._lock:
+                trials = list(self._watched.values())
+                if not trials:
+                    self._thread = None  # the next watch starts another
+                    return
+            for t in trials:
+                try:
+                    t.set_user_attr(BEAT, time.time())
+                except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+                    pass  # finished (or failed as stale by another worker) since it was listed
+
+
 @contextmanager
 def heartbeat(trial: optuna.Trial, every_s: float = HEARTBEAT_S) -> Iterator[None]:
-    """While open, a thread writes ``trial``'s heartbeat every ``every_s`` seconds (none for a trial shorter
-    than that: its start time is its first beat). Stops, and is joined, when the block exits."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(every_s):
-            try:
-                trial.set_user_attr(BEAT, time.time())
-            except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
-                return  # the trial finished (or another worker failed it as stale) meanwhile
-
-    t = threading.Thread(target=beat, name=f"qfx-heartbeat-{trial.number}", daemon=True)
-    t.start()
-    try:
+    """While open, ``trial``'s heartbeat is written every ``every_s`` seconds by a thread of its own."""
+    with Heartbeat(every_s).watch(trial):
         yield
-    finally:
-        stop.set()
-        t.join()
 
 
 def last_beat(t: FrozenTrial) -> float | None:

@@ -32,6 +32,7 @@ def test_average_bitwidth_budget(tmp_path, ckpt, sampler):
     assert all(record_of(t).constraints == {"average_bitwidth<=9": pytest.approx(bw[t.number] - 9.0)}
                for t in done)  # fmt: skip
     assert all(t.constraints == record_of(t).constraints for t in done)  # Optuna-native constraints
+    assert all(t.user_attrs["average_bitwidth"] == bw[t.number] for t in done)  # a budget is a dashboard column
     assert run.best and all(bw[t.number] <= 9.0 for t in run.best)
     feasible = [t for t in done if record_of(t).feasible]
     assert run.best[0].value == max(t.value for t in feasible)
@@ -51,6 +52,9 @@ def test_multi_objective_budget_with_nsgaii(tmp_path, ckpt):
     for t in run.best:
         assert record_of(t).software_metrics["accuracy"] >= 0.45
         assert record_of(t).hardware_metrics["memory_bytes"] <= 900
+        # budgets are dashboard columns, except an objective's: the trial's values show those already
+        assert t.user_attrs["memory_bytes"] == record_of(t).hardware_metrics["memory_bytes"]
+        assert "accuracy" not in t.user_attrs
 
 
 def test_cli_reports_infeasible_count_and_no_feasible_trial(tmp_path, ckpt, capsys):

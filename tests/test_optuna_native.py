@@ -1,5 +1,5 @@
 """Optuna-native studies, checked with optuna-dashboard's own server (its WSGI app) and trials_dataframe:
-parameters as real values, metric names, every metric a sortable numeric user attr, the space as study attrs."""
+parameters as real values, metric names, a typed record per trial, the space as study attrs."""
 
 import csv
 import io
@@ -10,6 +10,7 @@ import optuna
 import pytest
 from search_helpers import make_checkpoint, search_toml
 
+from qfx.search.records import record_of
 from qfx.search.session import run_search
 
 SPACE = """
@@ -29,7 +30,8 @@ def study_url(tmp_path_factory):
     d = tmp_path_factory.mktemp("native")
     ck = make_checkpoint(d / "ck", epochs=2)
     cfg = d / "c.toml"
-    cfg.write_text(search_toml("random", 6, space=SPACE))
+    # a budget every point meets: budgeted metrics are the flat (sortable) columns
+    cfg.write_text(search_toml("random", 6, space=SPACE) + "\n[search.strategy.constraints]\nmemory_bytes.max = 1e9\n")
     url = f"sqlite:///{d / 's.db'}"
     run_search(cfg, checkpoint=str(ck), storage=url, study_name="native")
     return url
@@ -54,7 +56,9 @@ def test_trials_hold_real_widths_numeric_metrics_and_the_space(study_url):
     assert {t.params["relu/data_in_width"] for t in done} <= {2, 4, 6, 8}
     assert {json.loads(t.params["linear/config"])["name"] for t in done} <= {"integer", "NA"}
     for t in done:
-        assert all(isinstance(t.user_attrs[m], float) for m in ("accuracy", "average_bitwidth"))  # the objectives
+        # the objectives are the value (their sum); the record holds them, flat columns are only for budgets
+        assert all(isinstance(record_of(t).metrics[m], float) for m in ("accuracy", "average_bitwidth"))
+        assert not {"accuracy", "average_bitwidth"} & set(t.user_attrs)  # no storage write the values repeat
     assert study.metric_names == ["sum_of_scaled_metrics"]
     assert study.user_attrs["space"]["relu/data_in_width"] == [2, 4, 6, 8] and study.user_attrs["space_size"] == 12
     dist = done[0].distributions["relu/data_in_width"]
@@ -68,15 +72,15 @@ def test_optuna_dashboard_serves_values_and_sortable_metrics(study_url):
     (summary,) = json.loads(_get(app, "/api/studies"))["study_summaries"]
     detail = json.loads(_get(app, f"/api/studies/{summary['study_id']}"))
     sortable = {a["key"] for a in detail["union_user_attrs"] if a["sortable"]}
-    assert {"accuracy", "average_bitwidth"} <= sortable  # the objectives (the rest: in the "qfx" record)
+    assert "memory_bytes" in sortable  # the budgeted metric (objectives: the value; the rest: the "qfx" record)
     widths = {
         p["param_external_value"] for t in detail["trials"] for p in t["params"] if p["name"] == "relu/data_in_width"
     }
     assert widths <= {"2", "4", "6", "8"} and widths
     rows = list(csv.DictReader(io.StringIO(_get(app, f"/csv/{summary['study_id']}").decode())))
     assert "sum_of_scaled_metrics" in rows[0] and {r["Param relu/data_in_width"] for r in rows} <= {"2", "4", "6", "8"}
-    accs = sorted(float(r["UserAttribute accuracy"]) for r in rows if r["State"] == "COMPLETE")
-    assert len(accs) == 6 and all(0 <= a <= 1 for a in accs)  # the column the dashboard sorts by
+    mem = [float(r["UserAttribute memory_bytes"]) for r in rows if r["State"] == "COMPLETE"]
+    assert len(mem) == 6 and all(0 < m < 1e9 for m in mem)  # the column the dashboard sorts by
 
 
 def test_resuming_with_another_space_is_refused(study_url, tmp_path):
