@@ -13,7 +13,8 @@ RECORD = "qfx"  # the user attr holding a trial's TrialRecord (JSON)
 class TrialRecord(BaseModel):
     """What a trial measured, stored as one user attr (one storage write) and validated whenever it is read back:
     a finished trial's configuration, metrics (raw and as scored), timings, budget slack; or why it failed or was
-    refused. The objective metrics are also flat user attrs, the columns optuna-dashboard sorts on."""
+    refused. Budgeted metrics are also flat user attrs, columns optuna-dashboard sorts on (the objectives are the
+    trial's values)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)  # no bool or "1.0" as a number
     sampled_config: dict[str, Any]
