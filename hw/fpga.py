@@ -44,6 +44,7 @@ from qfx.graph.cache import LockedLRU
 from qfx.graph.meta import get_meta
 from qfx.graph.registry import OP_TRAITS, has_trait
 from qfx.graph.trace import QGraph, target_value
+from qfx.passes.export.da4ml_backend import exact_decimals
 from qfx.passes.export.ir import ExportError, Layer, OpTable, build_ir
 
 FLOAT_BITS = 32
@@ -217,6 +218,7 @@ def _layer_key(lay: Any, in_shape: Any) -> tuple[Any, ...]:
     return lay.op, json.dumps(lay.attrs, sort_keys=True, default=str), prec, tuple(in_shape), h.hexdigest()
 
 
+@exact_decimals
 def _trace_layer(lay: Any, in_shape: tuple[int, ...], src: Any, src_q: Any = None) -> tuple[float, float]:
     from da4ml.trace import FixedVariableArrayInput, comb_trace
 

@@ -432,3 +432,27 @@ def test_wide_unsized_literals_are_sized_and_nothing_else_changes(tmp_path):
     assert _size_wide_literals(tmp_path) == 1
     out = (tmp_path / "src" / "qfx_model.v").read_text()
     assert out == text.replace(f"'b{wide}", f"33'b{wide}")
+
+
+@pytest.mark.parametrize("shift", [50, 62, 90])
+def test_deep_scale_factors_keep_constants_exact(shift):
+    """da4ml scales a value by a power-of-two factor that shrinks layer by layer (2^-62 after five 12-bit jsc-s
+    layers). At Python's default 28 Decimal digits such a factor is rounded and a constant added to the value
+    comes out 1 LSB off, in every executor and the RTL (uniform 12-bit jsc-s: 1 row in 1,000 differed at the
+    output). The back end traces with exact_decimals; the same circuit without it is wrong at 2^-62."""
+    from da4ml.trace import FixedVariableArrayInput, comb_trace
+
+    from qfx.passes.export.da4ml_backend import exact_decimals
+
+    codes = np.arange(-2048, 2048) / 64  # every 12-bit code with 6 fraction bits
+
+    def circuit_errors() -> int:
+        inp = FixedVariableArrayInput((1,))
+        x = inp.quantize(np.array([1]), np.array([5]), np.array([6]), "WRAP", "TRN")
+        y = (x * 2.0**-shift) * np.array([1.6220703125]) + np.array([0.4375 * 2.0**-shift])  # a batch norm
+        got = np.asarray(comb_trace(inp, y).predict(codes.reshape(-1, 1), n_threads=1)).ravel()
+        return int((got != (codes * 1.6220703125 + 0.4375) * 2.0**-shift).sum())
+
+    assert exact_decimals(circuit_errors)() == 0
+    if shift == 62:
+        assert circuit_errors() > 0  # da4ml 0.6 at the default precision: the bug this guards against

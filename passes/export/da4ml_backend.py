@@ -26,14 +26,17 @@ from __future__ import annotations
 
 import contextvars
 import ctypes
+import decimal
+import functools
 import math
 import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -49,6 +52,27 @@ from qfx.passes.transforms.quantize.quantizers import integer_quantize, make_qua
 
 FMT = "da4ml"
 CACHE_SIZE = 4096
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+# da4ml keeps a value as Decimals scaled by a power-of-two factor that shrinks layer by layer (2^-62 after five
+# 12-bit jsc-s layers); at Python's default 28 significant digits such a factor is rounded, a constant's raw value
+# with it, and the circuit comes out 1 LSB off (a batch norm's shift: 1 row in 1,000 of uniform 12-bit jsc-s
+# differed at the output, identically in the Python executor, the C++ one and Verilator). 2^-n needs ~0.7n digits.
+DECIMAL_DIGITS = 400
+
+
+def exact_decimals(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` run with DECIMAL_DIGITS-digit Decimals (a local context: this thread/task only, restored after)."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with decimal.localcontext() as ctx:
+            ctx.prec = DECIMAL_DIGITS
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def _da4ml() -> Any:
@@ -360,6 +384,7 @@ class Traced:
         q = self.input_quantizer or make_quantizer(self.input_precision)
         return q(t).numpy().reshape(len(t), -1)
 
+    @exact_decimals
     def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """da4ml's bit-exact interpreter on float inputs (quantized to the input precision first): its C++ one, or
         where that rejects a multiplexer's operand shift (da4ml 0.6, widely different scales between layers) its
@@ -410,6 +435,7 @@ def _input_precision(layers: list[Layer]) -> tuple[TensorPrecision, Any]:
     return next(iter(precs.values())), maps  # type: ignore[return-value]
 
 
+@exact_decimals
 def trace_graph(graph: QGraph) -> Traced:
     """The graph traced into one da4ml combinational logic (raises :class:`ExportError` naming a node it
     cannot express)."""
@@ -491,6 +517,7 @@ class Pipelined:
         return self.latency_cycles * self.clock_ns
 
 
+@exact_decimals
 def write_project(traced: Traced, out: str | Path, flavor: str, clock_ns: float | None = None) -> Pipelined | None:
     """Write da4ml's project for ``traced`` into directory ``out``: ``verilog``/``vhdl`` (RTL with
     Vivado/Quartus scripts, ``src/qfx_model.v``) or ``hls`` (da4ml's HLS C++). With ``clock_ns`` (RTL only) the
