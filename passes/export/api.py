@@ -295,12 +295,27 @@ def verify(e: Exported, graph: QGraph, x: torch.Tensor) -> dict[str, Any]:
     return e.agreement
 
 
-TESTBENCH_ROWS = 32  # rows the export runs through Icarus (~0.1-0.2 s a row for jsc-s); tb/ holds them all
-TESTBENCH_MAX_LUTS = 25_000  # larger designs: tb/ is written, not run (Icarus compiles a 30k-LUT cnn in minutes)
-# the simulator of each testbench language: (tool, executables it needs, rows it runs: None = all of tb/)
-SIMULATORS = {"verilog": ("iverilog", ("iverilog", "vvp"), TESTBENCH_ROWS), "vhdl": ("GHDL", ("ghdl",), None)}
-GHDL_ALL_ROWS_MAX_LUTS = 4_000  # GHDL runs every row up to this size (~1 s / 1,000 rows at 1.3k LUTs); above, as
-# many rows as Icarus (its time per row grows faster than the size: ~0.1 s a row at 20k LUTs)
+TESTBENCH_ROWS = 32  # rows a testbench runs above its simulator's all-rows size; tb/ holds them all
+
+
+@dataclass(frozen=True)
+class Simulator:
+    """The simulator the export runs a testbench language's tb/ with, and up to what design size (da4ml LUTs)."""
+
+    tool: str
+    executables: tuple[str, ...]
+    max_luts: int  # larger designs: tb/ is written, not run
+    all_rows_max_luts: int  # up to this size every row of tb/; above, TESTBENCH_ROWS of them
+
+
+# measured on this project's 2-core machine: Icarus ~0.1-0.2 s a row at 20k LUTs and minutes to compile a 30k-LUT
+# cnn (a 149k-LUT cnn: 92 s for 4 rows); GHDL ~1 s per 1,000 rows at 1.3k LUTs, 3 s for 32 rows of a 49k-LUT
+# pipelined jsc-s, 11 s for 32 rows of a 149k-LUT cnn
+SIMULATORS = {
+    "verilog": Simulator("iverilog", ("iverilog", "vvp"), max_luts=25_000, all_rows_max_luts=0),
+    "vhdl": Simulator("GHDL", ("ghdl",), max_luts=200_000, all_rows_max_luts=4_000),
+}
+TESTBENCH_MAX_LUTS = SIMULATORS["verilog"].max_luts
 
 
 def _testbench(e: Exported, x: torch.Tensor, ref: np.ndarray, lang: str) -> None:
@@ -308,19 +323,17 @@ def _testbench(e: Exported, x: torch.Tensor, ref: np.ndarray, lang: str) -> None
     outputs) in ``lang`` and run it with its simulator where that is on PATH; a FAIL fails the verification."""
     from qfx.passes.export.testbench import run_testbench, write_testbench
 
-    tool, exes, limit = SIMULATORS[lang]
-    tr = e.handle
+    sim = SIMULATORS[lang]
+    tool, tr = sim.tool, e.handle
     write_testbench(e.path, tr.comb, tr.quantize_input(x.numpy()), ref, tr.pipeline, lang=lang)
-    if any(shutil.which(t) is None for t in exes):
-        e.notes.append(f"{'/'.join(exes)} not on PATH: the shipped testbench (tb/) was written, not run")
+    if any(shutil.which(t) is None for t in sim.executables):
+        e.notes.append(f"{'/'.join(sim.executables)} not on PATH: the shipped testbench (tb/) was written, not run")
         return
-    if tr.luts > TESTBENCH_MAX_LUTS:
+    if tr.luts > sim.max_luts:
         e.notes.append(f"the shipped testbench (tb/) was written, not run: {tr.luts:,.0f} LUTs is past what {tool} "
-                       f"compiles in seconds ({TESTBENCH_MAX_LUTS:,}); run it with {tool} (README)")  # fmt: skip
+                       f"runs in seconds ({sim.max_luts:,}); run it with {tool} (README)")  # fmt: skip
         return
-    if limit is None and tr.luts > GHDL_ALL_ROWS_MAX_LUTS:
-        limit = TESTBENCH_ROWS
-    rows = len(x) if limit is None else min(len(x), limit)
+    rows = len(x) if tr.luts <= sim.all_rows_max_luts else min(len(x), TESTBENCH_ROWS)
     try:
         e.agreement["testbench"] = f"{tool.lower()}: {run_testbench(e.path, rows=rows, lang=lang)} (of {len(x)} in tb/)"
         e.agreement["checked_by"] += f" + {tool} testbench"
