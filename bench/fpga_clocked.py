@@ -6,7 +6,12 @@ register bits, stages, latency in ns by the delay model), Yosys ``synth_xilinx``
 fits an iCE40 HX8K, yosys ``synth_ice40`` + nextpnr-ice40's timing analysis (achieved Fmax; the achieved latency =
 stages / Fmax). Designs: a 64-8-10 MLP at 4 bits (fits an iCE40) and jsc-s at 3-bit weights / 4-bit inputs
 (trained briefly on digits, fracs calibrated). Prints one table and writes bench/fpga_clocked.png.
-Run: python bench/fpga_clocked.py [--quick]   (--quick: the MLP only)
+Then (``--rank N``): N random jsc-s configurations (the widths of configs/jsc_s_fpga_clocked.toml per layer) at
+10, 5 and 2.5 ns: the search metrics (fpga_luts, fpga_ffs, fpga_latency_cycles) against Yosys synth_xilinx LUT/FF
+of the exported pipeline (Spearman rank correlation per clock) and the cycles of da4ml's own pipeline; and
+(``--search T``): T trials of the clocked config (NSGA-II, accuracy vs fpga_luts under the 40 ns budget) against the
+same search scored by average_bitwidth, median seconds per evaluated trial of each and their ratio.
+Run: python bench/fpga_clocked.py [--quick] [--rank N] [--search T]   (--quick: the MLP only)
 """
 
 from __future__ import annotations
@@ -87,8 +92,92 @@ def plot(rows: list[list[object]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _jsc_s() -> object:
+    ds = load_dataset("digits", seed=0)
+    torch.manual_seed(0)
+    m = build_model("jsc-s", ds.num_features, ds.num_classes)
+    train(m, ds, epochs=20, progress=False)
+    g = analyze(trace(m.eval(), ds.val.x[:8]))
+    return CalibrationPass(ds.train.x[:512])(g).graph
+
+
+def rank(n: int, work: Path) -> None:
+    """Random per-layer widths 2-6 (the clocked config's space): metrics vs Yosys at three clocks."""
+    import random
+
+    from scipy.stats import spearmanr
+
+    from qfx.passes.transforms.quantize import quantizable_nodes
+
+    g, rng, rows = _jsc_s(), random.Random(0), []
+    for i in range(n):
+        cfg: dict = {"by": "name"}
+        for node in quantizable_nodes(g):
+            cfg[node] = {"name": "integer", "data_in_width": rng.randint(2, 6), "data_in_frac_width": "auto",
+                         "weight_width": rng.randint(2, 6), "weight_frac_width": "auto", "bias_width": 8,
+                         "bias_frac_width": "auto"}  # fmt: skip
+        q = QuantizePass(cfg)(g).graph
+        for clock in (10.0, 5.0, 2.5):
+            t0 = time.perf_counter()
+            t = fpga_timing(q, clock)
+            e = export(q, "verilog", work / f"r{i}-{clock}", clock_ns=clock)
+            cells = synth(e.path)
+            rows.append((clock, t.luts, t.ffs, t.stages, e.handle.pipeline.stages, cells["LUT"], cells["FF"]))
+            print(f"  config {i} @ {clock:g} ns: {t.luts:,.0f} LUT est, Yosys {cells['LUT']:,} LUT "
+                  f"{cells['FF']:,} FF ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+    table = []
+    for clock in (10.0, 5.0, 2.5):
+        r = [x for x in rows if x[0] == clock]
+        lut = spearmanr([x[1] for x in r], [x[5] for x in r]).statistic
+        ff = spearmanr([x[2] for x in r], [x[6] for x in r]).statistic
+        both = spearmanr([x[1] + x[2] for x in r], [x[5] + x[6] for x in r]).statistic
+        same = sum(x[3] == x[4] for x in r)
+        ratio = sorted(x[2] / max(x[6], 1) for x in r)[len(r) // 2]
+        table.append([f"{clock:g} ns", len(r), f"{lut:.2f}", f"{ff:.2f}", f"{both:.2f}", f"{ratio:.2f}",
+                      f"{same}/{len(r)}"])  # fmt: skip
+    head = ["clock", "configs", "Spearman LUT", "Spearman FF", "Spearman LUT+FF", "median reg bits / Yosys FF",
+            "cycles = da4ml pipeline"]  # fmt: skip
+    print(tabulate(table, headers=head, tablefmt="github"))
+
+
+def search_cost(trials: int, work: Path) -> None:
+    """The clocked config's search against the same search scored by average_bitwidth (same weights, sampler)."""
+    import statistics
+
+    from qfx.search.records import record_of
+    from qfx.search.session import run_search
+
+    cfg = Path(__file__).resolve().parent.parent / "configs" / "jsc_s_fpga_clocked.toml"
+    text = cfg.read_text()
+    plain = text[: text.index("[search.strategy.metrics]")] + (
+        "[search.strategy.metrics]\naccuracy.scale = 1.0\naverage_bitwidth.scale = 1.0\n"
+        'average_bitwidth.direction = "minimize"\n'
+    )
+    (work / "plain.toml").write_text(plain)
+    out = {}
+    for name, path, ck in (("clocked (fpga_luts, 40 ns budget)", cfg, None),
+                           ("average_bitwidth", work / "plain.toml", str(work / "a" / "baseline"))):  # fmt: skip
+        t0 = time.perf_counter()
+        run = run_search(path, checkpoint=ck, out=work / ("a" if ck is None else "b"), n_trials=trials)
+        wall = time.perf_counter() - t0
+        fresh = [t for t in run.study.trials if (r := record_of(t)) and not r.refused and "cached" not in r.timings]
+        med = statistics.median(t.duration.total_seconds() for t in fresh)
+        out[name] = (len(run.study.trials), len(fresh), med, wall)
+    base = out["average_bitwidth"][2]
+    print(tabulate([[k, n, f, f"{1e3 * m:.1f}", f"{m / base:.2f}x", f"{w:.0f}"] for k, (n, f, m, w) in out.items()],
+                   headers=["search", "trials", "evaluated", "median ms / evaluated trial", "vs average_bitwidth",
+                            "wall s"], tablefmt="github"))  # fmt: skip
+
+
 def main() -> None:
     quick = "--quick" in sys.argv
+    with tempfile.TemporaryDirectory(prefix="qfx-bench-") as tmp:
+        if "--rank" in sys.argv:
+            rank(int(sys.argv[sys.argv.index("--rank") + 1]), Path(tmp))
+        if "--search" in sys.argv:
+            search_cost(int(sys.argv[sys.argv.index("--search") + 1]), Path(tmp))
+        if "--rank" in sys.argv or "--search" in sys.argv:
+            return
     rows = []
     with tempfile.TemporaryDirectory(prefix="qfx-bench-") as tmp:
         for name, q in designs(quick).items():
