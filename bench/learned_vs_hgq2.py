@@ -32,7 +32,7 @@ from qfx.hw.fpga import fpga_cost
 from qfx.passes.analysis import analyze
 from qfx.passes.transforms.learn_precision import LearnConfig, learn_precision
 from qfx.zoo.data import Dataset, load_dataset
-from qfx.zoo.models import build_model
+from qfx.zoo.models import _wide, build_model
 from qfx.zoo.train import train
 
 
@@ -48,11 +48,12 @@ class Point:
     depth: float
     yosys: float | None = None
     handle: object = None
+    width: float = 1.0  # hidden-width multiplier of jsc-s (0.375: 24-12-12)
 
 
-def qfx_front(ds: Dataset, seed: int, cfg: LearnConfig) -> list[Point]:
+def qfx_front(ds: Dataset, seed: int, cfg: LearnConfig, width: float = 1.0) -> list[Point]:
     torch.manual_seed(seed)
-    m = build_model("jsc-s", ds.num_features, ds.num_classes)
+    m = build_model("jsc-s", ds.num_features, ds.num_classes, width=width)
     train(m, ds, 60, 32, 1e-2, seed, False, 0.0)  # the float model `qfx search --config jsc_s_fpga` starts from
     g = analyze(trace(m, ds.val.x[:8]))
     res = learn_precision(g, ds.train, ds.val, cfg.model_copy(update={"seed": seed}), progress=False)
@@ -62,11 +63,11 @@ def qfx_front(ds: Dataset, seed: int, cfg: LearnConfig) -> list[Point]:
         with torch.no_grad():
             test = float((q(ds.test.x).argmax(1) == ds.test.y).float().mean())
         luts, depth = fpga_cost(q)
-        out.append(Point("qfx", seed, rec.epoch, rec.val_accuracy, test, rec.ebops, luts, depth, handle=q))
+        out.append(Point("qfx", seed, rec.epoch, rec.val_accuracy, test, rec.ebops, luts, depth, handle=q, width=width))
     return out
 
 
-def hgq2_front(ds: Dataset, seed: int, epochs: int, beta0: float, beta1: float) -> list[Point]:
+def hgq2_front(ds: Dataset, seed: int, epochs: int, beta0: float, beta1: float, width: float = 1.0) -> list[Point]:
     import keras
     from da4ml.converter import trace_model
     from da4ml.trace import comb_trace
@@ -79,7 +80,7 @@ def hgq2_front(ds: Dataset, seed: int, epochs: int, beta0: float, beta1: float) 
     with QuantizerConfigScope(place="all"), LayerConfigScope(enable_ebops=True, beta0=beta0):
         inp = keras.Input((ds.num_features,))
         x = inp
-        for units in (64, 32, 32):
+        for units in _wide((64, 32, 32), width):  # jsc-s's hidden sizes, as the zoo scales them
             x = QBatchNormDense(units, activation="relu")(x)
         model = keras.Model(inp, QDense(ds.num_classes)(x))
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -108,7 +109,9 @@ def hgq2_front(ds: Dataset, seed: int, epochs: int, beta0: float, beta1: float) 
         inp_v, out_v = trace_model(model)
         comb = comb_trace(inp_v, out_v)
         test = float(np.mean(np.argmax(comb.predict(xs["test"].astype(np.float64), n_threads=1), 1) == ys["test"]))
-        out.append(Point("hgq2", seed, ep, acc, test, eb, float(comb.cost), float(comb.latency[1]), handle=comb))
+        out.append(
+            Point("hgq2", seed, ep, acc, test, eb, float(comb.cost), float(comb.latency[1]), handle=comb, width=width)
+        )
     return out
 
 
@@ -132,10 +135,11 @@ def yosys_luts(p: Point) -> float | None:
 def table(points: list[Point]) -> str:
     from tabulate import tabulate
 
-    rows = [(p.tool, p.seed, p.epoch, f"{p.val:.3f}", f"{p.test:.3f}", f"{p.ebops:,.0f}", f"{p.luts:,.0f}",
-             f"{p.depth:g}", "" if p.yosys is None else f"{p.yosys:,.0f}") for p in points]  # fmt: skip
+    rows = [(p.tool, f"{p.width:g}", p.seed, p.epoch, f"{p.val:.3f}", f"{p.test:.3f}", f"{p.ebops:,.0f}",
+             f"{p.luts:,.0f}", f"{p.depth:g}", "" if p.yosys is None else f"{p.yosys:,.0f}")
+            for p in points]  # fmt: skip
     return tabulate(
-        rows, ["tool", "seed", "epoch", "val acc", "test acc", "EBOPs", "da4ml LUTs", "depth", "Yosys LUTs"]
+        rows, ["tool", "width", "seed", "epoch", "val acc", "test acc", "EBOPs", "da4ml LUTs", "depth", "Yosys LUTs"]
     )
 
 
@@ -152,6 +156,23 @@ def domination(qfx: list[Point], hgq: list[Point], slack: float) -> list[str]:
                 f"LUTs depth {best.depth:g} = {best.luts / h.luts:.2f}x LUTs"
             )
     return lines
+
+
+CAPS = (5_000, 9_800, 19_500)  # the issue's LUT caps (goal: >= 87.5%, 94.7%, 96.4% test accuracy, depth <= 32)
+
+
+def under_caps(points: list[Point]) -> str:
+    """Per tool and LUT cap, the most accurate point (test split) that fits, with its width, LUTs and depth."""
+    from tabulate import tabulate
+
+    rows = []
+    for tool in dict.fromkeys(p.tool for p in points):
+        for cap in CAPS:
+            fit = [p for p in points if p.tool == tool and p.luts <= cap]
+            b = max(fit, key=lambda p: (p.test, -p.luts), default=None)
+            rows.append([tool, f"<= {cap:,}"] + (["-"] * 5 if b is None else
+                        [f"{b.test:.1%}", f"{b.luts:,.0f}", f"{b.depth:g}", f"{b.width:g}", b.seed]))  # fmt: skip
+    return tabulate(rows, ["tool", "LUT cap", "best test acc", "da4ml LUTs", "depth", "width", "seed"])
 
 
 def plot(points: list[Point], path: str) -> None:
@@ -187,26 +208,30 @@ def main() -> None:
     ap.add_argument("--yosys", type=int, default=0, help="Yosys LUTs for this many points of each tool")
     ap.add_argument("--plot", default="learned_vs_hgq2.png")
     ap.add_argument("--no-hgq2", action="store_true")
+    ap.add_argument("--widths", default="1.0", help="hidden-width multipliers of jsc-s, each trained by both tools "
+                    "(the fronts pool them): e.g. 1.0,0.375")  # fmt: skip
     a = ap.parse_args()
     torch.set_num_threads(1)
     ds = load_dataset("digits", seed=0)
     cfg = LearnConfig(epochs=a.epochs, beta_start=a.beta0, beta=a.beta1, overflow="wrap", round="half_up")
     points: list[Point] = []
-    for seed in (int(s) for s in a.seeds.split(",")):
-        t = time.perf_counter()
-        points += qfx_front(ds, seed, cfg)
-        print(f"qfx seed {seed}: {time.perf_counter() - t:.0f} s (float training, learning, da4ml per front point)")
-        if a.no_hgq2:
-            continue
-        try:
-            import hgq  # noqa: F401
-        except ImportError:
-            print("hgq2 is not installed (pip install 'qfx[bench]'): HGQ2's front is skipped")
-            a.no_hgq2 = True
-            continue
-        t = time.perf_counter()
-        points += hgq2_front(ds, seed, a.epochs, a.hgq_beta0, a.hgq_beta1)
-        print(f"hgq2 seed {seed}: {time.perf_counter() - t:.0f} s")
+    for width in (float(w) for w in a.widths.split(",")):
+        for seed in (int(s) for s in a.seeds.split(",")):
+            t = time.perf_counter()
+            points += qfx_front(ds, seed, cfg, width)
+            print(f"qfx width {width:g} seed {seed}: {time.perf_counter() - t:.0f} s (float training, learning, "
+                  "da4ml per front point)", flush=True)  # fmt: skip
+            if a.no_hgq2:
+                continue
+            try:
+                import hgq  # noqa: F401
+            except ImportError:
+                print("hgq2 is not installed (pip install 'qfx[bench]'): HGQ2's front is skipped")
+                a.no_hgq2 = True
+                continue
+            t = time.perf_counter()
+            points += hgq2_front(ds, seed, a.epochs, a.hgq_beta0, a.hgq_beta1, width)
+            print(f"hgq2 width {width:g} seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
     for tool in ("qfx", "hgq2"):
         pts = sorted((p for p in points if p.tool == tool), key=lambda p: p.luts)
         for p in pts[:: max(1, len(pts) // max(a.yosys, 1))][: a.yosys]:
@@ -217,6 +242,7 @@ def main() -> None:
     if hgq:
         print("\nfor each HGQ2 point, the smallest qfx point at no lower test accuracy (one test row of slack):")
         print("\n".join(domination([p for p in points if p.tool == "qfx"], hgq, slack)))
+    print("\nthe most accurate point under each LUT cap:\n" + under_caps(points))
     plot(points, a.plot)
     print(f"\nplot: {a.plot}")
 
