@@ -4,12 +4,13 @@
   batch norm), the bits of the quantized constant that are really used — the span from its lowest to its
   highest set bit of ``|code|`` (0 for a zero weight) — times the width of the input it multiplies; a
   conv counts each weight once per output position. Float operands count 32 bits.
-- ``fpga_luts``: the whole network's LUT estimate as the export writes it (the trace of :func:`fpga_timing`,
-  memoised per configuration and shared with ``fpga_latency``/``fpga_ffs``). :func:`layer_costs` keeps each
-  MAC layer traced alone (with its input in its ``data_in`` format or its ReLU producer's), cached per layer
-  configuration, for per-layer reports; its sum is *not* the network's (it leaves out ReLUs and accumulator
-  re-quantization and counts logic the whole trace prunes downstream: 0.73-1.53x on random jsc-s
-  configurations), so no search metric reads it.
+- ``fpga_luts``: the whole network's LUT estimate of the logic the export writes (the trace of
+  :func:`fpga_timing`, memoised per configuration and shared with ``fpga_latency``/``fpga_ffs``; a trace with
+  one CMVM decomposition per matrix would be ~5x faster but was 4% off in LUTs and 5 adder levels shallower on
+  random configurations). :func:`layer_costs` keeps each MAC layer traced alone (with its input in its
+  ``data_in`` format or its ReLU producer's), cached per layer configuration, for per-layer reports; its sum is
+  *not* the network's (it leaves out ReLUs and accumulator re-quantization and counts logic the whole trace
+  prunes downstream: 0.73-1.53x on random jsc-s configurations), so no search metric reads it.
 - :func:`fpga_timing`: the whole network at a clock: da4ml's pipeline of it at ``clock_ns`` (stages of
   :func:`~qfx.passes.export.da4ml_backend.stage_levels` adder levels, II = 1, exactly what
   ``qfx export --clock-ns`` writes): LUTs, adder depth, flip-flops (da4ml's register bits), stages, latency in
@@ -315,7 +316,7 @@ def _layer_costs(graph: QGraph) -> dict[str, tuple[float, float]]:
 
 
 def fpga_luts(graph: QGraph) -> float:
-    """The whole network's da4ml LUT estimate, as the export writes it (:func:`fpga_timing`: one trace per
+    """The whole network's da4ml LUT estimate, the logic the export writes (:func:`fpga_timing`: one trace per
     configuration, shared with the latency and register metrics). Not the sum of :func:`layer_costs`: that sum
     misses ReLUs and accumulator re-quantization and counts logic the whole trace prunes downstream (random
     jsc-s configurations: 0.73-1.53x the whole network's LUTs)."""

@@ -160,9 +160,8 @@ def _timing(ctx: MetricContext) -> dict[str, float]:
     return fpga.fpga_timing(ctx.graph, getattr(ctx.evaluator, "clock_ns", None)).metrics()
 
 
-for _m in (
-    Metric("fpga_luts", "hardware", "minimize", "da4ml's LUTs of the whole network's RTL, as exported (hw/fpga)",
-           _timing),
+for _m in (  # one trace of the whole network per configuration (and clock) serves all of these
+    Metric("fpga_luts", "hardware", "minimize", "da4ml's LUT estimate of the whole network's RTL (hw/fpga)", _timing),
     Metric("fpga_latency", "hardware", "minimize", "adder depth of the whole network's logic, as exported (hw/fpga)",
            _timing),
     Metric("fpga_ffs", "hardware", "minimize", "flip-flops of its pipeline at [fpga] clock_ns (hw/fpga)", _timing),
