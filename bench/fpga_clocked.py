@@ -123,8 +123,9 @@ def rank(n: int, work: Path) -> None:
             e = export(q, "verilog", work / f"r{i}-{clock}", clock_ns=clock)
             cells = synth(e.path)
             rows.append((clock, t.luts, t.ffs, t.stages, e.handle.pipeline.stages, cells["LUT"], cells["FF"]))
-            print(f"  config {i} @ {clock:g} ns: {t.luts:,.0f} LUT est, Yosys {cells['LUT']:,} LUT "
-                  f"{cells['FF']:,} FF ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+            print(f"  config {i} @ {clock:g} ns: {t.luts:,.0f} LUT est, {t.ffs:,} reg bits, {t.stages} stages "
+                  f"(da4ml pipeline {e.handle.pipeline.stages}); Yosys {cells['LUT']:,} LUT {cells['FF']:,} FF "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
     table = []
     for clock in (10.0, 5.0, 2.5):
         r = [x for x in rows if x[0] == clock]
