@@ -426,6 +426,9 @@ def _input_precision(layers: list[Layer]) -> tuple[TensorPrecision, Any]:
                 (front.append(lay.name) if lay.op in ("reshape", "identity") else readers.append(lay))
     precs = {str(lay.precision.get("data_in")): lay.precision.get("data_in") for lay in readers}
     maps = next((lay.quantizers["data_in"] for lay in readers if "data_in" in lay.quantizers), None)
+    for lay in readers:
+        if "weight" in lay.params:
+            _needs(lay, "data_in")  # a MAC reading the input unquantized: name it and what it lacks
     if len(precs) != 1 or None in precs.values():
         who = ", ".join(f"{lay.name} ({lay.precision.get('data_in') or 'float'})" for lay in readers)
         raise ExportError(
