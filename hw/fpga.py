@@ -119,7 +119,6 @@ def ebops(graph: QGraph) -> float:
 
 MEMO_SIZE = 4096
 # process-wide memos shared by a search's worker threads: each read and write holds its lock (graph/cache.py)
-_MEMO: LockedLRU[tuple[float, float]] = LockedLRU(MEMO_SIZE)
 _BY_GRAPH: weakref.WeakKeyDictionary[QGraph, tuple[float, float]] = weakref.WeakKeyDictionary()
 _BY_GRAPH_LOCK = threading.Lock()
 
@@ -145,13 +144,8 @@ def fpga_cost(graph: QGraph) -> tuple[float, float]:
     if hit is not None:
         return hit
 
-    def trace() -> tuple[float, float]:
-        from qfx.passes.export.da4ml_backend import trace_graph
-
-        tr = trace_graph(graph)
-        return tr.luts, tr.latency
-
-    hit = _MEMO.get_or(_config_key(graph), trace)
+    t = fpga_timing(graph)  # the same memoised trace the search metrics read: one per configuration
+    hit = (t.luts, t.depth)
     with _BY_GRAPH_LOCK:
         _BY_GRAPH[graph] = hit
     return hit
