@@ -184,9 +184,15 @@ def fpga_timing(graph: QGraph, clock_ns: float | None = None) -> Timing:
     def build() -> Timing:
         from da4ml.trace.pipeline import to_pipeline
 
+        from qfx.hw.fpga_compose import composed_timing
         from qfx.passes.export.da4ml_backend import FMT, trace_graph
 
-        mac_layers(graph, build_ir(graph, FMT))  # a MAC op without a cost rule raises naming it, never costs 0
+        layers = build_ir(graph, FMT)
+        mac_layers(graph, layers)  # a MAC op without a cost rule raises naming it, never costs 0
+        c = composed_timing(layers, levels)  # the whole trace's figures from cached per-layer traces
+        if c is not None:
+            ns = c.depth * ADDER_LEVEL_NS if clock_ns is None else c.stages * float(clock_ns)
+            return Timing(clock_ns, c.luts, c.depth, c.ffs, c.stages, ns)
         tr = trace_graph(graph)
         if levels is None:
             return Timing(None, tr.luts, tr.latency, 0, 0, tr.latency * ADDER_LEVEL_NS)

@@ -16,9 +16,10 @@ register bits per operation; :class:`LayerLogic`), and a configuration is compos
   once (``Pipeline.reg_bits``), stages = the last output's stage + 1.
 
 The result is da4ml's own figure for the whole trace, not a model of it (tests/test_fpga.py compares them on random
-configurations at several clocks). Where da4ml would retime the pipeline (its binary search over cutoffs when the
-stages' latencies leave more than one adder level of slack), or a layer cannot be traced alone, the caller falls
-back to the whole trace (:func:`composed_timing` returns None).
+configurations of jsc-tiny, jsc-s and a CNN at several clocks), da4ml's retiming included (its bisection over
+cutoffs when the stages leave more than one adder level of slack: the forward pass is redone at each cutoff with
+da4ml's rule that an adder straddling a stage boundary starts at it). Where a layer cannot be traced alone the
+caller falls back to the whole trace (:func:`composed_timing` returns None).
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ class LayerLogic:
 
     in_elem: np.ndarray  # per comb input: the flat index of the layer's (concatenated) input element it reads
     opcode: np.ndarray
-    operands: np.ndarray  # (ops, 3) operand op indices; -1: none
-    delay: np.ndarray  # own delay: latency - latest operand (consts and inputs: 0)
     cost: np.ndarray
     bits: np.ndarray  # register bits of the value (da4ml's minimal_kif of its interval)
     plan: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]  # per dependency level >= 1: (ops, their operands
     # with -1 as the sentinel index len(ops), their delays)
     ins: np.ndarray  # the comb input ops, in the order of in_elem
+    who: np.ndarray  # every op with operands, by level
+    whop: np.ndarray  # their operands (sentinel: len(ops))
     bump: np.ndarray  # per op: an adder whose latency da4ml pushes to a stage boundary it would straddle (retiming)
     const_user: np.ndarray  # per op: the op a constant feeds (its latency is its user's), else -1
     out_op: np.ndarray  # per flat output element: the op computing it; -1: a constant
@@ -64,10 +65,6 @@ def _bits(qint: Any) -> int:
     from da4ml.types import minimal_kif
 
     return int(sum(minimal_kif(qint)))
-
-
-def _spec_digest(spec: tuple[Any, ...]) -> str:
-    return hashlib.blake2b(repr(spec).encode(), digest_size=16).hexdigest()
 
 
 def _inputs(specs: list[tuple[Any, ...]], shapes: list[tuple[int, ...]], hwconf: Any) -> tuple[list[Any], list[Any]]:
@@ -97,59 +94,61 @@ def _inputs(specs: list[tuple[Any, ...]], shapes: list[tuple[int, ...]], hwconf:
 
 
 def _logic(comb: Any, out_vars: list[Any], in_elem: list[int], shape: tuple[int, ...]) -> LayerLogic:
+    """The arrays of one layer's comb logic (traced with its inputs at latency 0)."""
     ops = comb.ops
     n = len(ops)
     opcode = np.array([op.opcode for op in ops], dtype=np.int16)
-    operands = np.full((n, 3), -1, dtype=np.int64)
+    operands = np.full((n, 3), -1, dtype=np.int32)
     for i, op in enumerate(ops):
-        if op.opcode in (-1, 5):
+        if op.opcode in (-1, 5):  # an input, a constant
             continue
         operands[i, 0] = op.id0
         operands[i, 1] = op.id1
-        if abs(op.opcode) == 6:
+        if abs(op.opcode) == 6:  # a multiplexer's key
             operands[i, 2] = op.data & 0xFFFFFFFF
     is_const = opcode == 5
     lat = np.array([op.latency for op in ops], dtype=np.float64)
     base = np.zeros(n)
     level = np.zeros(n, dtype=np.int64)
-    const_user = np.full(n, -1, dtype=np.int64)
+    const_user = np.full(n, -1, dtype=np.int32)
     for i in range(n):
         for j in operands[i]:
             if j < 0:
                 continue
-            if is_const[j]:
+            if is_const[j]:  # da4ml gives a constant its user's latency: it does not delay the user
                 const_user[j] = i
                 continue
             base[i] = max(base[i], lat[j])
             level[i] = max(level[i], level[j] + 1)
     delay = np.where((opcode == -1) | is_const, 0.0, lat - base)
-    sent = np.where(operands >= 0, operands, n)
-    plan = []
-    for k in range(1, int(level.max(initial=0)) + 1):
-        idx = np.flatnonzero(level == k)
-        plan.append((idx, sent[idx], delay[idx]))
-    out_op = np.array([idx if not (v.low == v.high) else -1 for idx, v in zip(comb.out_idxs, out_vars, strict=True)],
-                      dtype=np.int64)  # fmt: skip
-    out_bits = np.array([_bits(q) for q in _scaled_out_qints(comb)], dtype=np.int64)
+    who = np.argsort(level, kind="stable").astype(np.int32)
+    cuts = np.searchsorted(level[who], np.arange(1, int(level.max(initial=0)) + 2))
+    who = who[cuts[0] :] if len(cuts) else who[:0]
+    whop = np.where(operands >= 0, operands, n).astype(np.int32)[who]
+    dl = delay[who]
+    cuts = cuts - (cuts[0] if len(cuts) else 0)
+    plan = tuple((who[a:b], whop[a:b], dl[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True))
+    out_op = np.array([idx if v.low != v.high else -1 for idx, v in zip(comb.out_idxs, out_vars, strict=True)],
+                      dtype=np.int32)  # fmt: skip
     spec = tuple(_spec(v) for v in out_vars)
     alias = np.array([operands[i, 0] if s[0] == "a" else i for i, s in zip(out_op, spec, strict=True)],
-                     dtype=np.int64)  # fmt: skip
+                     dtype=np.int32)  # fmt: skip
     return LayerLogic(
-        in_elem=np.array([in_elem[op.id0] for op in ops if op.opcode == -1], dtype=np.int64),
+        in_elem=np.array([in_elem[op.id0] for op in ops if op.opcode == -1], dtype=np.int32),
         opcode=opcode,
-        operands=operands,
-        delay=delay,
         cost=np.array([op.cost for op in ops], dtype=np.float64),
         bits=np.array([_bits(op.qint) for op in ops], dtype=np.int64),
-        plan=tuple(plan),
-        ins=np.flatnonzero(opcode == -1),
-        bump=np.isin(opcode, (0, 1, 7)),
+        plan=plan,
+        ins=np.flatnonzero(opcode == -1).astype(np.int32),
+        who=who,
+        whop=whop,
+        bump=np.isin(opcode, (0, 1, 7)),  # vadd, vsub, vmul: da4ml's cost_add latency, moved at a stage boundary
         const_user=const_user,
         out_op=out_op,
         out_alias=alias,
-        out_bits=out_bits,
+        out_bits=np.array([_bits(q) for q in comb.out_qint], dtype=np.int64),
         out_spec=spec,
-        digest=_spec_digest(spec),
+        digest=hashlib.blake2b(repr(spec).encode(), digest_size=16).hexdigest(),
         shape=shape,
     )
 
@@ -165,10 +164,6 @@ def _spec(v: Any) -> tuple[Any, ...]:
         return ("a", u.low, u.high, u.step, p._factor, v._data, v._factor)
     u = v.unscaled
     return ("v", u.low, u.high, u.step, v._factor)
-
-
-def _scaled_out_qints(comb: Any) -> list[Any]:
-    return list(comb.out_qint)
 
 
 # ---------------------------------------------------------------- composition
@@ -198,17 +193,22 @@ def _layer_key(lay: Layer) -> tuple[Any, ...]:
 
 
 def composed_timing(layers: list[Layer], levels: int | None) -> Composed | None:
-    """The whole network's LUTs, adder depth, register bits and stages (``levels`` adder levels per stage; None:
-    combinational), composed from cached per-layer traces; None where da4ml would retime the pipeline."""
-    from qfx.passes.export.da4ml_backend import _input_precision, exact_decimals
+    """The whole network's LUTs, adder depth, register bits and stages at ``levels`` adder levels per stage (None:
+    combinational), composed from cached per-layer traces: exactly what ``trace_graph`` + ``to_pipeline`` give.
+    None where the graph is not one the RTL back end takes (the whole trace then raises naming why) or a layer
+    cannot be traced alone; ExportError naming a layer da4ml cannot express (as the whole trace does)."""
+    from qfx.passes.export.da4ml_backend import DA4ML_OPS, _input_precision, exact_decimals
 
+    ends = [lay for lay in layers if lay.op in ("input", "output")]
+    if [lay.op for lay in ends] != ["input", "output"] or layers[0].op != "input" or len(ends[1].inputs) != 1:
+        return None
+    if any(lay.op not in DA4ML_OPS for lay in layers if lay.op not in ("input", "output")):
+        return None
     p_in, q_in = _input_precision(layers)
     logic: dict[str, LayerLogic] = {}
     order: list[Layer] = []
-    out_name = None
     for lay in layers:
         if lay.op == "output":
-            out_name = str(lay.inputs[0])
             continue
         srcs = [i for i in lay.inputs if isinstance(i, str)]
         if lay.op == "input":
@@ -217,9 +217,13 @@ def composed_timing(layers: list[Layer], levels: int | None) -> Composed | None:
         else:
             key = (_layer_key(lay), tuple(logic[s].digest for s in srcs))
         trace = exact_decimals(lambda lay=lay: _trace_one(lay, logic, p_in, q_in))  # type: ignore[misc]
-        logic[lay.name] = _LAYERS.get_or(key, trace)
+        try:
+            logic[lay.name] = _LAYERS.get_or(key, trace)
+        except (AssertionError, ValueError, NotImplementedError, AttributeError):
+            return None  # da4ml refuses this layer alone (e.g. no variable input): the whole trace decides
         order.append(lay)
-    if out_name is None:
+    out_name = ends[1].inputs[0]
+    if not isinstance(out_name, str) or logic.get(out_name) is None or (logic[out_name].out_op < 0).all():
         return None
     return _compose(order, logic, out_name, levels)
 
@@ -257,17 +261,18 @@ def _hwconf() -> Any:
     return FixedVariableArrayInput((1,))._vars[0].hwconf
 
 
-
 def _compose(order: list[Layer], logic: dict[str, LayerLogic], out_name: str, levels: int | None) -> Composed | None:
     names = [lay.name for lay in order]
     pos = {nm: k for k, nm in enumerate(names)}
     lgs = [logic[nm] for nm in names]
     # each layer's input ops stand for ops of earlier layers (root layer, root op), through pass-through layers
     roots: list[tuple[np.ndarray, np.ndarray]] = []
+    groups: list[list[tuple[int, np.ndarray]]] = []  # per layer: (root layer, positions among its input ops)
     for k, lay in enumerate(order):
         lg = lgs[k]
         if k == 0 or lay.op == "input":
             roots.append((np.full(len(lg.ins), -1), lg.ins))
+            groups.append([])
             continue
         srcs = [pos[i] for i in lay.inputs if isinstance(i, str)]
         rl = np.concatenate([np.full(len(lgs[j].out_alias), j) for j in srcs])
@@ -277,22 +282,22 @@ def _compose(order: list[Layer], logic: dict[str, LayerLogic], out_name: str, le
             pj = lgs[j]
             if lay.op == "input" or order[j].op == "input":
                 continue
-            m = (rl == j) & (pj.opcode[np.maximum(ro, 0)] == -1) & (ro >= 0)
-            if m.any():
+            m = np.flatnonzero(rl == j)
+            m = m[pj.opcode[ro[m]] == -1]
+            if len(m):
                 at = np.searchsorted(pj.ins, ro[m])
                 rl[m], ro[m] = roots[j][0][at], roots[j][1][at]
         roots.append((rl, ro))
+        groups.append([(int(j), np.flatnonzero(rl == j)) for j in np.unique(rl)])
     last = lgs[pos[out_name]]
 
     def forward(cut: float | None) -> list[np.ndarray] | None:
         lats = []
         for k, lg in enumerate(lgs):
             lat = np.zeros(len(lg.opcode) + 1)
-            rl, ro = roots[k]
-            if k:
-                for j in np.unique(rl):
-                    m = rl == j
-                    lat[lg.ins[m]] = lats[j][ro[m]]
+            ro = roots[k][1]
+            for j, at in groups[k]:
+                lat[lg.ins[at]] = lats[j][ro[at]]
             for idx, opnds, d in lg.plan:
                 base = lat[opnds].max(1)
                 v = base + d
@@ -322,25 +327,24 @@ def _compose(order: list[Layer], logic: dict[str, LayerLogic], out_name: str, le
         for idx, opnds, _ in reversed(lg.plan):
             live[opnds[live[idx]].ravel()] = True
         live[-1] = False
-        if k:
-            rl, ro = roots[k]
-            m = live[lg.ins]
-            for j in np.unique(rl[m]):
-                lives[j][ro[m & (rl == j)]] = True
+        ro = roots[k][1]
+        for j, at in groups[k]:
+            at = at[live[lg.ins[at]]]
+            lives[j][ro[at]] = True
     luts = float(sum(lg.cost[live[:-1]].sum() for lg, live in zip(lgs, lives, strict=True)))
     outs = last.out_op >= 0
     out_lat = np.where(outs, lats[kout][np.maximum(last.out_op, 0)], 0.0)
     depth = float(out_lat.max(initial=0.0))
     if levels is None:
         return Composed(luts, depth, 0, 0)
-    reg, n_stages, high, low = _registers(lgs, roots, lives, lats, last, kout, levels)
+    reg, n_stages, high, low = _registers(lgs, roots, groups, lives, lats, last, kout, levels)
     while high - low > 1:  # da4ml's retiming: the lowest cutoff that keeps the stage count, found by bisection
         cut = (high + low) // 2
         re = forward(cut)
         if re is None:
             low = cut
             continue
-        r2 = _registers(lgs, roots, lives, re, last, kout, cut)
+        r2 = _registers(lgs, roots, groups, lives, re, last, kout, cut)
         if r2[1] > n_stages:
             low = cut
         else:
@@ -349,8 +353,16 @@ def _compose(order: list[Layer], logic: dict[str, LayerLogic], out_name: str, le
     return Composed(luts, depth, reg, n_stages)
 
 
-def _registers(lgs: list[LayerLogic], roots: list[tuple[np.ndarray, np.ndarray]], lives: list[np.ndarray],
-               lats: list[np.ndarray], last: LayerLogic, kout: int, cut: float) -> tuple[int, int, float, float]:
+def _registers(
+    lgs: list[LayerLogic],
+    roots: list[tuple[np.ndarray, np.ndarray]],
+    groups: list[list[tuple[int, np.ndarray]]],
+    lives: list[np.ndarray],
+    lats: list[np.ndarray],
+    last: LayerLogic,
+    kout: int,
+    cut: float,
+) -> tuple[int, int, float, float]:
     """da4ml's ``to_pipeline`` at cutoff ``cut`` on the composed logic: (register bits, stages, and the bounds of
     its retiming bisection)."""  # fmt: skip
     c = cut + 1e-9
@@ -364,18 +376,13 @@ def _registers(lgs: list[LayerLogic], roots: list[tuple[np.ndarray, np.ndarray]]
         if k == kout:
             o = last.out_op[outs]
             use[o] = np.maximum(use[o], s_last)
-        idx = np.flatnonzero(live[:-1])
-        opnds = np.concatenate([p[1][live[p[0]]] for p in lg.plan]) if lg.plan else np.zeros((0, 3), np.int64)
-        who = np.concatenate([p[0][live[p[0]]] for p in lg.plan]) if lg.plan else np.zeros(0, np.int64)
-        np.maximum.at(use, opnds.ravel(), np.repeat(use[who] * 0 + st[who], 3))
+        m = live[lg.who]
+        np.maximum.at(use, lg.whop[m].ravel(), np.repeat(st[lg.who[m]], 3))
         use[-1] = 0
-        if k:
-            rl, ro = roots[k]
-            m = live[lg.ins]
-            for j in np.unique(rl[m]):
-                mm = m & (rl == j)
-                np.maximum.at(uses[j], ro[mm], use[lg.ins[mm]])
-        del idx
+        ro = roots[k][1]
+        for j, at in groups[k]:
+            at = at[live[lg.ins[at]]]
+            np.maximum.at(uses[j], ro[at], use[lg.ins[at]])
     bits = 0
     out_stage = np.zeros(s_last + 1)
     cover = np.zeros(s_last + 2, dtype=np.int64)

@@ -317,6 +317,57 @@ def test_fpga_luts_is_the_whole_networks_and_layer_costs_are_cached_per_layer(se
     assert {n for n in macs if costs2[n] != costs[n]} <= {lin}
 
 
+def test_fpga_timing_composed_from_layers_is_the_whole_trace_and_its_pipeline_exactly(monkeypatch):
+    """The search's FPGA metrics compose the network from per-layer traces (cached by layer and input intervals):
+    LUTs, depth, register bits and stages equal da4ml's for the whole trace and ``to_pipeline`` of it (retimed:
+    the clocks below include cases where retiming changes the register bits), on random widths 2-12 of jsc-tiny,
+    jsc-s and the narrow CNN (flatten, max pool, conv). The metric path never runs the whole trace."""
+    from da4ml.trace.pipeline import to_pipeline
+
+    from qfx.hw import fpga
+    from qfx.passes.export import da4ml_backend
+    from qfx.passes.export.da4ml_backend import stage_levels
+
+    retimed = 0
+    for name, seed in (("jsc-tiny", 0), ("jsc-tiny", 1), ("jsc-tiny", 4), ("jsc-s", 0), ("cnn", 1)):
+        q = _quantized(name, seed)
+        tr = trace_graph(q)
+        with monkeypatch.context() as m:
+            m.setattr(da4ml_backend, "trace_graph", lambda g: pytest.fail("the metrics traced the whole network"))
+            got = {c: fpga.fpga_timing(q, c) for c in (None, 10.0, 5.0, 2.5)}
+        assert (got[None].luts, got[None].depth, got[None].ffs, got[None].stages) == (tr.luts, tr.latency, 0, 0)
+        for clock in (10.0, 5.0, 2.5):
+            pipe = to_pipeline(tr.comb, stage_levels(clock), verbose=False)
+            t = got[clock]
+            assert (t.luts, t.depth, t.ffs, t.stages) == (tr.luts, tr.latency, pipe.reg_bits, len(pipe.solutions)), (
+                name, seed, clock)  # fmt: skip
+            assert t.latency_ns == len(pipe.solutions) * clock
+            retimed += to_pipeline(tr.comb, stage_levels(clock), retiming=False, verbose=False).reg_bits != t.ffs
+    assert retimed >= 2  # the retiming replica was exercised, not only the plain cut
+
+
+def test_a_changed_layer_retraces_only_itself_and_what_its_outputs_feed():
+    """The per-layer memo: changing the last linear's weight width re-traces that layer and the layers after it
+    whose inputs changed, nothing before it; the result is still the whole trace's."""
+    from qfx.hw import fpga_compose
+    from qfx.passes.export.da4ml_backend import FMT
+    from qfx.passes.export.ir import build_ir
+
+    g = _float_graph("jsc-tiny")
+    cfg = _random_config(g, 11)
+    fpga_compose.composed_timing(build_ir(QuantizePass(cfg)(g).graph, FMT), 7)
+    lin = [n for n, t in quantizable_nodes(g).items() if t == "linear"][-1]
+    cfg2 = {**cfg, lin: {**cfg[lin], "weight_width": 3 if cfg[lin]["weight_width"] != 3 else 4}}
+    q2 = QuantizePass(cfg2)(g).graph
+    layers = build_ir(q2, FMT)
+    after = [lay.name for lay in layers][[lay.name for lay in layers].index(lin) :]
+    misses = fpga_compose._LAYERS.misses
+    c = fpga_compose.composed_timing(layers, None)
+    assert 1 <= fpga_compose._LAYERS.misses - misses <= len(after) - 1  # the output layer is not traced
+    tr = trace_graph(q2)
+    assert (c.luts, c.depth) == (tr.luts, tr.latency)
+
+
 def test_python_interpreter_fallback_equals_the_cpp_interpreter(monkeypatch):
     """Where da4ml's C++ interpreter rejects a multiplexer shift, its Python reference executor runs instead:
     the two agree row for row where both run (jsc-tiny), and the export says which one checked it."""
