@@ -161,6 +161,9 @@ class Timing:
     ffs: int  # register bits of the pipeline (da4ml's ``Pipeline.reg_bits``; 0 combinational)
     stages: int  # 0 combinational
     latency_ns: float
+    # per deployment-IR layer (name, LUTs, register bits, latest output latency in adder levels): its share of the
+    # whole network's figures (they sum to them); empty where the whole trace was needed (hw.fpga_compose)
+    layers: tuple[tuple[str, float, int, float], ...] = ()
 
     @property
     def latency_cycles(self) -> int:
@@ -192,7 +195,7 @@ def fpga_timing(graph: QGraph, clock_ns: float | None = None) -> Timing:
         c = composed_timing(layers, levels)  # the whole trace's figures from cached per-layer traces
         if c is not None:
             ns = c.depth * ADDER_LEVEL_NS if clock_ns is None else c.stages * float(clock_ns)
-            return Timing(clock_ns, c.luts, c.depth, c.ffs, c.stages, ns)
+            return Timing(clock_ns, c.luts, c.depth, c.ffs, c.stages, ns, c.layers)
         tr = trace_graph(graph)
         if levels is None:
             return Timing(None, tr.luts, tr.latency, 0, 0, tr.latency * ADDER_LEVEL_NS)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -82,7 +82,7 @@ def _inputs(specs: list[tuple[Any, ...]], shapes: list[tuple[int, ...]], hwconf:
             lo, hi, step, factor = s[1:5]
             v0 = FixedVariable(lo, hi, step, hwconf=hwconf, opr="new")
             comb_in.append((v0, flat + len(vs)))
-            v = v0 * factor if factor != 1 else v0
+            v = v0 * factor if factor != 1 else v0  # a power-of-two relabelling keeps the id: v0 is the comb input
             if s[0] == "a":  # a constant add the next operation may fold its own constant into (da4ml does)
                 data, own = s[5:]
                 v = v + data * factor
@@ -154,16 +154,22 @@ def _logic(comb: Any, out_vars: list[Any], in_elem: list[int], shape: tuple[int,
 
 
 def _spec(v: Any) -> tuple[Any, ...]:
-    """How the next layer sees output variable ``v``: a constant, a value (its unscaled interval and its
-    power-of-two factor) or a constant add on a value (which da4ml folds into a following constant add)."""
+    """How the next layer sees output variable ``v``: a constant; a value (its unscaled interval and its
+    power-of-two factor); or a constant add on a value, which da4ml folds into a following constant add (the
+    value's unscaled interval and factor, the constant in its units, the sum's factor). The factor is part of it:
+    da4ml counts a constant's bits in its value's units (a normalized factor made jsc-s 0.2% off)."""
     if v.low == v.high:
-        return ("c", v.low)
+        return ("c", _n(v.low))
     if v.opr == "cadd":
         p = v._from[0]
         u = p.unscaled
-        return ("a", u.low, u.high, u.step, p._factor, v._data, v._factor)
+        return ("a", _n(u.low), _n(u.high), _n(u.step), _n(p._factor), _n(v._data), _n(v._factor))
     u = v.unscaled
-    return ("v", u.low, u.high, u.step, v._factor)
+    return ("v", _n(u.low), _n(u.high), _n(u.step), _n(v._factor))
+
+
+def _n(d: Any) -> Any:
+    return d.normalize()  # one spelling per value (0E-7 and 0.00 are the same zero): the key's digest
 
 
 # ---------------------------------------------------------------- composition
@@ -171,10 +177,15 @@ def _spec(v: Any) -> tuple[Any, ...]:
 
 @dataclass(frozen=True)
 class Composed:
+    """The whole network's figures, and per IR layer ``(name, LUTs, register bits, latest output latency)``: the
+    layer's share of the logic the whole trace keeps and the register bits of the values it defines (the input
+    register is the input layer's, the output register the last layer's); the shares sum to the totals."""
+
     luts: float
     depth: float
     ffs: int
     stages: int
+    layers: tuple[tuple[str, float, int, float], ...] = ()
 
 
 _LAYERS: LockedLRU[LayerLogic] = LockedLRU(LAYER_MEMO)
@@ -210,22 +221,42 @@ def composed_timing(layers: list[Layer], levels: int | None) -> Composed | None:
     for lay in layers:
         if lay.op == "output":
             continue
-        srcs = [i for i in lay.inputs if isinstance(i, str)]
-        if lay.op == "input":
-            maps = None if q_in is None or getattr(q_in, "widths", None) is None else _token(q_in)
-            key: tuple[Any, ...] = ("input", tuple(lay.out_shape or ()), p_in.key(), maps)
-        else:
-            key = (_layer_key(lay), tuple(logic[s].digest for s in srcs))
-        trace = exact_decimals(lambda lay=lay: _trace_one(lay, logic, p_in, q_in))  # type: ignore[misc]
-        try:
-            logic[lay.name] = _LAYERS.get_or(key, trace)
-        except (AssertionError, ValueError, NotImplementedError, AttributeError):
-            return None  # da4ml refuses this layer alone (e.g. no variable input): the whole trace decides
-        order.append(lay)
+        for step in _split(lay, logic):
+            srcs = [i for i in step.inputs if isinstance(i, str)]
+            if step.op == "input":
+                maps = None if q_in is None or getattr(q_in, "widths", None) is None else _token(q_in)
+                key: tuple[Any, ...] = ("input", tuple(step.out_shape or ()), p_in.key(), maps)
+            else:
+                key = (_layer_key(step), tuple(logic[s].digest for s in srcs))
+            trace = exact_decimals(lambda step=step: _trace_one(step, logic, p_in, q_in))  # type: ignore[misc]
+            try:
+                logic[step.name] = _LAYERS.get_or(key, trace)
+            except (AssertionError, ValueError, NotImplementedError, AttributeError):
+                return None  # da4ml refuses this layer alone (e.g. no variable input): the whole trace decides
+            order.append(step)
     out_name = ends[1].inputs[0]
     if not isinstance(out_name, str) or logic.get(out_name) is None or (logic[out_name].out_op < 0).all():
         return None
     return _compose(order, logic, out_name, levels)
+
+
+QUANTIZE = "quantize data_in"  # a MAC layer's input quantization, traced as a step of its own
+_SPLIT = ("linear", "conv1d", "conv2d", "affine")
+
+
+def _split(lay: Layer, logic: dict[str, LayerLogic]) -> list[Layer]:
+    """A MAC layer as two steps: its input quantization (elementwise, cheap; its input intervals vary with every
+    earlier layer) and the MAC on the quantized values (expensive; keyed by the quantized intervals, which mostly
+    saturate to the format: a search meets each MAC configuration's logic again). The MAC's own quantization of
+    already-quantized values adds nothing (da4ml returns a value that fits a format unchanged)."""
+    src = lay.inputs[0] if lay.inputs else None
+    if lay.op not in _SPLIT or "data_in" not in lay.precision or not isinstance(src, str) or src not in logic:
+        return [lay]
+    name = f"{lay.name}\0{QUANTIZE}"
+    q = {"data_in": lay.quantizers["data_in"]} if "data_in" in lay.quantizers else {}
+    step = Layer(name, QUANTIZE, [src], precision={"data_in": lay.precision["data_in"]}, quantizers=q,
+                 out_shape=(0, *logic[src].shape))  # fmt: skip
+    return [step, replace(lay, inputs=[name, *lay.inputs[1:]])]
 
 
 def _token(q: Any) -> str:
@@ -236,7 +267,7 @@ def _token(q: Any) -> str:
 def _trace_one(lay: Layer, logic: dict[str, LayerLogic], p_in: Any, q_in: Any) -> LayerLogic:
     from da4ml.trace import FixedVariableArrayInput, comb_trace
 
-    from qfx.passes.export.da4ml_backend import DA4ML_OPS, _kif_maps
+    from qfx.passes.export.da4ml_backend import DA4ML_OPS, _kif_maps, fixed
 
     shape = tuple(lay.out_shape[1:])  # type: ignore[index]
     if lay.op == "input":
@@ -249,7 +280,8 @@ def _trace_one(lay: Layer, logic: dict[str, LayerLogic], p_in: Any, q_in: Any) -
     arrays, comb_in = _inputs([logic[s].out_spec for s in srcs], [logic[s].shape for s in srcs], hw)
     it = iter(arrays)
     ins = [next(it) if isinstance(i, str) else i for i in lay.inputs]
-    out = DA4ML_OPS[lay.op](lay, ins, {})
+    out = fixed(ins[0], lay.precision["data_in"], lay.quantizers.get("data_in")) if lay.op == QUANTIZE else (
+        DA4ML_OPS[lay.op](lay, ins, {}))  # fmt: skip
     outs = list(np.ravel(out._vars))
     comb = comb_trace([v for v, _ in comb_in], outs, keep_dead_inputs=True)
     return _logic(comb, outs, [e for _, e in comb_in], shape)
@@ -331,13 +363,15 @@ def _compose(order: list[Layer], logic: dict[str, LayerLogic], out_name: str, le
         for j, at in groups[k]:
             at = at[live[lg.ins[at]]]
             lives[j][ro[at]] = True
-    luts = float(sum(lg.cost[live[:-1]].sum() for lg, live in zip(lgs, lives, strict=True)))
+    per_luts = [float(lg.cost[live[:-1]].sum()) for lg, live in zip(lgs, lives, strict=True)]
+    luts = float(sum(per_luts))
+    per_lat = [float(lat[lg.out_op[lg.out_op >= 0]].max(initial=0.0)) for lg, lat in zip(lgs, lats, strict=True)]
     outs = last.out_op >= 0
     out_lat = np.where(outs, lats[kout][np.maximum(last.out_op, 0)], 0.0)
     depth = float(out_lat.max(initial=0.0))
     if levels is None:
-        return Composed(luts, depth, 0, 0)
-    reg, n_stages, high, low = _registers(lgs, roots, groups, lives, lats, last, kout, levels)
+        return Composed(luts, depth, 0, 0, _shares(names, per_luts, [0] * len(names), per_lat))
+    reg, n_stages, high, low, per_reg = _registers(lgs, roots, groups, lives, lats, last, kout, levels)
     while high - low > 1:  # da4ml's retiming: the lowest cutoff that keeps the stage count, found by bisection
         cut = (high + low) // 2
         re = forward(cut)
@@ -349,8 +383,17 @@ def _compose(order: list[Layer], logic: dict[str, LayerLogic], out_name: str, le
             low = cut
         else:
             high = cut
-            reg = r2[0]
-    return Composed(luts, depth, reg, n_stages)
+            reg, per_reg = r2[0], r2[4]
+    return Composed(luts, depth, reg, n_stages, _shares(names, per_luts, per_reg, per_lat))
+
+
+def _shares(names: list[str], luts: list[float], regs: list[int], lats: list[float]) -> tuple[Any, ...]:
+    """Per IR layer (a MAC's input-quantization step merged into it)."""
+    out: dict[str, list[Any]] = {}
+    for nm, lu, rg, la in zip(names, luts, regs, lats, strict=True):
+        r = out.setdefault(nm.split("\0")[0], [0.0, 0, 0.0])
+        r[0], r[1], r[2] = r[0] + lu, r[1] + rg, max(r[2], la)
+    return tuple((nm, *r) for nm, r in out.items())
 
 
 def _registers(
@@ -364,7 +407,7 @@ def _registers(
     cut: float,
 ) -> tuple[int, int, float, float]:
     """da4ml's ``to_pipeline`` at cutoff ``cut`` on the composed logic: (register bits, stages, and the bounds of
-    its retiming bisection)."""  # fmt: skip
+    its retiming bisection, register bits per layer)."""  # fmt: skip
     c = cut + 1e-9
     outs = last.out_op >= 0
     out_lat = np.where(outs, lats[kout][np.maximum(last.out_op, 0)], 0.0)
@@ -383,7 +426,7 @@ def _registers(
         for j, at in groups[k]:
             at = at[live[lg.ins[at]]]
             np.maximum.at(uses[j], ro[at], use[lg.ins[at]])
-    bits = 0
+    per = [0] * len(lgs)
     out_stage = np.zeros(s_last + 1)
     cover = np.zeros(s_last + 2, dtype=np.int64)
     for k, lg in enumerate(lgs):
@@ -391,15 +434,15 @@ def _registers(
         if k:
             live[lg.ins] = False  # an input op is its root's value
         else:
-            bits += int(lg.bits[lg.ins][live[lg.ins]].sum())  # the pipeline's input register
+            per[k] += int(lg.bits[lg.ins][live[lg.ins]].sum())  # the pipeline's input register
         st, use, lat = stages[k][:-1], uses[k][:-1], lats[k][:-1]
         cross = np.flatnonzero(live & (use > st))
-        bits += int((lg.bits[cross] * (use[cross] - st[cross])).sum())
+        per[k] += int((lg.bits[cross] * (use[cross] - st[cross])).sum())
         np.maximum.at(out_stage, st[cross], lat[cross])
         far = cross[use[cross] - st[cross] >= 2]
         np.add.at(cover, st[far] + 1, 1)
         np.add.at(cover, use[far], -1)
-    bits += int(last.out_bits.sum() + (last.out_bits * s_last)[~outs].sum())  # outputs (a constant: from stage 0)
+    per[kout] += int(last.out_bits.sum() + (last.out_bits * s_last)[~outs].sum())  # outputs (a constant: stage 0)
     copied = np.cumsum(cover)[: s_last + 1] > 0
     out_stage = np.maximum(out_stage, np.where(copied, cut * np.arange(s_last + 1), 0.0))
     st_out = np.floor(out_lat / c).astype(np.int64)
@@ -407,4 +450,4 @@ def _registers(
     out_stage[s_last] = final.max(initial=0.0)
     high = float((out_stage / np.arange(1, s_last + 2)).max())
     low = float(final.max(initial=0.0)) / (s_last + 1)
-    return bits, s_last + 1, high, low
+    return sum(per), s_last + 1, high, low, per

@@ -342,6 +342,8 @@ def test_fpga_timing_composed_from_layers_is_the_whole_trace_and_its_pipeline_ex
             assert (t.luts, t.depth, t.ffs, t.stages) == (tr.luts, tr.latency, pipe.reg_bits, len(pipe.solutions)), (
                 name, seed, clock)  # fmt: skip
             assert t.latency_ns == len(pipe.solutions) * clock
+            assert sum(r[1] for r in t.layers) == t.luts and sum(r[2] for r in t.layers) == t.ffs  # shares add up
+            assert max(r[3] for r in t.layers) == t.depth
             retimed += to_pipeline(tr.comb, stage_levels(clock), retiming=False, verbose=False).reg_bits != t.ffs
     assert retimed >= 2  # the retiming replica was exercised, not only the plain cut
 
