@@ -4,23 +4,25 @@
   batch norm), the bits of the quantized constant that are really used — the span from its lowest to its
   highest set bit of ``|code|`` (0 for a zero weight) — times the width of the input it multiplies; a
   conv counts each weight once per output position. Float operands count 32 bits.
-- ``fpga_luts``: the whole network's LUT estimate of the logic the export writes (the trace of
-  :func:`fpga_timing`, memoised per configuration and shared with ``fpga_latency``/``fpga_ffs``; a trace with
-  one CMVM decomposition per matrix would be ~5x faster but was 4% off in LUTs and 5 adder levels shallower on
-  random configurations). :func:`layer_costs` keeps each MAC layer traced alone (with its input in its
-  ``data_in`` format or its ReLU producer's), cached per layer configuration, for per-layer reports; its sum is
-  *not* the network's (it leaves out ReLUs and accumulator re-quantization and counts logic the whole trace
-  prunes downstream: 0.73-1.53x on random jsc-s configurations), so no search metric reads it.
+- ``fpga_luts``: the whole network's LUT estimate of the logic the export writes (:func:`fpga_timing`, memoised per
+  configuration and shared with ``fpga_latency``/``fpga_ffs``; a trace with one CMVM decomposition per matrix would
+  be ~5x faster but was 4% off in LUTs and 5 adder levels shallower on random configurations). :func:`layer_costs`
+  keeps each MAC layer traced alone (with its input in its ``data_in`` format or its ReLU producer's), cached per
+  layer configuration; its sum is *not* the network's (it leaves out ReLUs and accumulator re-quantization and
+  counts logic the whole trace prunes downstream: 0.73-1.53x on random jsc-s configurations), so no search metric
+  reads it; :attr:`Timing.layers` gives each layer's share of the whole network's figures instead.
 - :func:`fpga_timing`: the whole network at a clock: da4ml's pipeline of it at ``clock_ns`` (stages of
   :func:`~qfx.passes.export.da4ml_backend.stage_levels` adder levels, II = 1, exactly what
   ``qfx export --clock-ns`` writes): LUTs, adder depth, flip-flops (da4ml's register bits), stages, latency in
-  cycles and ns (combinational: 0 flip-flops, latency = depth x the delay model's adder level). Memoised per
+  cycles and ns (combinational: 0 flip-flops, latency = depth x the delay model's adder level). Composed from
+  per-layer traces cached by (layer, exact input intervals) (:mod:`qfx.hw.fpga_compose`: the same figures as the
+  whole trace and ``to_pipeline``, retiming included, tested on random jsc-tiny/jsc-s/cnn configurations; a
+  configuration whose layers were all seen costs ~3 ms for jsc-s instead of a 0.2-0.6 s trace), memoised per
   configuration and clock; the search metrics ``fpga_latency`` (the whole network's adder depth, what the
   export writes: a sum of layer depths fell 1.03-2.3x short of it), ``fpga_ffs``, ``fpga_latency_cycles`` and
   ``fpga_latency_ns`` read it (clock: ``[fpga] clock_ns``).
-- :func:`fpga_cost`: the whole network traced as one logic (what ``qfx export --format verilog`` writes and
-  ``qfx synth`` synthesizes): its LUT estimate and adder depth, re-quantization included; memoised per
-  configuration. Slower than the per-layer sum (a full trace per distinct configuration).
+- :func:`fpga_cost`: ``(LUTs, adder depth)`` of the combinational whole network (what ``qfx export --format
+  verilog`` writes and ``qfx synth`` synthesizes), from :func:`fpga_timing`.
 """
 
 from __future__ import annotations
