@@ -639,6 +639,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     rows.append(["da4ml estimate", f"{tr.luts:.0f}", "-", "-", "-", "-"])
     print(tabulate(rows, headers=["", "LUT", "FF", "CARRY", "DSP", "MUXF7/8"], tablefmt="github"))
     print(f"\nlongest path between registers/ports: {cells['LTP']} cells (LUT/CARRY levels, Yosys ltp)")
+    _per_layer(g, args.clock_ns)
     if pipe is None:
         print(f"combinational adder depth {tr.latency:g} (da4ml); cell counts in {out / 'yosys_stat.txt'}")
     else:
@@ -650,6 +651,23 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.ice40:
         _ice40(out, tr, pipe)
     return 0
+
+
+def _per_layer(g: Any, clock_ns: float | None) -> None:
+    """Where the logic goes: each deployment-IR layer's share of da4ml's LUTs and register bits (they sum to the
+    whole network's) and the adder level its outputs settle at."""
+    from tabulate import tabulate
+
+    from qfx.hw.fpga import fpga_timing
+
+    t = fpga_timing(g, clock_ns)
+    if not t.layers:
+        return
+    rows = [[name, f"{luts:,.0f}", f"{ffs:,}" if clock_ns else "-", f"{lat:g}"] for name, luts, ffs, lat in t.layers
+            if luts or ffs]  # fmt: skip
+    rows.append(["whole network", f"{t.luts:,.0f}", f"{t.ffs:,}" if clock_ns else "-", f"{t.depth:g}"])
+    print("\nper layer (da4ml's estimate; the shares sum to the whole network's):")
+    print(tabulate(rows, headers=["layer", "LUTs", "register bits", "outputs at adder level"], tablefmt="github"))
 
 
 def _ice40(out: Path, tr: Any, pipe: Any) -> None:

@@ -28,7 +28,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import weakref
 from dataclasses import dataclass
@@ -42,6 +41,8 @@ from qfx.graph.cache import LockedLRU
 from qfx.graph.meta import get_meta
 from qfx.graph.registry import OP_TRAITS, has_trait
 from qfx.graph.trace import QGraph, target_value
+from qfx.hw.fpga_compose import composed_timing
+from qfx.hw.fpga_compose import layer_key as _layer_key
 from qfx.passes.export.da4ml_backend import exact_decimals
 from qfx.passes.export.ir import ExportError, Layer, OpTable, build_ir
 
@@ -189,7 +190,6 @@ def fpga_timing(graph: QGraph, clock_ns: float | None = None) -> Timing:
     def build() -> Timing:
         from da4ml.trace.pipeline import to_pipeline
 
-        from qfx.hw.fpga_compose import composed_timing
         from qfx.passes.export.da4ml_backend import FMT, trace_graph
 
         layers = build_ir(graph, FMT)
@@ -209,15 +209,6 @@ def fpga_timing(graph: QGraph, clock_ns: float | None = None) -> Timing:
 
 
 _LAYERS: LockedLRU[tuple[float, float]] = LockedLRU(MEMO_SIZE)
-
-
-def _layer_key(lay: Any, in_shape: Any) -> tuple[Any, ...]:
-    h = hashlib.blake2b(digest_size=16)
-    for role in sorted(lay.params):
-        h.update(role.encode())
-        h.update(lay.params[role].detach().double().numpy().tobytes())
-    prec = tuple(sorted((r, p.key()) for r, p in lay.precision.items()))
-    return lay.op, json.dumps(lay.attrs, sort_keys=True, default=str), prec, tuple(in_shape), h.hexdigest()
 
 
 @exact_decimals

@@ -25,6 +25,7 @@ caller falls back to the whole trace (:func:`composed_timing` returns None).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass, replace
 from typing import Any
@@ -191,16 +192,20 @@ class Composed:
 _LAYERS: LockedLRU[LayerLogic] = LockedLRU(LAYER_MEMO)
 
 
-def _layer_key(lay: Layer) -> tuple[Any, ...]:
-    from qfx.hw.fpga import _layer_key as key
+def layer_key(lay: Layer, in_shape: Any) -> tuple[Any, ...]:
+    """A layer's identity for a memo: op, attributes, precisions, shape and a digest of its constants."""
+    h = hashlib.blake2b(digest_size=16)
+    for role in sorted(lay.params):
+        h.update(role.encode())
+        h.update(lay.params[role].detach().double().numpy().tobytes())
+    prec = tuple(sorted((r, p.key()) for r, p in lay.precision.items()))
+    return lay.op, json.dumps(lay.attrs, sort_keys=True, default=str), prec, tuple(in_shape), h.hexdigest()
 
-    maps = tuple(
-        (r, hashlib.blake2b(q.widths.numpy().tobytes() + q.fracs.numpy().tobytes(), digest_size=8).hexdigest())
-        for r, q in sorted(lay.quantizers.items())
-        if getattr(q, "widths", None) is not None
-    )
+
+def _layer_key(lay: Layer) -> tuple[Any, ...]:
+    maps = tuple((r, _token(q)) for r, q in sorted(lay.quantizers.items()) if getattr(q, "widths", None) is not None)
     scalars = tuple(i for i in lay.inputs if not isinstance(i, str))
-    return (*key(lay, lay.out_shape or ()), maps, scalars)
+    return (*layer_key(lay, lay.out_shape or ()), maps, scalars)
 
 
 def composed_timing(layers: list[Layer], levels: int | None) -> Composed | None:
@@ -293,13 +298,26 @@ def _hwconf() -> Any:
     return FixedVariableArrayInput((1,))._vars[0].hwconf
 
 
-def _compose(order: list[Layer], logic: dict[str, LayerLogic], out_name: str, levels: int | None) -> Composed | None:
-    names = [lay.name for lay in order]
-    pos = {nm: k for k, nm in enumerate(names)}
-    lgs = [logic[nm] for nm in names]
-    # each layer's input ops stand for ops of earlier layers (root layer, root op), through pass-through layers
+@dataclass
+class _Wiring:
+    """The layers of one configuration and how their input ops stand for ops of earlier layers."""
+
+    lgs: list[LayerLogic]
+    roots: list[tuple[np.ndarray, np.ndarray]]  # per layer, per input op: (root layer, root op)
+    groups: list[list[tuple[int, np.ndarray]]]  # per layer: (root layer, positions among its input ops)
+    kout: int  # the layer the network's output reads
+
+    @property
+    def last(self) -> LayerLogic:
+        return self.lgs[self.kout]
+
+
+def _wire(order: list[Layer], lgs: list[LayerLogic], out_name: str) -> _Wiring:
+    """Resolve every layer's input ops to the earlier ops they stand for, through pass-through layers (a reshape's
+    outputs are its input ops)."""
+    pos = {lay.name: k for k, lay in enumerate(order)}
     roots: list[tuple[np.ndarray, np.ndarray]] = []
-    groups: list[list[tuple[int, np.ndarray]]] = []  # per layer: (root layer, positions among its input ops)
+    groups: list[list[tuple[int, np.ndarray]]] = []
     for k, lay in enumerate(order):
         lg = lgs[k]
         if k == 0 or lay.op == "input":
@@ -307,78 +325,84 @@ def _compose(order: list[Layer], logic: dict[str, LayerLogic], out_name: str, le
             groups.append([])
             continue
         srcs = [pos[i] for i in lay.inputs if isinstance(i, str)]
-        rl = np.concatenate([np.full(len(lgs[j].out_alias), j) for j in srcs])
-        ro = np.concatenate([lgs[j].out_alias for j in srcs])
-        rl, ro = rl[lg.in_elem], ro[lg.in_elem]
-        for j in set(srcs):  # a pass-through output: an input op of the producer, itself standing for an earlier op
-            pj = lgs[j]
-            if lay.op == "input" or order[j].op == "input":
+        rl = np.concatenate([np.full(len(lgs[j].out_alias), j) for j in srcs])[lg.in_elem]
+        ro = np.concatenate([lgs[j].out_alias for j in srcs])[lg.in_elem]
+        for j in set(srcs):
+            if order[j].op == "input":
                 continue
             m = np.flatnonzero(rl == j)
-            m = m[pj.opcode[ro[m]] == -1]
+            m = m[lgs[j].opcode[ro[m]] == -1]
             if len(m):
-                at = np.searchsorted(pj.ins, ro[m])
+                at = np.searchsorted(lgs[j].ins, ro[m])
                 rl[m], ro[m] = roots[j][0][at], roots[j][1][at]
         roots.append((rl, ro))
         groups.append([(int(j), np.flatnonzero(rl == j)) for j in np.unique(rl)])
-    last = lgs[pos[out_name]]
+    return _Wiring(lgs, roots, groups, pos[out_name])
 
-    def forward(cut: float | None) -> list[np.ndarray] | None:
-        lats = []
-        for k, lg in enumerate(lgs):
-            lat = np.zeros(len(lg.opcode) + 1)
-            ro = roots[k][1]
-            for j, at in groups[k]:
-                lat[lg.ins[at]] = lats[j][ro[at]]
-            for idx, opnds, d in lg.plan:
-                base = lat[opnds].max(1)
-                v = base + d
-                if cut is not None:
-                    b = lg.bump[idx]
-                    hi = np.ceil(base / cut)
-                    cross = b & (np.ceil(v / cut) > hi)
-                    if cross.any():
-                        if (d[cross] > cut).any():
-                            return None  # da4ml asserts here: this cutoff is refused
-                        v = np.where(cross, hi * cut + d, v)
-                lat[idx] = v
-            cu = np.flatnonzero(lg.const_user >= 0)
-            lat[cu] = lat[lg.const_user[cu]]
-            lat[-1] = 0.0
-            lats.append(lat)
-        return lats
 
-    lats = forward(None)
-    assert lats is not None
-    # the logic the whole trace keeps: backward from the outputs, through the input ops to their roots
-    lives = [np.zeros(len(lg.opcode) + 1, dtype=bool) for lg in lgs]
-    kout = pos[out_name]
-    lives[kout][last.out_op[last.out_op >= 0]] = True
-    for k in range(len(lgs) - 1, -1, -1):
-        lg, live = lgs[k], lives[k]
+def _forward(w: _Wiring, cut: float | None) -> list[np.ndarray] | None:
+    """Every op's latency (latest operand + own delay), level by level; with ``cut`` (retiming) an adder that would
+    straddle a multiple of it starts there, as da4ml traces it (None: da4ml refuses this cutoff)."""
+    lats: list[np.ndarray] = []
+    for k, lg in enumerate(w.lgs):
+        lat = np.zeros(len(lg.opcode) + 1)
+        ro = w.roots[k][1]
+        for j, at in w.groups[k]:
+            lat[lg.ins[at]] = lats[j][ro[at]]
+        for idx, opnds, d in lg.plan:
+            base = lat[opnds].max(1)
+            v = base + d
+            if cut is not None:
+                hi = np.ceil(base / cut)
+                cross = lg.bump[idx] & (np.ceil(v / cut) > hi)
+                if cross.any():
+                    if (d[cross] > cut).any():
+                        return None  # da4ml asserts here: this cutoff is refused
+                    v = np.where(cross, hi * cut + d, v)
+            lat[idx] = v
+        cu = np.flatnonzero(lg.const_user >= 0)
+        lat[cu] = lat[lg.const_user[cu]]
+        lat[-1] = 0.0
+        lats.append(lat)
+    return lats
+
+
+def _liveness(w: _Wiring) -> list[np.ndarray]:
+    """The logic the whole trace keeps: backward from the outputs, through input ops to their roots."""
+    lives = [np.zeros(len(lg.opcode) + 1, dtype=bool) for lg in w.lgs]
+    lives[w.kout][w.last.out_op[w.last.out_op >= 0]] = True
+    for k in range(len(w.lgs) - 1, -1, -1):
+        lg, live = w.lgs[k], lives[k]
         for idx, opnds, _ in reversed(lg.plan):
             live[opnds[live[idx]].ravel()] = True
         live[-1] = False
-        ro = roots[k][1]
-        for j, at in groups[k]:
-            at = at[live[lg.ins[at]]]
-            lives[j][ro[at]] = True
-    per_luts = [float(lg.cost[live[:-1]].sum()) for lg, live in zip(lgs, lives, strict=True)]
+        ro = w.roots[k][1]
+        for j, at in w.groups[k]:
+            lives[j][ro[at[live[lg.ins[at]]]]] = True
+    return lives
+
+
+def _compose(order: list[Layer], logic: dict[str, LayerLogic], out_name: str, levels: int | None) -> Composed | None:
+    names = [lay.name for lay in order]
+    w = _wire(order, [logic[nm] for nm in names], out_name)
+    lats = _forward(w, None)
+    assert lats is not None
+    lives = _liveness(w)
+    per_luts = [float(lg.cost[live[:-1]].sum()) for lg, live in zip(w.lgs, lives, strict=True)]
+    per_lat = [float(lat[lg.out_op[lg.out_op >= 0]].max(initial=0.0)) for lg, lat in zip(w.lgs, lats, strict=True)]
+    outs = w.last.out_op >= 0
+    depth = float(np.where(outs, lats[w.kout][np.maximum(w.last.out_op, 0)], 0.0).max(initial=0.0))
     luts = float(sum(per_luts))
-    per_lat = [float(lat[lg.out_op[lg.out_op >= 0]].max(initial=0.0)) for lg, lat in zip(lgs, lats, strict=True)]
-    outs = last.out_op >= 0
-    out_lat = np.where(outs, lats[kout][np.maximum(last.out_op, 0)], 0.0)
-    depth = float(out_lat.max(initial=0.0))
     if levels is None:
         return Composed(luts, depth, 0, 0, _shares(names, per_luts, [0] * len(names), per_lat))
-    reg, n_stages, high, low, per_reg = _registers(lgs, roots, groups, lives, lats, last, kout, levels)
+    reg, n_stages, high, low, per_reg = _registers(w, lives, lats, levels)
     while high - low > 1:  # da4ml's retiming: the lowest cutoff that keeps the stage count, found by bisection
         cut = (high + low) // 2
-        re = forward(cut)
+        re = _forward(w, cut)
         if re is None:
             low = cut
             continue
-        r2 = _registers(lgs, roots, groups, lives, re, last, kout, cut)
+        r2 = _registers(w, lives, re, cut)
         if r2[1] > n_stages:
             low = cut
         else:
@@ -396,18 +420,10 @@ def _shares(names: list[str], luts: list[float], regs: list[int], lats: list[flo
     return tuple((nm, *r) for nm, r in out.items())
 
 
-def _registers(
-    lgs: list[LayerLogic],
-    roots: list[tuple[np.ndarray, np.ndarray]],
-    groups: list[list[tuple[int, np.ndarray]]],
-    lives: list[np.ndarray],
-    lats: list[np.ndarray],
-    last: LayerLogic,
-    kout: int,
-    cut: float,
-) -> tuple[int, int, float, float]:
+def _registers(w: _Wiring, lives: list[np.ndarray], lats: list[np.ndarray], cut: float) -> tuple[Any, ...]:
     """da4ml's ``to_pipeline`` at cutoff ``cut`` on the composed logic: (register bits, stages, and the bounds of
     its retiming bisection, register bits per layer)."""  # fmt: skip
+    lgs, roots, groups, kout, last = w.lgs, w.roots, w.groups, w.kout, w.last
     c = cut + 1e-9
     outs = last.out_op >= 0
     out_lat = np.where(outs, lats[kout][np.maximum(last.out_op, 0)], 0.0)
