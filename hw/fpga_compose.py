@@ -240,7 +240,7 @@ def composed_timing(layers: list[Layer], levels: int | None) -> Composed | None:
                 return None  # da4ml refuses this layer alone (e.g. no variable input): the whole trace decides
             order.append(step)
     out_name = ends[1].inputs[0]
-    if not isinstance(out_name, str) or logic.get(out_name) is None or (logic[out_name].out_op < 0).all():
+    if not isinstance(out_name, str) or logic.get(out_name) is None:
         return None
     return _compose(order, logic, out_name, levels)
 

@@ -101,3 +101,33 @@ def test_bad_budgets_are_named(tmp_path, budget, message):
     with pytest.raises(ConfigError, match="search.strategy.constraints") as e:
         load_config(_cfg(tmp_path, "tpe", budget), require_search=True)
     assert message in str(e.value)
+
+
+def test_reachable_budget_checked_with_one_evaluation_and_an_unreachable_one_by_descent():
+    """The reachability check of a budget: the narrowest (widest) point first; where it meets the budget, no
+    descent (a whole-network FPGA metric costs a trace per point: 93 evaluations took 39 s on jsc-s); where it
+    breaks it, the coordinate descent finds the extreme and the message names it."""
+    from types import SimpleNamespace
+
+    from qfx.search.ilp import unreachable_budgets
+
+    dims = {"a/weight_width": [2, 4, 8], "b/weight_width": [2, 4, 8], "c/data_in_width": [3, 6]}
+    space = SimpleNamespace(dims=dims, free_dims={d: len(c) for d, c in dims.items()},
+                            to_config=lambda p: {d: dims[d][i] for d, i in p.items()})  # fmt: skip
+    calls = []
+
+    def hardware(cfg):
+        calls.append(cfg)
+        return {"bits": float(sum(cfg.values()))}
+
+    ev = SimpleNamespace(hardware=hardware)
+    bound = SimpleNamespace
+    assert unreachable_budgets(space, ev, {"bits": bound(max=7.0, min=None)}) == []
+    assert calls == [{"a/weight_width": 2, "b/weight_width": 2, "c/data_in_width": 3}]  # one point: the narrowest
+    calls.clear()
+    assert unreachable_budgets(space, ev, {"bits": bound(max=None, min=20.0)}) == []
+    assert calls == [{"a/weight_width": 8, "b/weight_width": 8, "c/data_in_width": 6}]  # the widest
+    calls.clear()
+    (msg,) = unreachable_budgets(space, ev, {"bits": bound(max=6.0, min=None)})
+    assert msg == "bits.max = 6 is below the smallest bits of the space (7)"
+    assert len(calls) == 1 + 6  # the check, then the descent (1 + the other choices of each dimension)
