@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -226,42 +226,22 @@ def composed_timing(layers: list[Layer], levels: int | None) -> Composed | None:
     for lay in layers:
         if lay.op == "output":
             continue
-        for step in _split(lay, logic):
-            srcs = [i for i in step.inputs if isinstance(i, str)]
-            if step.op == "input":
-                maps = None if q_in is None or getattr(q_in, "widths", None) is None else _token(q_in)
-                key: tuple[Any, ...] = ("input", tuple(step.out_shape or ()), p_in.key(), maps)
-            else:
-                key = (_layer_key(step), tuple(logic[s].digest for s in srcs))
-            trace = exact_decimals(lambda step=step: _trace_one(step, logic, p_in, q_in))  # type: ignore[misc]
-            try:
-                logic[step.name] = _LAYERS.get_or(key, trace)
-            except (AssertionError, ValueError, NotImplementedError, AttributeError):
-                return None  # da4ml refuses this layer alone (e.g. no variable input): the whole trace decides
-            order.append(step)
+        srcs = [i for i in lay.inputs if isinstance(i, str)]
+        if lay.op == "input":
+            maps = None if q_in is None or getattr(q_in, "widths", None) is None else _token(q_in)
+            key: tuple[Any, ...] = ("input", tuple(lay.out_shape or ()), p_in.key(), maps)
+        else:
+            key = (_layer_key(lay), tuple(logic[s].digest for s in srcs))
+        trace = exact_decimals(lambda lay=lay: _trace_one(lay, logic, p_in, q_in))  # type: ignore[misc]
+        try:
+            logic[lay.name] = _LAYERS.get_or(key, trace)
+        except (AssertionError, ValueError, NotImplementedError, AttributeError):
+            return None  # da4ml refuses this layer alone (e.g. no variable input): the whole trace decides
+        order.append(lay)
     out_name = ends[1].inputs[0]
     if not isinstance(out_name, str) or logic.get(out_name) is None:
         return None
     return _compose(order, logic, out_name, levels)
-
-
-QUANTIZE = "quantize data_in"  # a MAC layer's input quantization, traced as a step of its own
-_SPLIT = ("linear", "conv1d", "conv2d", "affine")
-
-
-def _split(lay: Layer, logic: dict[str, LayerLogic]) -> list[Layer]:
-    """A MAC layer as two steps: its input quantization (elementwise, cheap; its input intervals vary with every
-    earlier layer) and the MAC on the quantized values (expensive; keyed by the quantized intervals, which mostly
-    saturate to the format: a search meets each MAC configuration's logic again). The MAC's own quantization of
-    already-quantized values adds nothing (da4ml returns a value that fits a format unchanged)."""
-    src = lay.inputs[0] if lay.inputs else None
-    if lay.op not in _SPLIT or "data_in" not in lay.precision or not isinstance(src, str) or src not in logic:
-        return [lay]
-    name = f"{lay.name}\0{QUANTIZE}"
-    q = {"data_in": lay.quantizers["data_in"]} if "data_in" in lay.quantizers else {}
-    step = Layer(name, QUANTIZE, [src], precision={"data_in": lay.precision["data_in"]}, quantizers=q,
-                 out_shape=(0, *logic[src].shape))  # fmt: skip
-    return [step, replace(lay, inputs=[name, *lay.inputs[1:]])]
 
 
 def _token(q: Any) -> str:
@@ -272,7 +252,7 @@ def _token(q: Any) -> str:
 def _trace_one(lay: Layer, logic: dict[str, LayerLogic], p_in: Any, q_in: Any) -> LayerLogic:
     from da4ml.trace import FixedVariableArrayInput, comb_trace
 
-    from qfx.passes.export.da4ml_backend import DA4ML_OPS, _kif_maps, fixed
+    from qfx.passes.export.da4ml_backend import DA4ML_OPS, _kif_maps
 
     shape = tuple(lay.out_shape[1:])  # type: ignore[index]
     if lay.op == "input":
@@ -285,8 +265,7 @@ def _trace_one(lay: Layer, logic: dict[str, LayerLogic], p_in: Any, q_in: Any) -
     arrays, comb_in = _inputs([logic[s].out_spec for s in srcs], [logic[s].shape for s in srcs], hw)
     it = iter(arrays)
     ins = [next(it) if isinstance(i, str) else i for i in lay.inputs]
-    out = fixed(ins[0], lay.precision["data_in"], lay.quantizers.get("data_in")) if lay.op == QUANTIZE else (
-        DA4ML_OPS[lay.op](lay, ins, {}))  # fmt: skip
+    out = DA4ML_OPS[lay.op](lay, ins, {})
     outs = list(np.ravel(out._vars))
     comb = comb_trace([v for v, _ in comb_in], outs, keep_dead_inputs=True)
     return _logic(comb, outs, [e for _, e in comb_in], shape)
@@ -394,7 +373,7 @@ def _compose(order: list[Layer], logic: dict[str, LayerLogic], out_name: str, le
     depth = float(np.where(outs, lats[w.kout][np.maximum(w.last.out_op, 0)], 0.0).max(initial=0.0))
     luts = float(sum(per_luts))
     if levels is None:
-        return Composed(luts, depth, 0, 0, _shares(names, per_luts, [0] * len(names), per_lat))
+        return Composed(luts, depth, 0, 0, tuple(zip(names, per_luts, [0] * len(names), per_lat, strict=True)))
     reg, n_stages, high, low, per_reg = _registers(w, lives, lats, levels)
     while high - low > 1:  # da4ml's retiming: the lowest cutoff that keeps the stage count, found by bisection
         cut = (high + low) // 2
@@ -408,16 +387,7 @@ def _compose(order: list[Layer], logic: dict[str, LayerLogic], out_name: str, le
         else:
             high = cut
             reg, per_reg = r2[0], r2[4]
-    return Composed(luts, depth, reg, n_stages, _shares(names, per_luts, per_reg, per_lat))
-
-
-def _shares(names: list[str], luts: list[float], regs: list[int], lats: list[float]) -> tuple[Any, ...]:
-    """Per IR layer (a MAC's input-quantization step merged into it)."""
-    out: dict[str, list[Any]] = {}
-    for nm, lu, rg, la in zip(names, luts, regs, lats, strict=True):
-        r = out.setdefault(nm.split("\0")[0], [0.0, 0, 0.0])
-        r[0], r[1], r[2] = r[0] + lu, r[1] + rg, max(r[2], la)
-    return tuple((nm, *r) for nm, r in out.items())
+    return Composed(luts, depth, reg, n_stages, tuple(zip(names, per_luts, per_reg, per_lat, strict=True)))
 
 
 def _registers(w: _Wiring, lives: list[np.ndarray], lats: list[np.ndarray], cut: float) -> tuple[Any, ...]:
