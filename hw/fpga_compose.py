@@ -361,7 +361,7 @@ def _liveness(w: _Wiring) -> list[np.ndarray]:
     return lives
 
 
-def _compose(order: list[Layer], logic: dict[str, LayerLogic], out_name: str, levels: int | None) -> Composed | None:
+def _compose(order: list[Layer], logic: dict[str, LayerLogic], out_name: str, levels: int | None) -> Composed:
     names = [lay.name for lay in order]
     w = _wire(order, [logic[nm] for nm in names], out_name)
     lats = _forward(w, None)
